@@ -1,0 +1,85 @@
+"""What every study shares: the shared command-line flags, building an ensemble from a
+config, and small figure helpers."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from memjax.config import ModelConfig, TrainConfig, check_positive
+from memjax.data import Dataset, Split
+from memjax.ensemble import EnsembleState, init_ensemble, make_optimizer
+from memjax.errors import MemjaxError
+from memjax.models import Network, build_network
+from memjax.train import fit, make_train_epoch
+
+# The flags every `memjax run NAME` accepts, and the config field each one sets.
+SHARED_FLAGS = {"dataset": "data.name", "data_dir": "data.data_dir",
+                "members": "train.members", "seed": "train.seed"}
+
+
+def check_train(train: TrainConfig, num_examples: int) -> None:
+    check_positive(members=train.members, epochs=train.epochs, batch_size=train.batch_size,
+                   member_chunk=train.member_chunk, eval_chunk=train.eval_chunk)
+    if train.batch_size > num_examples:
+        raise MemjaxError(f"batch size {train.batch_size} is larger than the "
+                          f"{num_examples} training examples")
+    if train.learning_rate <= 0:
+        raise MemjaxError(f"learning rate must be positive, got {train.learning_rate}")
+
+
+@dataclasses.dataclass
+class TrainedEnsemble:
+    network: Network
+    state: EnsembleState
+    seconds: float
+    model_examples: int
+
+    @property
+    def throughput(self) -> float:
+        """Model-examples trained per second."""
+        return self.model_examples / max(self.seconds, 1e-9)
+
+
+def train_ensemble(model: ModelConfig, train: TrainConfig, dataset: Dataset, split: Split, *,
+                   desc: str, on_epoch=None, learning_rate: Any = None) -> TrainedEnsemble:
+    """Initialize `train.members` members and train them on `split` for `train.epochs`."""
+    check_train(train, len(split))
+    network = build_network(model, dataset.num_classes)
+    tx = make_optimizer(train.momentum)
+    example = np.zeros((1,) + split.x.shape[1:], np.float32)
+    state = init_ensemble(network, tx, example, seed=train.seed,
+                          member_ids=np.arange(train.members),
+                          learning_rate=train.learning_rate if learning_rate is None else learning_rate,
+                          weight_decay=train.weight_decay)
+    train_epoch = make_train_epoch(network, tx, batch_size=train.batch_size,
+                                   shared_order=train.shared_order,
+                                   lr_halving_epochs=train.lr_halving_epochs,
+                                   member_chunk=train.member_chunk)
+    x, y = jax.device_put(split.x), jax.device_put(split.y)
+    # Compile ahead so the measured throughput is training alone.
+    train_epoch = train_epoch.lower(state, train.seed, x, y).compile()
+    start = time.perf_counter()
+    state = fit(state, train_epoch, train.seed, x, y, train.epochs, on_epoch=on_epoch, desc=desc)
+    jax.block_until_ready(state.variables)
+    seconds = time.perf_counter() - start
+    return TrainedEnsemble(network, state, seconds, train.members * len(split) * train.epochs)
+
+
+def new_figure(ncols: int = 1, width: float = 5.0, height: float = 3.6):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    return fig, axes[0]
+
+
+def close(fig) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -1,0 +1,121 @@
+"""E1 (Fig. 1): per-example misclassification across members after one epoch.
+
+    memjax run consistency --preset cpu [--dataset mnist --data-dir ../shared/data]
+
+Trains `members` MLPs (each its own initialization and data order) for one epoch on real
+data, on randX and on randY, and records, for the same tracked training examples, the
+fraction of members that misclassify each one. Real data should spread far more than the
+binomial reference (consistently easy and consistently hard examples); noise should stay
+close to it. Presets: smoke (seconds), cpu (100 x MLP 2x256, under 3 minutes on 2 cores),
+paper (100 x MLP 2x4096, batch 128, full MNIST).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+
+from memjax.experiments.common import close, new_figure, train_ensemble
+from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
+from memjax.data import load_dataset, with_noise
+from memjax.errors import MemjaxError
+from memjax.metrics.consistency import (binomial_reference, class_binomial_reference,
+                                        misclassification_rate)
+from memjax.results import RunDir
+from memjax.train import evaluate
+
+CONDITIONS = ("real", "randX", "randY")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracked: int = 1000
+    noise_fraction: float = 1.0
+    input_noise_stats: str = "per_pixel"
+    conditions: tuple[str, ...] = CONDITIONS
+
+
+PRESETS = {
+    "smoke": Config(DataConfig(train_size=1024, validation_size=256), ModelConfig(hidden=(32, 32)),
+                    TrainConfig(members=4, batch_size=64), tracked=200),
+    "cpu": Config(model=ModelConfig(hidden=(256, 256)), train=TrainConfig(members=100)),
+    "paper": Config(DataConfig(name="mnist"), ModelConfig(hidden=(4096, 4096)),
+                    TrainConfig(members=100)),
+}
+
+
+def run(config: Config, run_dir: RunDir) -> dict:
+    check_fraction("noise fraction", config.noise_fraction)
+    check_positive(tracked=config.tracked)
+    unknown = set(config.conditions) - set(CONDITIONS)
+    if unknown:
+        raise MemjaxError(f"unknown condition(s) {sorted(unknown)}; known: {', '.join(CONDITIONS)}")
+    dataset = load_dataset(config.data)
+    n = len(dataset.train)
+    if config.tracked > n:
+        raise MemjaxError(f"cannot track {config.tracked} examples of {n}")
+    tracked = np.sort(np.random.default_rng([config.data.data_seed, 0]).choice(
+        n, config.tracked, replace=False))
+    members = config.train.members
+    arrays: dict[str, np.ndarray] = {"tracked_indices": tracked}
+    summary: dict[str, dict] = {}
+    seconds = model_examples = 0.0
+    for i, condition in enumerate(config.conditions):
+        split = with_noise(dataset.train, condition, config.noise_fraction, dataset.num_classes,
+                           config.data.data_seed, config.input_noise_stats)
+        trained = train_ensemble(config.model, config.train, dataset, split,
+                                 desc=f"{condition} ({i + 1}/{len(config.conditions)})")
+        seconds += trained.seconds
+        model_examples += trained.model_examples
+        part = split.subset(tracked)
+        correct = evaluate(trained.network.apply, trained.state.variables,
+                           jax.device_put(part.x), jax.device_put(part.y),
+                           chunk=config.train.eval_chunk, member_chunk=config.train.member_chunk)["correct"]
+        rate = misclassification_rate(correct)
+        mean_error = float(rate.mean())
+        key = jax.random.fold_in(jax.random.key(config.train.seed), i)
+        reference = binomial_reference(key, mean_error, members=members,
+                                       num_examples=config.tracked)
+        class_reference = class_binomial_reference(
+            jax.random.fold_in(key, 1), rate, part.y, members=members,
+            num_classes=dataset.num_classes)
+        rate, reference, class_reference = map(np.asarray, (rate, reference, class_reference))
+        arrays.update({f"correct_{condition}": np.asarray(correct),
+                       f"misclassification_rate_{condition}": rate,
+                       f"binomial_reference_{condition}": reference,
+                       f"class_binomial_reference_{condition}": class_reference})
+        summary[condition] = {
+            "mean_error": mean_error,
+            "std_misclassification_rate": float(rate.std()),
+            "std_binomial_reference": float(reference.std()),
+            "std_class_binomial_reference": float(class_reference.std()),
+            "fraction_misclassified_by_90pct": float(np.mean(rate >= 0.9)),
+            "fraction_misclassified_by_10pct_or_fewer": float(np.mean(rate <= 0.1)),
+            "train_seconds": trained.seconds,
+        }
+        run_dir.log_metrics({"condition": condition, "epoch": 1, **summary[condition]})
+    run_dir.write_npz("results.npz", arrays)
+    run_dir.write_json("summary.json", summary)
+    _figure(arrays, config.conditions, members, run_dir)
+    return {"summary": summary, "model_examples_per_second": model_examples / max(seconds, 1e-9)}
+
+
+def _figure(arrays: dict, conditions, members: int, run_dir: RunDir) -> None:
+    fig, (ax,) = new_figure(width=6.0, height=4.2)
+    for condition, color in zip(conditions, ("C0", "C1", "C2")):
+        rate = np.sort(arrays[f"misclassification_rate_{condition}"])
+        ax.plot(rate, color=color, label=condition)
+        ax.plot(arrays[f"binomial_reference_{condition}"], color=color, ls="--", lw=1,
+                label=f"{condition}: binomial reference")
+        ax.plot(arrays[f"class_binomial_reference_{condition}"], color=color, ls=":", lw=1,
+                label=f"{condition}: per-class binomial")
+    ax.set_xlabel("tracked examples, sorted")
+    ax.set_ylabel(f"fraction of {members} members misclassifying")
+    ax.set_title("Per-example misclassification after one epoch (Fig. 1)")
+    ax.legend(fontsize=8)
+    run_dir.save_figure(fig, "fig1_consistency.png")
+    close(fig)

@@ -1,0 +1,113 @@
+"""The `memjax` command: parses, dispatches and prints. The logic lives in the library."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from memjax.config import override, to_dict
+from memjax.errors import MemjaxError
+
+
+def _experiment(name: str):
+    from memjax.experiments import EXPERIMENTS
+
+    if name not in EXPERIMENTS:
+        raise MemjaxError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(f"memjax.experiments.{EXPERIMENTS[name]}")
+
+
+def build_config(module, args: argparse.Namespace):
+    from memjax.experiments.common import SHARED_FLAGS
+
+    if args.preset not in module.PRESETS:
+        raise MemjaxError(f"unknown preset {args.preset!r}; known: {', '.join(module.PRESETS)}")
+    config = module.PRESETS[args.preset]
+    for flag, dotted in SHARED_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            config = override(config, dotted, str(value))
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MemjaxError(f"--set expects KEY=VALUE, got {item!r}")
+        config = override(config, key.strip(), value.strip())
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from memjax.results import RunDir
+
+    module = _experiment(args.experiment)
+    config = build_config(module, args)
+    out = Path(args.out or f"runs/{args.experiment}-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = RunDir(out, overwrite=args.overwrite)
+    run_dir.start(args.experiment, to_dict(config))
+    try:
+        result = module.run(config, run_dir)
+    except BaseException as e:
+        run_dir.fail(e)
+        raise
+    run_dir.finish(**{k: v for k, v in result.items() if k != "summary"})
+    print(f"{args.experiment}: finished in {run_dir.read_manifest()['wall_time_s']:.1f} s -> {out}")
+    for key, value in result.items():
+        if isinstance(value, dict):
+            for name, entry in value.items():
+                shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in entry.items()) if isinstance(entry, dict) else entry
+                print(f"  {name}: {shown}")
+        else:
+            print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from memjax.experiments import EXPERIMENTS
+
+    for name in EXPERIMENTS:
+        module = _experiment(name)
+        print(f"{name:14s} {module.__doc__.strip().splitlines()[0]}")
+    return 0
+
+
+def add_shared_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
+    p.add_argument("--dataset", help="embedded | mnist | cifar10 | npz:PATH")
+    p.add_argument("--data-dir", help="folder with <dataset>.npz (default: $MEMJAX_DATA_DIR, "
+                                      "else tensorflow-datasets)")
+    p.add_argument("--members", type=int, help="ensemble size")
+    p.add_argument("--seed", type=int, help="root seed of model initialization and data order")
+    p.add_argument("--out", help="run directory (default: runs/NAME-PRESET-TIMESTAMP)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="memjax", description=__import__("memjax").__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one study")
+    run.add_argument("experiment", help="study name (see `memjax list`)")
+    add_shared_flags(run)
+    run.set_defaults(func=cmd_run)
+    sub.add_parser("list", help="list the studies").set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MemjaxError as e:
+        print(f"memjax: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("memjax: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

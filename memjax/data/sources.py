@@ -1,0 +1,141 @@
+"""Where data comes from: the embedded MNIST subset, `<data dir>/<name>.npz`,
+tensorflow-datasets, or any `npz:PATH`.
+
+Every source returns a Dataset with uint8 images [N, H, W, C] and int32 labels.
+TensorFlow is never needed: tensorflow-datasets is imported only when a named data set
+is not found as a local .npz, and then read with `tfds.data_source` (no TensorFlow)
+before falling back to `tfds.load`.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from memjax.config import DataConfig, check_positive
+from memjax.data.dataset import Dataset, Split, downscale, make_split
+from memjax.errors import MemjaxError
+
+# Validation taken from the end of the official training split (PAPER.md "Data").
+VALIDATION_SIZE = {"mnist": 10_000, "cifar10": 5_000}
+IMAGE_SHAPE = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+DATA_DIR_ENV = "MEMJAX_DATA_DIR"
+
+
+def load_dataset(config: DataConfig) -> Dataset:
+    """Load the data set named by `config.name`, cut to the configured sizes."""
+    check_positive(train_size=config.train_size, validation_size=config.validation_size,
+                   downscale=config.downscale)
+    name = config.name
+    if name == "embedded":
+        dataset = _embedded()
+    elif name in VALIDATION_SIZE:
+        dataset = _named(name, config.data_dir or os.environ.get(DATA_DIR_ENV))
+    elif name.startswith("npz:"):
+        arrays = read_npz(Path(name[4:]))
+        dataset = _from_arrays(name, arrays["x_train"], arrays["y_train"],
+                               arrays["x_test"], arrays["y_test"])
+    else:
+        raise MemjaxError(
+            f"unknown dataset {name!r}; use embedded, mnist, cifar10 or npz:PATH")
+    for split_name, size in (("train", config.train_size), ("validation", config.validation_size)):
+        available = len(getattr(dataset, split_name))
+        if size is not None and size > available:
+            raise MemjaxError(f"{split_name} size {size} is larger than the {available} "
+                              f"examples {name} has")
+    train = downscale(dataset.train.take(config.train_size), config.downscale)
+    validation = downscale(dataset.validation.take(config.validation_size), config.downscale)
+    if train.x.shape[1] == 0:
+        raise MemjaxError(f"downscale {config.downscale} is too large for {name}'s images")
+    return Dataset(dataset.name, train, validation, dataset.num_classes)
+
+
+def _from_arrays(name: str, x_train, y_train, x_val, y_val) -> Dataset:
+    train, validation = make_split(x_train, y_train), make_split(x_val, y_val)
+    num_classes = int(max(train.y.max(), validation.y.max())) + 1
+    return Dataset(name, train, validation, num_classes)
+
+
+def _embedded() -> Dataset:
+    path = resources.files("memjax.data") / "mnist_subset.npz"
+    with resources.as_file(path) as file, np.load(file) as d:
+        return _from_arrays("embedded", d["x_train"], d["y_train"],
+                            d["x_validation"], d["y_validation"])
+
+
+def _split_official_train(name: str, x: np.ndarray, y: np.ndarray) -> Dataset:
+    n_val = VALIDATION_SIZE[name]
+    if len(y) <= n_val:
+        raise MemjaxError(f"{name}: {len(y)} training examples, need more than {n_val}")
+    return _from_arrays(name, x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:])
+
+
+def _named(name: str, data_dir: str | None) -> Dataset:
+    if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            raise MemjaxError(f"data directory {data_dir} does not exist")
+        local = Path(data_dir) / f"{name}.npz"
+        if local.exists():
+            arrays = read_npz(local, image_shape=IMAGE_SHAPE[name])
+            return _split_official_train(name, arrays["x_train"], arrays["y_train"])
+    x, y = _tfds_train(name, data_dir)
+    return _split_official_train(name, x, y)
+
+
+def read_npz(path: Path, image_shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+    """Read and check an .npz with x_train, y_train, x_test, y_test (uint8 images, int labels)."""
+    if not path.is_file():
+        raise MemjaxError(f"data file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            missing = [k for k in NPZ_KEYS if k not in d.files]
+            if missing:
+                raise MemjaxError(f"{path} lacks {', '.join(missing)} "
+                                  f"(needs {', '.join(NPZ_KEYS)})")
+            arrays = {k: d[k] for k in NPZ_KEYS}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise MemjaxError(f"cannot read {path}: {e}") from None
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if x.dtype != np.uint8:
+            raise MemjaxError(f"{path}: x_{part} must be uint8 pixels, got {x.dtype}")
+        if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
+            raise MemjaxError(f"{path}: x_{part} must be [N, H, W] or [N, H, W, C], "
+                              f"got shape {x.shape}")
+        if y.ndim != 1 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer):
+            raise MemjaxError(f"{path}: y_{part} must be [{x.shape[0]}] integer labels, "
+                              f"got {y.dtype} {y.shape}")
+        if y.size and y.min() < 0:
+            raise MemjaxError(f"{path}: y_{part} has negative labels")
+        shape = x.shape[1:] if x.ndim == 4 else x.shape[1:] + (1,)
+        if image_shape is not None and shape != image_shape:
+            raise MemjaxError(f"{path}: x_{part} images are {shape}, expected {image_shape}")
+    return arrays
+
+
+def _tfds_train(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The official training split through tensorflow-datasets, as uint8 images and labels."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise MemjaxError(
+            f"{name}: no {name}.npz in the data directory and tensorflow-datasets is not "
+            f"installed; pass --data-dir or `pip install tensorflow-datasets`") from None
+    try:
+        source = tfds.data_source(name, split="train", data_dir=data_dir)
+        records = [source[i] for i in range(len(source))]
+        x = np.stack([r["image"] for r in records])
+        y = np.array([r["label"] for r in records])
+    except Exception as first:  # no array_record support / not prepared: try tfds.load
+        try:
+            data = tfds.as_numpy(tfds.load(name, split="train", batch_size=-1, data_dir=data_dir))
+            x, y = data["image"], data["label"]
+        except Exception as second:
+            raise MemjaxError(f"{name}: could not load through tensorflow-datasets "
+                              f"({type(first).__name__}: {first}; then {type(second).__name__}: "
+                              f"{second})".replace("\n", " ")) from None
+    return np.asarray(x, np.uint8), np.asarray(y, np.int32)

@@ -1,0 +1,107 @@
+"""Ensembles: members stacked on a leading axis, stateless per-member keys, chunked vmap.
+
+Key handling: member key = fold_in(root, member_id), so member i's randomness never depends
+on how many members run beside it; one stream per purpose = fold_in(member_key, PURPOSE);
+inside a scan, fold_in(stream, step).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from memjax.models import Network, Variables
+
+INIT, DATA, DROPOUT, ATTACK, NOISE = range(5)
+
+
+def member_keys(root: jax.Array, member_ids: jax.Array) -> jax.Array:
+    """[M] typed keys: fold_in(root, member_id) for each id in member_ids [M]."""
+    return jax.vmap(lambda i: jax.random.fold_in(root, i))(member_ids)
+
+
+@flax.struct.dataclass
+class EnsembleState:
+    """Everything that changes during training, with a leading member axis [M, ...].
+
+    learning_rate, weight_decay: [M] base hyperparameters per member.
+    epoch: scalar int32, the number of epochs completed.
+    """
+
+    variables: Variables
+    opt_state: Any
+    member_ids: jax.Array
+    learning_rate: jax.Array
+    weight_decay: jax.Array
+    epoch: jax.Array
+
+    @property
+    def members(self) -> int:
+        return int(self.member_ids.shape[0])
+
+
+def _sgd(learning_rate, weight_decay, momentum):
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(learning_rate, momentum=momentum or None))
+
+
+def make_optimizer(momentum: float = 0.0) -> optax.GradientTransformation:
+    """SGD (with optional momentum and weight decay) whose learning rate and weight decay
+    are arrays in the optimizer state, so each member can have its own."""
+    return optax.inject_hyperparams(_sgd, static_args=("momentum",))(
+        learning_rate=0.0, weight_decay=0.0, momentum=momentum)
+
+
+def init_ensemble(network: Network, tx: optax.GradientTransformation, example_x: jax.Array, *,
+                  seed: int, member_ids: np.ndarray, learning_rate: float | np.ndarray,
+                  weight_decay: float | np.ndarray = 0.0) -> EnsembleState:
+    """Initialize members `member_ids` [M], each from fold_in(fold_in(key(seed), id), INIT).
+
+    example_x: [batch, H, W, C] float, used for shapes only.
+    """
+    ids = jnp.asarray(member_ids, jnp.int32)
+    keys = member_keys(jax.random.key(seed), ids)
+
+    @jax.jit
+    def init(keys):
+        variables = jax.vmap(lambda k: network.init(jax.random.fold_in(k, INIT), example_x))(keys)
+        return variables, jax.vmap(tx.init)(variables["params"])
+
+    variables, opt_state = init(keys)
+    m = ids.shape[0]
+    return EnsembleState(
+        variables=variables, opt_state=opt_state, member_ids=ids,
+        learning_rate=jnp.broadcast_to(jnp.asarray(learning_rate, jnp.float32), (m,)),
+        weight_decay=jnp.broadcast_to(jnp.asarray(weight_decay, jnp.float32), (m,)),
+        epoch=jnp.zeros((), jnp.int32))
+
+
+def map_members(fn: Callable, chunk: int | None) -> Callable:
+    """Lift a per-member function to stacked arguments [M, ...]: vmap inside groups of
+    `chunk` members, lax.map across groups (None: one vmap over all members).
+
+    Every positional argument must carry the member axis; close over shared data.
+    The member count is padded to a multiple of `chunk` by repeating the last member,
+    whose extra results are dropped.
+    """
+    def run(*stacked):
+        m = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+        if chunk is None or chunk >= m:
+            return jax.vmap(fn)(*stacked)
+        groups = -(-m // chunk)
+        pad = groups * chunk - m
+
+        def group(leaf):
+            if pad:
+                leaf = jnp.concatenate([leaf, jnp.repeat(leaf[-1:], pad, axis=0)])
+            return leaf.reshape((groups, chunk) + leaf.shape[1:])
+
+        out = jax.lax.map(lambda args: jax.vmap(fn)(*args),
+                          jax.tree_util.tree_map(group, stacked))
+        return jax.tree_util.tree_map(lambda l: l.reshape((groups * chunk,) + l.shape[2:])[:m], out)
+
+    return run
