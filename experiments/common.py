@@ -3,6 +3,7 @@ config, and small figure helpers."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Any
 
@@ -72,6 +73,8 @@ def train_ensemble(model: ModelConfig, train: TrainConfig, dataset: Dataset, spl
         if restored is not None:
             state, progress = restored
             run_dir.restore_progress(progress)
+            print(f"memjax: {desc}: resumed from the checkpoint of epoch {int(state.epoch)}"
+                  f"/{train.epochs}", file=sys.stderr)
     remaining = train.epochs - int(state.epoch)
     x, y = jax.device_put(split.x), jax.device_put(split.y)
     # Compile ahead so the measured throughput is training alone.
