@@ -10,8 +10,9 @@ many metrics.jsonl records the run had written). Every key is a stateless functi
 run bit-for-bit.
 
 orbax writes a checkpoint to a temporary folder and renames it when complete, so a
-process killed mid-save leaves no partial checkpoint behind; a checkpoint damaged later
-is reported, deleted, and the previous one is used.
+process killed mid-save leaves no partial checkpoint behind. A checkpoint damaged later
+(unreadable, or its contents no longer matching the checksum stored beside them) is
+reported, deleted, and the previous one is used.
 """
 from __future__ import annotations
 
@@ -20,8 +21,29 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 from memjax.ensemble import EnsembleState
+
+
+@jax.jit
+def fingerprint(tree: Any) -> jax.Array:
+    """A uint32 checksum of every bit of every array in `tree`: a wrapping, position-weighted
+    sum of the raw bits, so it is exact, NaN-safe and independent of reduction order."""
+    def bits(a):
+        if a.dtype == jnp.bool_:
+            return a.astype(jnp.uint32)
+        raw = jax.lax.bitcast_convert_type(a, jnp.dtype(f"uint{a.dtype.itemsize * 8}"))
+        return raw.astype(jnp.uint32)
+
+    total = jnp.zeros((), jnp.uint32)
+    for i, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
+        # Each element weighted by an odd number from its position, so swapped elements
+        # (or leaves) change the sum too.
+        raw = bits(leaf).ravel()
+        weight = jnp.arange(raw.shape[0], dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(2 * i + 1)
+        total = total + jnp.sum(raw * weight, dtype=jnp.uint32)
+    return total
 
 
 class PhaseCheckpoints:
@@ -63,6 +85,9 @@ class PhaseCheckpoints:
                 state, host = restored.state, dict(restored.host or {})
                 if int(state.epoch) != step:
                     raise ValueError(f"holds epoch {int(state.epoch)}")
+                stored = host.pop("_fingerprint", None)
+                if stored is not None and int(fingerprint(state)) != stored:
+                    raise ValueError("contents do not match their checksum")
                 return state, host
             except Exception as e:  # any damage: report it, drop it, use the one before
                 message = str(e).splitlines()[0][:200] if str(e) else ""
@@ -83,9 +108,9 @@ class PhaseCheckpoints:
         if epoch in self._manager.all_steps():
             return False
         ocp = self._ocp
+        host = {**self.host_state(), "_fingerprint": int(fingerprint(state))}
         self._manager.save(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(self.host_state())),
-            force=True)
+            state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)), force=True)
         return True
 
     def close(self) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -112,8 +114,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # A scheduler's SIGTERM ends the run like Ctrl-C: the manifest says failed and why,
+    # and the checkpoint being written is completed, so --resume can continue it.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         return args.func(args)
     except MemjaxError as e:
@@ -122,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("memjax: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

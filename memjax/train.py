@@ -40,9 +40,9 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
     all members. metrics: {"train_loss": [M], "train_accuracy": [M], "diverged": [M] bool},
     averaged over the epoch's minibatches as they were trained (weighted by examples).
 
-    A member whose minibatch loss or update (its global norm) is not finite is flagged in
-    state.diverged and frozen: its variables and optimizer state stay as they were before
-    that step, and every later update is masked, while the other members train on.
+    A member whose minibatch loss or updated parameters (their global norm) are not finite
+    is flagged in state.diverged and frozen: its variables and optimizer state stay as they
+    were before that step, and every later update is masked, while the others train on.
     """
 
     def member_epoch(variables, opt_state, member_id, lr, wd, diverged, epoch, seed, x, y):
@@ -72,8 +72,9 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
             deltas, new_opt_state = tx.update(grads, opt_state, variables["params"])
             params = optax.apply_updates(variables["params"], deltas)
             # Divergence isolation: two scalar checks and a select (fused into the update),
-            # so one member's NaN never stops the others.
-            ok = ~frozen & jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(deltas))
+            # so one member's NaN never stops the others. The new parameters' norm is
+            # non-finite when the update is, or when it pushes a parameter out of range.
+            ok = ~frozen & jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(params))
             variables, opt_state = jax.tree.map(
                 lambda new, old: jnp.where(ok, new, old),
                 ({**variables, **updates, "params": params}, new_opt_state),

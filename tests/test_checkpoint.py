@@ -70,6 +70,34 @@ def test_corrupt_latest_checkpoint_resumes_from_previous(setup, tmp_path, capsys
     assert not (tmp_path / "phase" / "2").exists()
 
 
+def test_checkpoint_whose_contents_changed_is_rejected(setup, tmp_path, capsys):
+    _, _, _, epoch, x, y = setup
+    with PhaseCheckpoints(tmp_path / "phase") as ckpt:
+        state = fit(_fresh(setup), epoch, 5, x, y, 1, checkpoints=ckpt)
+        fit(state, epoch, 5, x, y, 1, checkpoints=ckpt)
+    # Silent damage: the data still reads, but it is not what was saved (simulated by
+    # changing the stored checksum, which must then disagree with the contents).
+    host = tmp_path / "phase" / "2" / "host" / "metadata"
+    saved = json.loads(host.read_text())
+    host.write_text(json.dumps({**saved, "_fingerprint": saved["_fingerprint"] ^ 1}))
+    with PhaseCheckpoints(tmp_path / "phase") as ckpt:
+        restored, _ = ckpt.restore(_fresh(setup))
+    assert "do not match their checksum" in capsys.readouterr().err
+    assert int(restored.epoch) == 1
+
+
+def test_fingerprint_sees_every_bit():
+    from memjax.checkpoint import fingerprint
+
+    tree = {"a": jnp.arange(6.0).reshape(2, 3), "b": jnp.array([True, False]),
+            "c": jnp.array([jnp.nan, 1.0], jnp.bfloat16)}
+    base = int(fingerprint(tree))
+    assert int(fingerprint(jax.tree.map(jnp.copy, tree))) == base
+    flipped = tree["a"].at[1, 2].set(jnp.nextafter(5.0, 6.0))
+    assert int(fingerprint({**tree, "a": flipped})) != base
+    assert int(fingerprint({**tree, "b": jnp.array([False, True])})) != base
+
+
 def test_diverging_member_is_frozen_and_others_train_as_if_alone(setup):
     _, network, tx, epoch, x, y = setup
     lr = np.array([0.05, 1e30, 0.05], np.float32)

@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 # Two phases (real, then randY) of 6 epochs each, so the kill lands inside the second phase
 # and the resume must skip the first one and continue the second from a checkpoint.
@@ -33,8 +34,12 @@ def _checkpoints(phase_dir):
         if phase_dir.is_dir() else []
 
 
-def test_sigkill_then_resume_equals_clean_run(tmp_path):
-    env = _env(tmp_path / "cache")
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return _env(tmp_path_factory.mktemp("cache"))
+
+
+def test_sigkill_then_resume_equals_clean_run(tmp_path, env):
     _run(tmp_path / "clean", env)
 
     killed = tmp_path / "killed"
@@ -69,3 +74,18 @@ def test_sigkill_then_resume_equals_clean_run(tmp_path):
     with np.load(tmp_path / "clean" / "results.npz") as again, np.load(killed / "results.npz") as b:
         for key in b.files:
             np.testing.assert_array_equal(again[key], b[key], err_msg=key)
+
+
+def test_sigterm_marks_the_run_failed_and_resumable(tmp_path, env):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "memjax.cli", *ARGS, "--out", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not _checkpoints(out / "checkpoints" / "01-real-1-2") and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "memjax: interrupted" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"] == "KeyboardInterrupt: signal 15"
