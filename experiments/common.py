@@ -3,6 +3,7 @@ config, and small figure helpers."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ from memjax.data import Dataset, Split
 from memjax.ensemble import EnsembleState, init_ensemble, make_optimizer
 from memjax.errors import MemjaxError
 from memjax.models import Network, build_network
+from memjax.results import RunDir
 from memjax.train import fit, make_train_epoch
 
 # The flags every `memjax run NAME` accepts, and the config field each one sets.
@@ -45,8 +47,14 @@ class TrainedEnsemble:
 
 
 def train_ensemble(model: ModelConfig, train: TrainConfig, dataset: Dataset, split: Split, *,
-                   desc: str, on_epoch=None, learning_rate: Any = None) -> TrainedEnsemble:
-    """Initialize `train.members` members and train them on `split` for `train.epochs`."""
+                   desc: str, on_epoch=None, learning_rate: Any = None,
+                   run_dir: "RunDir | None" = None) -> TrainedEnsemble:
+    """Initialize `train.members` members and train them on `split` for `train.epochs`.
+
+    run_dir: when given, the phase is checkpointed under run_dir/checkpoints/ and, when the
+    run is resumed, continues from its newest checkpoint (a finished phase is not trained
+    again); members that diverged are reported to run_dir. Studies should pass it.
+    """
     check_train(train, len(split))
     network = build_network(model, dataset.num_classes)
     tx = make_optimizer(train.momentum)
@@ -59,14 +67,32 @@ def train_ensemble(model: ModelConfig, train: TrainConfig, dataset: Dataset, spl
                                    shared_order=train.shared_order,
                                    lr_halving_epochs=train.lr_halving_epochs,
                                    member_chunk=train.member_chunk)
+    checkpoints = run_dir.checkpoints(desc) if run_dir is not None else None
+    if checkpoints is not None and run_dir.resume:
+        restored = checkpoints.restore(state)
+        if restored is not None:
+            state, progress = restored
+            run_dir.restore_progress(progress)
+            print(f"memjax: {desc}: resumed from the checkpoint of epoch {int(state.epoch)}"
+                  f"/{train.epochs}", file=sys.stderr)
+    remaining = train.epochs - int(state.epoch)
     x, y = jax.device_put(split.x), jax.device_put(split.y)
     # Compile ahead so the measured throughput is training alone.
-    train_epoch = train_epoch.lower(state, train.seed, x, y).compile()
+    if remaining > 0:
+        train_epoch = train_epoch.lower(state, train.seed, x, y).compile()
     start = time.perf_counter()
-    state = fit(state, train_epoch, train.seed, x, y, train.epochs, on_epoch=on_epoch, desc=desc)
-    jax.block_until_ready(state.variables)
+    try:
+        state = fit(state, train_epoch, train.seed, x, y, max(remaining, 0), on_epoch=on_epoch,
+                    desc=desc, checkpoints=checkpoints)
+        jax.block_until_ready(state.variables)
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
     seconds = time.perf_counter() - start
-    return TrainedEnsemble(network, state, seconds, train.members * len(split) * train.epochs)
+    if run_dir is not None:
+        run_dir.record_divergence(desc, np.asarray(state.diverged), np.asarray(state.member_ids))
+    return TrainedEnsemble(network, state, seconds,
+                           train.members * len(split) * max(remaining, 0))
 
 
 def new_figure(ncols: int = 1, width: float = 5.0, height: float = 3.6):

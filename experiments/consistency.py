@@ -17,7 +17,8 @@ import jax
 import numpy as np
 
 from memjax.experiments.common import close, new_figure, train_ensemble
-from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
+from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive,
+                           validate)
 from memjax.data import load_dataset, with_noise
 from memjax.errors import MemjaxError
 from memjax.metrics.consistency import (binomial_reference, class_binomial_reference,
@@ -49,6 +50,7 @@ PRESETS = {
 
 
 def run(config: Config, run_dir: RunDir) -> dict:
+    validate(config)
     check_fraction("noise fraction", config.noise_fraction)
     check_positive(tracked=config.tracked)
     unknown = set(config.conditions) - set(CONDITIONS)
@@ -68,7 +70,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
         split = with_noise(dataset.train, condition, config.noise_fraction, dataset.num_classes,
                            config.data.data_seed, config.input_noise_stats)
         trained = train_ensemble(config.model, config.train, dataset, split,
-                                 desc=f"{condition} ({i + 1}/{len(config.conditions)})")
+                                 desc=f"{condition} ({i + 1}/{len(config.conditions)})",
+                                 run_dir=run_dir)
         seconds += trained.seconds
         model_examples += trained.model_examples
         part = split.subset(tracked)

@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
-from memjax.config import override, to_dict
+from memjax.config import override, to_dict, validate
 from memjax.errors import MemjaxError
 
 
@@ -43,8 +45,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     module = _experiment(args.experiment)
     config = build_config(module, args)
+    validate(config)
+    if args.resume and not args.out:
+        raise MemjaxError("--resume needs --out DIR, the run directory to continue")
     out = Path(args.out or f"runs/{args.experiment}-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir = RunDir(out, overwrite=args.overwrite)
+    run_dir = RunDir(out, overwrite=args.overwrite, resume=args.resume,
+                     checkpoint_every=args.checkpoint_every,
+                     keep_checkpoints=args.keep_checkpoints)
+    if args.resume and run_dir.finished and not args.overwrite:
+        print(f"{args.experiment}: {out} already holds a finished run; nothing to resume")
+        return 0
     run_dir.start(args.experiment, to_dict(config))
     try:
         result = module.run(config, run_dir)
@@ -84,6 +94,13 @@ def add_shared_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in --out from its checkpoints")
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="EPOCHS",
+                   help="checkpoint each training phase every EPOCHS epochs (and after its "
+                        "last; 0: never; default 1)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep checkpoints/ after the run finishes (default: removed)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -97,8 +114,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # A scheduler's SIGTERM ends the run like Ctrl-C: the manifest says failed and why,
+    # and the checkpoint being written is completed, so --resume can continue it.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         return args.func(args)
     except MemjaxError as e:
@@ -107,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("memjax: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

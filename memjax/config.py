@@ -118,3 +118,72 @@ def check_positive(**values: int | None) -> None:
 def check_fraction(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise MemjaxError(f"{name} must be in [0, 1], got {value}")
+
+
+def check_nonnegative(name: str, value: float | None) -> None:
+    """One-line error for a quantity that must be >= 0 (e.g. the LASS radius r)."""
+    if value is not None and value < 0:
+        raise MemjaxError(f"{name} must be >= 0, got {value}")
+
+
+# Field-name rules `validate` applies wherever the field appears in a study's config.
+_POSITIVE = {"members", "epochs", "batch_size", "hidden", "conv_channels", "train_size",
+             "validation_size", "downscale", "member_chunk", "eval_chunk", "tracked",
+             "widths", "sizes", "steps", "iterations", "max_iterations", "lr_halving_epochs"}
+_NONNEGATIVE = {"r", "radius", "weight_decay", "momentum", "alpha", "beta", "step_size",
+                "noise_std", "input_noise_std", "hidden_noise_std"}
+KNOWN_DATASETS = ("embedded", "mnist", "cifar10")
+KNOWN_MODELS = ("mlp", "cnn")
+
+
+def validate(config: Any, prefix: str = "") -> None:
+    """Check a study's config before anything runs; raise MemjaxError naming the problem.
+
+    Applies everywhere in the (nested) config: counts and widths (members, epochs,
+    batch_size, hidden, ... and any `*_size`) must be positive; fractions (`*fraction*`,
+    `*fractions`, `*rate*` of dropout) must lie in [0, 1]; radii (`r`, `radius`,
+    `*_radius`), step sizes and regularizer strengths must be >= 0; the learning rate must
+    be positive; a data set name must be known and an `npz:PATH` file readable. Checks that
+    need the data (batch size against the number of examples) happen when it is loaded.
+    """
+    for f in dataclasses.fields(config):
+        name, value = f.name, getattr(config, f.name)
+        label = f"{prefix}{name}"
+        if dataclasses.is_dataclass(value):
+            validate(value, f"{label}.")
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for v in numbers:
+            if name in ("learning_rate", "learning_rates"):
+                if v <= 0:
+                    raise MemjaxError(f"{label} must be positive, got {v}")
+            elif name in _POSITIVE or name.endswith("_size") or name.endswith("_sizes"):
+                check_positive(**{label: v})
+            elif "fraction" in name or name.endswith("_rate") or name.endswith("_rates") \
+                    or name.startswith("dropout"):
+                check_fraction(label, v)
+            elif name in _NONNEGATIVE or name.endswith("radius") or name.endswith("_std"):
+                check_nonnegative(label, v)
+            if isinstance(v, float) and v != v:
+                raise MemjaxError(f"{label} must be a number, got NaN")
+    if isinstance(config, DataConfig):
+        _check_data(config, prefix)
+    if isinstance(config, ModelConfig) and config.kind not in KNOWN_MODELS:
+        raise MemjaxError(f"unknown model {config.kind!r}; known: {', '.join(KNOWN_MODELS)}")
+
+
+def _check_data(config: DataConfig, prefix: str) -> None:
+    import os
+
+    name = config.name
+    if name.startswith("npz:"):
+        path = name[4:]
+        if not os.path.isfile(path):
+            raise MemjaxError(f"data file {path} does not exist")
+        if not os.access(path, os.R_OK):
+            raise MemjaxError(f"data file {path} is not readable (permission denied)")
+    elif name not in KNOWN_DATASETS:
+        raise MemjaxError(f"unknown dataset {name!r}; use embedded, mnist, cifar10 or npz:PATH")
+    if config.data_dir is not None and not os.path.isdir(config.data_dir):
+        raise MemjaxError(f"data directory {config.data_dir} does not exist")

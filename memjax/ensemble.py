@@ -30,6 +30,8 @@ class EnsembleState:
 
     learning_rate, weight_decay: [M] base hyperparameters per member.
     epoch: scalar int32, the number of epochs completed.
+    diverged: [M] bool, members whose loss or parameters became non-finite; their state is
+      frozen from that step on (see train.make_train_epoch) while the others train on.
     """
 
     variables: Variables
@@ -38,6 +40,7 @@ class EnsembleState:
     learning_rate: jax.Array
     weight_decay: jax.Array
     epoch: jax.Array
+    diverged: jax.Array | None = None
 
     @property
     def members(self) -> int:
@@ -77,7 +80,7 @@ def init_ensemble(network: Network, tx: optax.GradientTransformation, example_x:
         variables=variables, opt_state=opt_state, member_ids=ids,
         learning_rate=jnp.broadcast_to(jnp.asarray(learning_rate, jnp.float32), (m,)),
         weight_decay=jnp.broadcast_to(jnp.asarray(weight_decay, jnp.float32), (m,)),
-        epoch=jnp.zeros((), jnp.int32))
+        epoch=jnp.zeros((), jnp.int32), diverged=jnp.zeros((m,), bool))
 
 
 def map_members(fn: Callable, chunk: int | None) -> Callable:

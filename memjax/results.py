@@ -1,13 +1,24 @@
-"""The run directory: manifest.json, summary.json, results.npz, metrics.jsonl, figures.
+"""The run directory: manifest.json, summary.json, results.npz, metrics.jsonl, figures,
+checkpoints/.
 
 Every file but metrics.jsonl is written to a temporary name and renamed, so a reader never
-sees half a file. manifest.json carries a status: running, finished or failed.
+sees half a file (metrics.jsonl is appended one line at a time; a torn last line is dropped
+on resume). manifest.json carries a status: running, finished or failed (with the error).
+
+Resuming (`RunDir(path, resume=True)`): the study runs again from its start with the same
+config; each training phase restores its newest checkpoint (run_dir/checkpoints/<phase>/)
+and trains only the epochs left, so finished phases are skipped. metrics.jsonl records
+already on disk are not written twice: the run keeps a cursor over them, and each
+checkpoint stores the cursor's position at its epoch.
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
+import re
+import shutil
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -43,6 +54,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # On disk before the rename, so a crash never leaves an empty file under the name;
+        # readable like any other result (mkstemp makes it private).
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -68,10 +87,27 @@ def device_description() -> dict[str, Any]:
 
 
 class RunDir:
-    """A study's output folder. Refuses to write into a finished run unless overwrite."""
+    """A study's output folder. Refuses to write into a finished run unless overwrite.
 
-    def __init__(self, path: str | Path, *, overwrite: bool = False):
+    resume: continue the unfinished run in `path` (see the module docstring); with no run
+      there, start one. checkpoint_every: save each training phase's state every that many
+      epochs (and after its last; 0: no checkpoints). keep_checkpoints: leave checkpoints/
+      in place when the run finishes (default: removed, they are only for resuming).
+    """
+
+    def __init__(self, path: str | Path, *, overwrite: bool = False, resume: bool = False,
+                 checkpoint_every: int = 1, keep_checkpoints: bool = False):
+        if checkpoint_every < 0:
+            raise MemjaxError(f"checkpoint interval must be >= 0 epochs, got {checkpoint_every}")
         self.path = Path(path)
+        self.resume = resume
+        self.overwrite = overwrite
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
+        self._phases = 0
+        self._records_on_disk = 0
+        self._cursor = 0
+        self._diverged: dict[str, list[int]] = {}
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -81,9 +117,34 @@ class RunDir:
             raise MemjaxError(f"cannot write to output directory {self.path}: "
                               f"{e.strerror or e}") from None
         manifest = self.read_manifest()
-        if manifest.get("status") == "finished" and not overwrite:
+        if manifest.get("status") == "finished" and not (overwrite or resume):
             raise MemjaxError(f"{self.path} holds a finished run; pass --overwrite to replace it")
+        if (not resume and not overwrite and manifest.get("status") in ("running", "failed")
+                and self.checkpoint_dir.is_dir() and any(self.checkpoint_dir.iterdir())):
+            raise MemjaxError(f"{self.path} holds an unfinished run with checkpoints; pass "
+                              f"--resume to continue it or --overwrite to start over")
         self._started = time.time()
+
+    @staticmethod
+    def status_of(path: str | Path) -> str | None:
+        """The status in `path`/manifest.json (running, finished, failed), None if no run."""
+        try:
+            return json.loads((Path(path) / "manifest.json").read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    @property
+    def status(self) -> str | None:
+        return self.status_of(self.path)
+
+    @property
+    def finished(self) -> bool:
+        """True when the run here finished (what `memjax reproduce` skips)."""
+        return self.status == "finished"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
 
     def read_manifest(self) -> dict:
         try:
@@ -105,18 +166,85 @@ class RunDir:
             fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(name).suffix[1:])
 
     def log_metrics(self, record: dict[str, Any]) -> None:
-        """Append one JSON line to metrics.jsonl (values copied to the host by the caller)."""
+        """Append one JSON line to metrics.jsonl (values copied to the host by the caller).
+
+        On resume, a record whose place in the sequence is already on disk is skipped (the
+        run is deterministic, so it is the same record).
+        """
+        self._cursor += 1
+        if self._cursor <= self._records_on_disk:
+            return
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record, default=_json_default) + "\n")
 
+    def checkpoints(self, phase: str):
+        """The checkpoints of the next training phase (memjax.checkpoint.PhaseCheckpoints),
+        in checkpoints/<NN>-<phase>/ where NN counts the phases of this run in order;
+        None when checkpointing is off."""
+        from memjax.checkpoint import PhaseCheckpoints
+
+        self._phases += 1
+        if not self.checkpoint_every:
+            return None
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", phase).strip("-").lower() or "phase"
+        return PhaseCheckpoints(self.checkpoint_dir / f"{self._phases:02d}-{slug}",
+                                every=self.checkpoint_every,
+                                host_state=lambda: {"metrics_records": self._cursor})
+
+    def restore_progress(self, host_state: dict) -> None:
+        """Continue from a restored checkpoint's host-side progress (its metrics cursor)."""
+        self._cursor = int(host_state.get("metrics_records", self._cursor))
+
+    def record_divergence(self, phase: str, diverged: np.ndarray, member_ids: np.ndarray) -> None:
+        """Note members that diverged in `phase` (diverged: [M] bool; member_ids: [M]);
+        finish() reports them in manifest.json and summary.json."""
+        ids = [int(i) for i in np.asarray(member_ids)[np.asarray(diverged, bool)]]
+        if ids:
+            self._diverged[phase] = ids
+            print(f"memjax: warning: {phase}: member(s) {ids} diverged (non-finite loss or "
+                  f"update) and were frozen", file=sys.stderr)
+
     def start(self, experiment: str, config: dict) -> None:
+        previous = self.read_manifest()
+        if previous.get("status") == "finished" and not self.overwrite:
+            raise MemjaxError(f"{self.path} holds a finished run; nothing to resume "
+                              f"(--overwrite runs it again)")
+        if self.resume and previous.get("status") in ("running", "failed"):
+            self._resume_from(previous, experiment, config)
+            return
         (self.path / "metrics.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         self._manifest = {"experiment": experiment, "status": "running", "config": config,
                           "versions": versions(), "device": device_description(),
                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self.write_json("manifest.json", self._manifest)
 
+    def _resume_from(self, previous: dict, experiment: str, config: dict) -> None:
+        if previous.get("experiment") != experiment:
+            raise MemjaxError(f"{self.path} holds a {previous.get('experiment')!r} run, "
+                              f"not {experiment!r}; cannot resume it")
+        old = json.loads(to_json(previous.get("config")))
+        new = json.loads(to_json(config))
+        if old != new:
+            diff = sorted(_differences(old, new))
+            raise MemjaxError(f"cannot resume {self.path} with a different config "
+                              f"({', '.join(diff[:5])}); use the same settings or --overwrite")
+        self._records_on_disk = _keep_whole_lines(self.path / "metrics.jsonl")
+        self._manifest = {k: v for k, v in previous.items() if k not in ("error", "wall_time_s")}
+        self._manifest.update(status="running", versions=versions(),
+                              device=device_description(),
+                              resumed=previous.get("resumed", []) + [
+                                  time.strftime("%Y-%m-%dT%H:%M:%S%z")])
+        self.write_json("manifest.json", self._manifest)
+
     def finish(self, **extra: Any) -> None:
+        if self._diverged:
+            extra["diverged_members"] = self._diverged
+            if (self.path / "summary.json").exists():
+                summary = json.loads((self.path / "summary.json").read_text())
+                self.write_json("summary.json", {**summary, "diverged_members": self._diverged})
+        if not self.keep_checkpoints:
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         self._manifest.update(status="finished", wall_time_s=round(time.time() - self._started, 3),
                               **extra)
         self.write_json("manifest.json", self._manifest)
@@ -124,4 +252,27 @@ class RunDir:
     def fail(self, error: BaseException) -> None:
         self._manifest.update(status="failed", error=f"{type(error).__name__}: {error}",
                               wall_time_s=round(time.time() - self._started, 3))
+        if self._diverged:
+            self._manifest["diverged_members"] = self._diverged
         self.write_json("manifest.json", self._manifest)
+
+
+def _keep_whole_lines(path: Path) -> int:
+    """Drop a torn last line (a kill mid-write) from a JSON-lines file; count the lines."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    whole = data[:data.rfind(b"\n") + 1]
+    if len(whole) != len(data):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(whole)
+    return whole.count(b"\n")
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]

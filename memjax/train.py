@@ -7,7 +7,7 @@ index gather from that single copy, in the member's own order (or a shared one).
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +15,9 @@ import optax
 
 from memjax.ensemble import DATA, DROPOUT, EnsembleState, map_members
 from memjax.models import ApplyFn, Network, as_float
+
+if TYPE_CHECKING:
+    from memjax.checkpoint import PhaseCheckpoints
 
 
 def epoch_order(key: jax.Array, num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
@@ -34,11 +37,15 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
     """Build `train_epoch(state, seed, x, y) -> (state, metrics)`, jitted, state donated.
 
     x: [N, H, W, C] uint8 (or float in [0, 1]), y: [N] int32, both on the device, shared by
-    all members. metrics: {"train_loss": [M], "train_accuracy": [M]}, averaged over the
-    epoch's minibatches as they were trained (weighted by examples).
+    all members. metrics: {"train_loss": [M], "train_accuracy": [M], "diverged": [M] bool},
+    averaged over the epoch's minibatches as they were trained (weighted by examples).
+
+    A member whose minibatch loss or updated parameters (their global norm) are not finite
+    is flagged in state.diverged and frozen: its variables and optimizer state stay as they
+    were before that step, and every later update is masked, while the others train on.
     """
 
-    def member_epoch(variables, opt_state, member_id, lr, wd, epoch, seed, x, y):
+    def member_epoch(variables, opt_state, member_id, lr, wd, diverged, epoch, seed, x, y):
         root = jax.random.key(seed)
         member_key = jax.random.fold_in(root, member_id)
         order_key = jax.random.fold_in(
@@ -50,7 +57,7 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
         dropout_key = jax.random.fold_in(jax.random.fold_in(member_key, DROPOUT), epoch)
 
         def step(carry, inputs):
-            variables, opt_state = carry
+            variables, opt_state, frozen = carry
             t, idx, w = inputs
             xb, yb = as_float(x[idx]), y[idx]
 
@@ -62,28 +69,39 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
 
             (loss, (updates, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 variables["params"])
-            deltas, opt_state = tx.update(grads, opt_state, variables["params"])
+            deltas, new_opt_state = tx.update(grads, opt_state, variables["params"])
             params = optax.apply_updates(variables["params"], deltas)
+            # Divergence isolation: two scalar checks and a select (fused into the update),
+            # so one member's NaN never stops the others. The new parameters' norm is
+            # non-finite when the update is, or when it pushes a parameter out of range.
+            ok = ~frozen & jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(params))
+            variables, opt_state = jax.tree.map(
+                lambda new, old: jnp.where(ok, new, old),
+                ({**variables, **updates, "params": params}, new_opt_state),
+                (variables, opt_state))
             n = jnp.sum(w)
             correct = jnp.sum(w * (jnp.argmax(logits, -1) == yb))
-            return ({**variables, **updates, "params": params}, opt_state), (loss * n, correct)
+            return (variables, opt_state, ~ok), (loss * n, correct)
 
         steps = order.shape[0]
-        (variables, opt_state), (loss_sum, correct) = jax.lax.scan(
-            step, (variables, opt_state), (jnp.arange(steps), order, weight))
+        (variables, opt_state, diverged), (loss_sum, correct) = jax.lax.scan(
+            step, (variables, opt_state, diverged), (jnp.arange(steps), order, weight))
         n = y.shape[0]
-        return variables, opt_state, {"train_loss": loss_sum.sum() / n,
-                                      "train_accuracy": correct.sum() / n}
+        return variables, opt_state, diverged, {"train_loss": loss_sum.sum() / n,
+                                                "train_accuracy": correct.sum() / n,
+                                                "diverged": diverged}
 
     @functools.partial(jax.jit, donate_argnums=0)
     def train_epoch(state: EnsembleState, seed, x, y):
         per_member = map_members(
-            lambda v, o, i, lr, wd: member_epoch(v, o, i, lr, wd, state.epoch, seed, x, y),
+            lambda v, o, i, lr, wd, d: member_epoch(v, o, i, lr, wd, d, state.epoch, seed, x, y),
             member_chunk)
-        variables, opt_state, metrics = per_member(
+        diverged = (jnp.zeros(state.member_ids.shape, bool) if state.diverged is None
+                    else state.diverged)
+        variables, opt_state, diverged, metrics = per_member(
             state.variables, state.opt_state, state.member_ids, state.learning_rate,
-            state.weight_decay)
-        return state.replace(variables=variables, opt_state=opt_state,
+            state.weight_decay, diverged)
+        return state.replace(variables=variables, opt_state=opt_state, diverged=diverged,
                              epoch=state.epoch + 1), metrics
 
     return train_epoch
@@ -126,16 +144,20 @@ def evaluate(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array, *, chunk:
 
 def fit(state: EnsembleState, train_epoch: Callable, seed: int, x: jax.Array, y: jax.Array,
         epochs: int, *, on_epoch: Callable[[int, EnsembleState, dict], None] | None = None,
-        desc: str = "training") -> EnsembleState:
-    """Run `epochs` jitted epochs; the host sees metrics once per epoch.
+        desc: str = "training", checkpoints: "PhaseCheckpoints | None" = None) -> EnsembleState:
+    """Run `epochs` more jitted epochs; the host sees metrics once per epoch.
 
     on_epoch(epoch, state, metrics) is called after each epoch with metrics on the host
-    (e.g. to evaluate, log to metrics.jsonl or checkpoint). Shows a progress bar on stderr.
+    (e.g. to evaluate or log to metrics.jsonl). checkpoints (memjax.checkpoint), if given,
+    saves the state after on_epoch at its interval and after the last epoch. Shows a
+    progress bar on stderr.
     """
     from tqdm.auto import tqdm
 
-    for _ in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, mininterval=1.0):
+    for i in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, mininterval=1.0):
         state, metrics = train_epoch(state, seed, x, y)
         if on_epoch is not None:
             on_epoch(int(state.epoch), state, jax.device_get(metrics))
+        if checkpoints is not None:
+            checkpoints.save(state, force=i == epochs - 1)
     return state

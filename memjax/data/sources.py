@@ -114,6 +114,7 @@ def read_npz(path: Path, image_shape: tuple[int, ...] | None = None) -> dict[str
         shape = x.shape[1:] if x.ndim == 4 else x.shape[1:] + (1,)
         if image_shape is not None and shape != image_shape:
             raise MemjaxError(f"{path}: x_{part} images are {shape}, expected {image_shape}")
+        image_shape = shape  # the test images must match the training images
     return arrays
 
 

@@ -1,0 +1,150 @@
+"""Checkpoints, resume and divergence isolation against uninterrupted runs and members
+trained alone."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from memjax.checkpoint import PhaseCheckpoints
+from memjax.config import DataConfig, ModelConfig, TrainConfig
+from memjax.data import load_dataset
+from memjax.ensemble import init_ensemble, make_optimizer
+from memjax.experiments.common import train_ensemble
+from memjax.models import build_network
+from memjax.results import RunDir
+from memjax.train import fit, make_train_epoch
+
+
+@pytest.fixture(scope="module")
+def setup():
+    d = load_dataset(DataConfig(train_size=200, validation_size=20))
+    network = build_network(ModelConfig(hidden=(8,)), 10)
+    tx = make_optimizer(momentum=0.9)  # momentum: the optimizer state must round-trip too
+    epoch = make_train_epoch(network, tx, batch_size=64)
+    return d, network, tx, epoch, jnp.asarray(d.train.x), jnp.asarray(d.train.y)
+
+
+def _fresh(setup, lr=0.05, members=3):
+    d, network, tx, *_ = setup
+    return init_ensemble(network, tx, jnp.zeros((1, 28, 28, 1)), seed=5,
+                         member_ids=np.arange(members), learning_rate=lr)
+
+
+def _assert_identical(a, b):
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def test_resumed_fit_is_bit_identical_to_uninterrupted(setup, tmp_path):
+    _, _, _, epoch, x, y = setup
+    clean = fit(_fresh(setup), epoch, 5, x, y, 4)
+    # A run that checkpoints every 2 epochs, trains a third epoch, then dies unsaved.
+    with PhaseCheckpoints(tmp_path / "phase", every=2) as ckpt:
+        state = fit(_fresh(setup), epoch, 5, x, y, 2, checkpoints=ckpt)
+        state, _ = epoch(state, 5, x, y)
+    # Resume in a "new process": fresh state as the template, restore, train what is left.
+    with PhaseCheckpoints(tmp_path / "phase", every=2) as ckpt:
+        state, host = ckpt.restore(_fresh(setup))
+        assert int(state.epoch) == 2
+        state = fit(state, epoch, 5, x, y, 4 - int(state.epoch), checkpoints=ckpt)
+    _assert_identical(state, clean)
+
+
+def test_corrupt_latest_checkpoint_resumes_from_previous(setup, tmp_path, capsys):
+    _, _, _, epoch, x, y = setup
+    with PhaseCheckpoints(tmp_path / "phase", host_state=lambda: {"n": 7}) as ckpt:
+        state = fit(_fresh(setup), epoch, 5, x, y, 1, checkpoints=ckpt)
+        first = jax.device_get(state)
+        fit(state, epoch, 5, x, y, 1, checkpoints=ckpt)
+    for f in (tmp_path / "phase" / "2" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    with PhaseCheckpoints(tmp_path / "phase") as ckpt:
+        restored, host = ckpt.restore(_fresh(setup))
+    err = capsys.readouterr().err
+    assert "checkpoint" in err and "unreadable" in err and "previous" in err
+    assert int(restored.epoch) == 1 and host == {"n": 7}
+    _assert_identical(restored, first)
+    assert not (tmp_path / "phase" / "2").exists()
+
+
+def test_checkpoint_whose_contents_changed_is_rejected(setup, tmp_path, capsys):
+    _, _, _, epoch, x, y = setup
+    with PhaseCheckpoints(tmp_path / "phase") as ckpt:
+        state = fit(_fresh(setup), epoch, 5, x, y, 1, checkpoints=ckpt)
+        fit(state, epoch, 5, x, y, 1, checkpoints=ckpt)
+    # Silent damage: the data still reads, but it is not what was saved (simulated by
+    # changing the stored checksum, which must then disagree with the contents).
+    host = tmp_path / "phase" / "2" / "host" / "metadata"
+    saved = json.loads(host.read_text())
+    host.write_text(json.dumps({**saved, "_fingerprint": saved["_fingerprint"] ^ 1}))
+    with PhaseCheckpoints(tmp_path / "phase") as ckpt:
+        restored, _ = ckpt.restore(_fresh(setup))
+    assert "do not match their checksum" in capsys.readouterr().err
+    assert int(restored.epoch) == 1
+
+
+def test_fingerprint_sees_every_bit():
+    from memjax.checkpoint import fingerprint
+
+    tree = {"a": jnp.arange(6.0).reshape(2, 3), "b": jnp.array([True, False]),
+            "c": jnp.array([jnp.nan, 1.0], jnp.bfloat16)}
+    base = int(fingerprint(tree))
+    assert int(fingerprint(jax.tree.map(jnp.copy, tree))) == base
+    flipped = tree["a"].at[1, 2].set(jnp.nextafter(5.0, 6.0))
+    assert int(fingerprint({**tree, "a": flipped})) != base
+    assert int(fingerprint({**tree, "b": jnp.array([False, True])})) != base
+
+
+def test_diverging_member_is_frozen_and_others_train_as_if_alone(setup):
+    _, network, tx, epoch, x, y = setup
+    lr = np.array([0.05, 1e30, 0.05], np.float32)
+    init = jax.device_get(_fresh(setup, lr=lr))
+    state = fit(_fresh(setup, lr=lr), epoch, 5, x, y, 2)
+    assert np.asarray(state.diverged).tolist() == [False, True, False]
+    # The diverged member's first update overflows, so it stays exactly at its init.
+    params = jax.tree.map(lambda a: np.asarray(a)[1], state.variables["params"])
+    _assert_identical(params, jax.tree.map(lambda a: a[1], init.variables["params"]))
+    # The healthy members are exactly what they would be without the bad one beside them.
+    alone = init_ensemble(network, tx, jnp.zeros((1, 28, 28, 1)), seed=5,
+                          member_ids=np.array([0, 2]), learning_rate=0.05)
+    alone = fit(alone, epoch, 5, x, y, 2)
+    _assert_identical(jax.tree.map(lambda a: np.asarray(a)[[0, 2]], state.variables),
+                      alone.variables)
+
+
+def test_divergence_reported_in_summary_and_manifest(tmp_path):
+    d = load_dataset(DataConfig(train_size=128, validation_size=16))
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.start("test", {})
+    trained = train_ensemble(ModelConfig(hidden=(8,)), TrainConfig(members=3, batch_size=64),
+                             d, d.train, desc="real", run_dir=run_dir,
+                             learning_rate=np.array([0.05, 0.05, 1e30]))
+    assert np.asarray(trained.state.diverged).tolist() == [False, False, True]
+    run_dir.write_json("summary.json", {"real": {"mean_error": 0.5}})
+    run_dir.finish()
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert manifest["diverged_members"] == {"real": [2]}
+    assert summary["diverged_members"] == {"real": [2]} and summary["real"]["mean_error"] == 0.5
+    assert manifest["status"] == "finished"
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_metrics_not_duplicated_on_resume(tmp_path):
+    run_dir = RunDir(tmp_path)
+    run_dir.start("test", {"a": 1})
+    for i in range(3):
+        run_dir.log_metrics({"i": i})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"i": 3, "tor')  # killed mid-write
+    resumed = RunDir(tmp_path, resume=True)
+    resumed.start("test", {"a": 1})
+    resumed.restore_progress({"metrics_records": 1})  # a checkpoint taken after record 0
+    for i in range(1, 5):
+        resumed.log_metrics({"i": i})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["i"] for line in lines] == [0, 1, 2, 3, 4]
+    assert len(json.loads((tmp_path / "manifest.json").read_text())["resumed"]) == 1

@@ -1,0 +1,143 @@
+"""Every bad input gives one line `memjax: error: ...` naming the problem and exit code 2,
+through the CLI and through the Python API; run directories record their status."""
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from memjax.cli import main
+from memjax.config import validate
+from memjax.errors import MemjaxError
+from memjax.results import RunDir
+
+SMOKE = ["run", "consistency", "--preset", "smoke"]
+
+
+def _error(capsys, argv) -> str:
+    """Run the CLI; assert exit 2 and exactly one stderr line; return that line."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("memjax: error: ")
+    return err[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "nosuch"], "unknown experiment 'nosuch'"),
+    (SMOKE + ["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (SMOKE + ["--set", "noise_fraction=1.5"], "noise_fraction must be in [0, 1], got 1.5"),
+    (SMOKE + ["--set", "noise_fraction=-0.1"], "noise_fraction must be in [0, 1]"),
+    (SMOKE + ["--set", "model.hidden=32,0"], "model.hidden must be positive, got 0"),
+    (SMOKE + ["--set", "model.conv_channels=-3"], "model.conv_channels must be positive"),
+    (SMOKE + ["--members", "0"], "train.members must be positive, got 0"),
+    (SMOKE + ["--set", "train.epochs=0"], "train.epochs must be positive"),
+    (SMOKE + ["--set", "train.batch_size=-1"], "train.batch_size must be positive"),
+    (SMOKE + ["--set", "train.learning_rate=0"], "train.learning_rate must be positive"),
+    (SMOKE + ["--set", "train.weight_decay=-1"], "train.weight_decay must be >= 0"),
+    (SMOKE + ["--set", "model.kind=rnn"], "unknown model 'rnn'"),
+    (SMOKE + ["--set", "train.epochs=two"], "cannot read 'two' as int"),
+    (SMOKE + ["--set", "nosuch=1"], "unknown setting 'nosuch'"),
+    (SMOKE + ["--dataset", "npz:/nonexistent/x.npz"], "/nonexistent/x.npz does not exist"),
+    (SMOKE + ["--dataset", "mnist", "--data-dir", "/nonexistent"], "/nonexistent does not exist"),
+    (SMOKE + ["--resume"], "--resume needs --out"),
+])
+def test_bad_setting_is_one_line_before_anything_runs(capsys, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert message in _error(capsys, args)
+    assert not (tmp_path / "runs").exists()  # refused before a run directory was made
+
+
+def test_unwritable_output_directory(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    line = _error(capsys, SMOKE + ["--out", str(blocker / "run")])
+    assert "cannot write to output directory" in line and str(blocker) in line
+
+
+def test_negative_checkpoint_interval(capsys, tmp_path):
+    line = _error(capsys, SMOKE + ["--out", str(tmp_path / "r"), "--checkpoint-every", "-1"])
+    assert "checkpoint interval must be >= 0" in line
+
+
+@pytest.mark.parametrize("replace, message", [
+    ({"y_test": None}, "lacks y_test"),
+    ({"x_train": np.zeros((300, 28, 28), np.float32)}, "x_train must be uint8"),
+    ({"x_train": np.zeros((300, 784), np.uint8)}, "x_train must be [N, H, W]"),
+    ({"y_train": np.zeros(299, np.int64)}, "y_train must be [300] integer labels"),
+    ({"y_train": np.zeros(300, np.float32)}, "y_train must be [300] integer labels"),
+    ({"x_test": np.zeros((60, 14, 14), np.uint8)}, "x_test images are (14, 14, 1)"),
+])
+def test_malformed_npz_is_named_and_run_marked_failed(capsys, tmp_path, fake_npz, replace, message):
+    path = fake_npz(**replace)
+    out = tmp_path / "run"
+    line = _error(capsys, SMOKE + ["--dataset", f"npz:{path}", "--out", str(out),
+                                   "--set", "data.train_size=None", "--set", "data.validation_size=None"])
+    assert message in line and str(path) in line
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and message in manifest["error"]
+
+
+def test_unreadable_npz(capsys, tmp_path):
+    path = tmp_path / "broken.npz"
+    path.write_bytes(b"this is not a zip archive")
+    line = _error(capsys, SMOKE + ["--dataset", f"npz:{path}", "--out", str(tmp_path / "r")])
+    assert f"cannot read {path}" in line
+
+
+def test_batch_larger_than_data(capsys, tmp_path):
+    out = tmp_path / "run"
+    line = _error(capsys, SMOKE + ["--set", "data.train_size=50", "--set", "tracked=10",
+                                   "--out", str(out)])
+    assert "batch size 64 is larger than the 50 training examples" in line
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_finished_run_needs_overwrite(capsys, tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"status": "finished"}))
+    line = _error(capsys, SMOKE + ["--out", str(tmp_path)])
+    assert "holds a finished run; pass --overwrite" in line
+    assert RunDir(tmp_path, resume=True).finished
+    assert main(SMOKE + ["--out", str(tmp_path), "--resume"]) == 0  # nothing left to do
+    assert "nothing to resume" in capsys.readouterr().out
+    run_dir = RunDir(tmp_path, overwrite=True)
+    run_dir.start("consistency", {})
+    assert run_dir.status == "running" and not run_dir.finished
+
+
+def test_unfinished_run_with_checkpoints_needs_resume_or_overwrite(capsys, tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"status": "running"}))
+    (tmp_path / "checkpoints" / "01-real").mkdir(parents=True)
+    assert "pass --resume" in _error(capsys, SMOKE + ["--out", str(tmp_path)])
+    RunDir(tmp_path, overwrite=True).start("consistency", {})
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_resume_with_different_config_is_refused(capsys, tmp_path):
+    RunDir(tmp_path).start("consistency", {"train": {"epochs": 2}})
+    with pytest.raises(MemjaxError, match=r"different config \(train.epochs: 2 -> 3\)"):
+        RunDir(tmp_path, resume=True).start("consistency", {"train": {"epochs": 3}})
+    with pytest.raises(MemjaxError, match="holds a 'consistency' run"):
+        RunDir(tmp_path, resume=True).start("other", {"train": {"epochs": 2}})
+
+
+@dataclass(frozen=True)
+class _LassConfig:
+    radius: float = 0.3
+    step_size: float = 0.25
+    max_iterations: int = 100
+    noise_fractions: tuple[float, ...] = (0.0, 0.2)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"radius": -0.1}, "radius must be >= 0, got -0.1"),
+    ({"max_iterations": 0}, "max_iterations must be positive"),
+    ({"noise_fractions": (0.2, 1.2)}, "noise_fractions must be in [0, 1], got 1.2"),
+    ({"radius": float("nan")}, "radius must be a number"),
+])
+def test_validate_applies_name_rules_to_any_study_config(change, message):
+    validate(_LassConfig())
+    with pytest.raises(MemjaxError) as e:
+        validate(_LassConfig(**change))
+    assert message in str(e.value)
