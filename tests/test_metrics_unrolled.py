@@ -8,7 +8,7 @@ import pytest
 
 from memjax.config import ModelConfig
 from memjax.ensemble import DATA, init_ensemble, make_optimizer
-from memjax.metrics import unrolled_loss_sensitivity
+from memjax.metrics import trainer_order, unrolled_loss_sensitivity
 from memjax.models import build_network
 from memjax.train import epoch_order, make_train_epoch
 
@@ -102,14 +102,13 @@ def test_trajectory_equals_the_ensemble_trainer():
                           member_ids=np.arange(2), learning_rate=0.3)
     start = state.variables
     epochs, batch = 2, 16
-    orders, weights = [], []
-    for m in range(2):
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(5), m), DATA)
-        parts = [epoch_order(jax.random.fold_in(key, e), 40, batch) for e in range(epochs)]
-        orders.append(np.concatenate([p[0] for p in parts]))
-        weights.append(np.concatenate([p[1] for p in parts]))
-    result = unrolled_loss_sensitivity(network.apply, start, x, y, np.stack(orders),
-                                       np.stack(weights), learning_rate=0.3, every=3)
+    order, weight = trainer_order(5, np.arange(2), num_examples=40, batch_size=batch,
+                                  epochs=epochs)
+    # the helper's order is the trainer's: epoch 1 of member 1 by hand
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(5), 1), DATA), 1)
+    np.testing.assert_array_equal(order[1, 3:], epoch_order(key, 40, batch)[0])
+    result = unrolled_loss_sensitivity(network.apply, start, x, y, order, weight,
+                                       learning_rate=0.3, every=3)
     train_epoch = make_train_epoch(network, tx, batch_size=batch)
     for _ in range(epochs):
         state, _ = train_epoch(state, 5, x, y)

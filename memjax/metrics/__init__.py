@@ -14,9 +14,10 @@ from memjax.metrics.consistency import (binomial_reference, class_binomial_refer
 from memjax.metrics.gini import gini
 from memjax.metrics.lass import PAPER_LASS, LassResult, critical_sample_ratio, lass, lass_search
 from memjax.metrics.sensitivity import input_gradients, loss_sensitivity, per_example_norm
-from memjax.metrics.unrolled import UnrolledSensitivity, unrolled_loss_sensitivity
+from memjax.metrics.unrolled import (UnrolledSensitivity, trainer_order,
+                                     unrolled_loss_sensitivity)
 
 __all__ = ["PAPER_LASS", "LassResult", "UnrolledSensitivity", "binomial_reference",
            "class_binomial_reference", "critical_sample_ratio", "gini", "input_gradients",
            "lass", "lass_search", "loss_sensitivity", "misclassification_rate",
-           "per_example_norm", "unrolled_loss_sensitivity"]
+           "per_example_norm", "trainer_order", "unrolled_loss_sensitivity"]

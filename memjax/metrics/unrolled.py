@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from memjax.ensemble import map_members
+from memjax.ensemble import DATA, map_members
 from memjax.metrics.sensitivity import per_example_norm
 from memjax.models import ApplyFn, as_float
+from memjax.train import epoch_order
 
 LOSS_ON = ("batch", "full")
 
@@ -39,6 +40,25 @@ class UnrolledSensitivity(NamedTuple):
     steps: jax.Array
     losses: jax.Array
     params: dict
+
+
+@functools.partial(jax.jit, static_argnames=("num_examples", "batch_size", "epochs",
+                                             "shared_order"))
+def trainer_order(seed: int, member_ids: jax.Array, *, num_examples: int, batch_size: int,
+                  epochs: int, shared_order: bool = False) -> tuple[jax.Array, jax.Array]:
+    """The minibatch order `memjax.train.make_train_epoch` gives each member over `epochs`
+    epochs, as (order [M, T, B] int32, weight [M, T, B] float32), T = epochs x
+    ceil(num_examples / batch_size): pass it to `unrolled_loss_sensitivity` to follow the
+    trainer's own trajectory. member_ids: [M] int."""
+    def member(member_id):
+        root = jax.random.key(seed)
+        base = jax.random.fold_in(root if shared_order else jax.random.fold_in(root, member_id),
+                                  DATA)
+        order, weight = jax.vmap(lambda e: epoch_order(
+            jax.random.fold_in(base, e), num_examples, batch_size))(jnp.arange(epochs))
+        return order.reshape(-1, batch_size), weight.reshape(-1, batch_size)
+
+    return jax.vmap(member)(jnp.asarray(member_ids))
 
 
 def _one_member(apply_fn, variables, order, weight, lr, x, y, *, every, loss_on, ord,
@@ -109,7 +129,7 @@ def _one_member(apply_fn, variables, order, weight, lr, x, y, *, every, loss_on,
 def unrolled_loss_sensitivity(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array,
                               order: jax.Array, weight: jax.Array | None = None, *,
                               learning_rate: float | jax.Array, every: int = 1,
-                              loss_on: str = "batch", ord: float = 1,
+                              loss_on: str = "full", ord: float = 1,
                               num_classes: int | None = None, cotangent_chunk: int = 16,
                               member_chunk: int | None = None) -> UnrolledSensitivity:
     """Loss sensitivity through the unrolled SGD trajectory, for every member.
@@ -117,9 +137,10 @@ def unrolled_loss_sensitivity(apply_fn: ApplyFn, variables, x: jax.Array, y: jax
     Each member m trains from variables[m] by plain SGD (no momentum or weight decay) on
     minibatches order[m, s] (weights weight[m, s]): theta_{s+1} = theta_s - lr * grad of the
     weighted mean cross-entropy of batch s, exactly as `memjax.train.make_train_epoch` does.
-    At the chosen steps t = 0, every, 2 * every, ... (< T), L_t is the loss at theta_t on
-    batch t (loss_on="batch": the loss SGD takes at step t) or on all N examples
-    (loss_on="full"), and
+    At the chosen steps t = 0, every, 2 * every, ... (< T), L_t is the training loss at
+    theta_t: on all N examples (loss_on="full", the default) or on batch t only
+    (loss_on="batch": the loss SGD takes at step t; x outside batch t then acts only
+    through the trajectory), and
         g_x^t = || dL_t / dx ||_ord   for every training input x,
     the derivative taken through theta_t's dependence on x along the trajectory.
 
