@@ -41,15 +41,18 @@ class Config:
     """every: SGD steps between the chosen steps t (g_x^t is computed at t = 0, every, ...).
     class_matrix_every: the same for the per-class matrix (each chosen step costs 11
     backward sweeps there, so it is sampled more sparsely). loss_on: `full` (L_t on every
-    training example at theta_t) or `batch` (on the step-t minibatch)."""
+    training example at theta_t) or `batch` (on the step-t minibatch).
+    per_example_learning_rate: SGD rate of the one-class-per-example conditions (a 1000-way
+    read-out from 16 units barely moves at the 10-class rate; None: train.learning_rate)."""
 
     data: DataConfig = field(default_factory=lambda: DataConfig(train_size=1000, downscale=2))
     model: ModelConfig = field(default_factory=lambda: ModelConfig(hidden=(16, 16)))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         members=4, epochs=60, batch_size=100, learning_rate=0.2))
-    every: int = 40
-    class_matrix_every: int = 150
+    every: int = 60
+    class_matrix_every: int = 200
     loss_on: str = "full"
+    per_example_learning_rate: float | None = 0.5
     conditions: tuple[str, ...] = tuple(CONDITIONS)
     cotangent_chunk: int = 64
 
@@ -100,11 +103,14 @@ def run(config: Config, run_dir: RunDir) -> dict:
         split, classes = _condition_split(dataset.train, condition, dataset.num_classes,
                                           config.data.data_seed)
         network = build_network(config.model, classes)
+        lr = tc.learning_rate
+        if CONDITIONS[condition][1] and config.per_example_learning_rate is not None:
+            lr = config.per_example_learning_rate
         state = init_ensemble(network, make_optimizer(), np.zeros((1,) + split.x.shape[1:],
                               np.float32), seed=tc.seed, member_ids=members,
-                              learning_rate=tc.learning_rate)
+                              learning_rate=lr)
         x, y = jax.device_put(split.x), jax.device_put(split.y)
-        common = dict(learning_rate=tc.learning_rate, loss_on=config.loss_on,
+        common = dict(learning_rate=lr, loss_on=config.loss_on,
                       cotangent_chunk=config.cotangent_chunk, member_chunk=tc.member_chunk)
         result = unrolled_loss_sensitivity(network.apply, state.variables, x, y, order, weight,
                                            every=config.every, **common)
@@ -125,6 +131,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
         arrays["steps"], arrays["epochs_at_steps"] = np.asarray(result.steps), epochs_at
         summary[condition] = {
             "classes": classes,
+            "learning_rate": lr,
             "gini_gbar_final": float(gini_running[:, -1].mean()),
             "gini_gbar_final_min_member": float(gini_running[:, -1].min()),
             "gini_gbar_final_max_member": float(gini_running[:, -1].max()),
@@ -172,7 +179,7 @@ def _figures(arrays: dict, conditions, run_dir: RunDir) -> None:
     names = [c for c in conditions if f"per_class_{c}" in arrays]
     if not names:
         return
-    fig, axes = new_figure(ncols=len(names), width=4.0, height=3.6)
+    fig, axes = new_figure(ncols=len(names), width=4.8, height=3.8)
     for ax, c in zip(axes, names):
         image = ax.imshow(np.log10(arrays[f"per_class_{c}"].mean(0)), cmap="viridis")
         ax.set_title(f"{c}: log10 g-bar(i, j)")
