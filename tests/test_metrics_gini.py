@@ -25,3 +25,19 @@ def test_matches_pairwise_definition_along_any_axis():
     pairwise = np.abs(v[:, :, None, :] - v[:, None, :, :]).sum((1, 2)) / (2 * 50 * v.sum(1))
     np.testing.assert_allclose(gini(v, axis=1), pairwise, rtol=1e-4)
     assert gini(v, axis=1).shape == (3, 4)
+
+
+def test_documented_examples_run():
+    """The usage examples in memjax.metrics' docstrings are executed and their output checked."""
+    import doctest
+
+    import memjax.metrics as mm
+
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    finder = doctest.DocTestFinder(recurse=False)
+    for obj, name in ((mm, "memjax.metrics"), (mm.gini, "gini")):
+        tests = finder.find(obj, name, globs={"jnp": jnp, "gini": gini})
+        assert sum(len(t.examples) for t in tests) > 0
+        for t in tests:
+            runner.run(t)
+    assert runner.summarize(verbose=False).failed == 0
