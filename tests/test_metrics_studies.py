@@ -23,18 +23,29 @@ def test_sensitivity_study(tmp_path):
     config = dataclasses.replace(
         sensitivity.PRESETS["smoke"], data=DataConfig(train_size=60, downscale=4),
         train=TrainConfig(members=2, epochs=2, batch_size=20, learning_rate=0.2),
-        every=2, class_matrix_every=3, conditions=("randY", "real_per_example"))
+        every=2, class_matrix_every=3, conditions=("randY",))
     out, arrays, summary = _run(sensitivity, config, tmp_path)
     assert arrays["gini_randY"].shape == (2, 3)  # 6 steps, every 2
     assert arrays["per_class_randY"].shape == (2, 10, 10)
-    assert arrays["gbar_real_per_example"].shape == (2, 60)
-    assert summary["real_per_example"]["classes"] == 60
+    assert arrays["gbar_randY"].shape == (2, 60)
+    np.testing.assert_allclose(summary["randY"]["gini_gbar_final"], arrays["gini_randY"][:, -1].mean(),
+                               rtol=1e-6)
     assert (tmp_path / "fig3_gini.png").exists() and (tmp_path / "fig4_per_class.png").exists()
     with pytest.raises(MemjaxError):
         sensitivity.run(dataclasses.replace(config, conditions=("nope",)), RunDir(tmp_path / "b"))
     with pytest.raises(MemjaxError):
         sensitivity.run(dataclasses.replace(config, train=dataclasses.replace(
             config.train, momentum=0.9)), RunDir(tmp_path / "c"))
+
+
+def test_one_class_per_example_labels():
+    from memjax.data import Split
+
+    train = Split(np.zeros((5, 2, 2, 1), np.uint8), np.array([3, 3, 1, 0, 3], np.int32),
+                  np.zeros(5, bool))
+    split, classes = sensitivity._condition_split(train, "randX_per_example", 10, 0)
+    np.testing.assert_array_equal(split.y, np.arange(5))
+    assert classes == 5 and split.noisy.all()
 
 
 def test_csr_study(tmp_path):
