@@ -4,4 +4,6 @@
 # name on the command line -> module in this package
 EXPERIMENTS = {
     "consistency": "consistency",
+    "sensitivity": "sensitivity",
+    "csr": "csr",
 }

@@ -1,0 +1,150 @@
+"""E5 (Sec. 4, Fig. 9): critical sample ratio on the validation set, every epoch, for
+networks trained on real data, random inputs (randX) and random labels (randY).
+
+    memjax run csr --preset cpu [--dataset mnist --data-dir ../shared/data]
+
+After every epoch, Langevin Adversarial Sample Search (LASS, the paper's alpha, beta, r)
+looks for a point within L_inf distance r of each tracked validation input that changes
+the member's prediction; CSR is the fraction of inputs for which it finds one. Networks
+fitted to noise have far more critical samples (a more complex decision boundary): CSR is
+far higher for randX and randY than for real data, rising over the epochs and then levelling
+off. Presets: smoke (seconds), cpu (MLP 2x256 on 10k MNIST digits, 4 members, 8 epochs, 20
+LASS iterations on 300 validation digits, a few minutes on 2 cores), paper (the paper's CNN on CIFAR-10, 100 members,
+100 LASS iterations on 5000 validation images; GPU).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+
+from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
+from memjax.data import load_dataset, with_noise
+from memjax.ensemble import ATTACK
+from memjax.errors import MemjaxError
+from memjax.experiments.common import close, new_figure, train_ensemble
+from memjax.metrics import PAPER_LASS, critical_sample_ratio, lass
+from memjax.models import build_network
+from memjax.results import RunDir
+from memjax.train import evaluate
+
+CONDITIONS = ("real", "randX", "randY")
+
+
+@dataclass(frozen=True)
+class Config:
+    """examples: validation inputs searched each epoch (None: all). radius, step_size,
+    noise_scale: LASS r, alpha, beta in [0, 1] pixel units (default: the paper's 0.3, 0.25
+    and 0.2 on the 0-255 scale). lass_chunk: examples per search (each stops early alone)."""
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(train_size=10_000))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(hidden=(256, 256)))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        members=4, epochs=8, learning_rate=0.05))
+    conditions: tuple[str, ...] = CONDITIONS
+    noise_fraction: float = 1.0
+    examples: int | None = 300
+    radius: float = PAPER_LASS["radius"]
+    step_size: float = PAPER_LASS["step_size"]
+    noise_scale: float = PAPER_LASS["noise_scale"]
+    max_iterations: int = 20
+    lass_chunk: int | None = None
+
+
+PRESETS = {
+    "smoke": Config(DataConfig(train_size=512, validation_size=128), ModelConfig(hidden=(32,)),
+                    TrainConfig(members=2, epochs=2, batch_size=64, learning_rate=0.05),
+                    examples=64, max_iterations=5),
+    "cpu": Config(),
+    "paper": Config(DataConfig(name="cifar10", train_size=None), ModelConfig(kind="cnn", conv_channels=200),
+                    TrainConfig(members=100, epochs=60, learning_rate=0.01, momentum=0.9,
+                                lr_halving_epochs=15, member_chunk=25, eval_chunk=1000),
+                    examples=None, max_iterations=PAPER_LASS["max_iterations"], lass_chunk=1000),
+}
+
+
+def run(config: Config, run_dir: RunDir) -> dict:
+    check_fraction("noise fraction", config.noise_fraction)
+    check_positive(examples=config.examples, max_iterations=config.max_iterations,
+                   lass_chunk=config.lass_chunk)
+    if min(config.radius, config.step_size, config.noise_scale) < 0:
+        raise MemjaxError("LASS radius, step size and noise scale must be non-negative")
+    unknown = set(config.conditions) - set(CONDITIONS)
+    if unknown:
+        raise MemjaxError(f"unknown condition(s) {sorted(unknown)}; known: {', '.join(CONDITIONS)}")
+    dataset = load_dataset(config.data)
+    validation = dataset.validation.take(config.examples)
+    x_val, y_val = jax.device_put(validation.x), jax.device_put(validation.y)
+    tc = config.train
+    search = dict(radius=config.radius, step_size=config.step_size,
+                  noise_scale=config.noise_scale, max_iterations=config.max_iterations,
+                  member_chunk=tc.member_chunk, chunk=config.lass_chunk)
+    # the same (pure) network train_ensemble builds, for the searches between epochs
+    apply_fn = build_network(config.model, dataset.num_classes).apply
+    arrays: dict[str, np.ndarray] = {}
+    summary: dict[str, dict] = {}
+    seconds = model_examples = 0.0
+    for c_index, condition in enumerate(config.conditions):
+        split = with_noise(dataset.train, condition, config.noise_fraction, dataset.num_classes,
+                           config.data.data_seed)
+        history: dict[str, list] = {"csr": [], "validation_accuracy": [], "train_accuracy": [],
+                                    "lass_iterations": []}
+
+        def on_epoch(epoch, state, metrics, condition=condition, history=history,
+                     c_index=c_index):
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
+                jax.random.key(tc.seed), ATTACK), c_index), epoch)
+            found = lass(apply_fn, state.variables, x_val, key, **search)
+            csr = np.asarray(critical_sample_ratio(found.critical))
+            accuracy = np.asarray(evaluate(apply_fn, state.variables, x_val, y_val,
+                                           chunk=tc.eval_chunk,
+                                           member_chunk=tc.member_chunk)["correct"].mean(1))
+            history["csr"].append(csr)
+            history["validation_accuracy"].append(accuracy)
+            history["train_accuracy"].append(np.asarray(metrics["train_accuracy"]))
+            history["lass_iterations"].append(float(np.asarray(found.iterations).mean()))
+            run_dir.log_metrics({"condition": condition, "epoch": epoch, "csr": float(csr.mean()),
+                                 "validation_accuracy": float(accuracy.mean()),
+                                 "train_accuracy": float(np.mean(metrics["train_accuracy"]))})
+        trained = train_ensemble(config.model, tc, dataset, split, on_epoch=on_epoch,
+                                 desc=f"{condition} ({c_index + 1}/{len(config.conditions)})")
+        seconds += trained.seconds
+        model_examples += trained.model_examples
+        for name, values in history.items():
+            arrays[f"{name}_{condition}"] = np.asarray(values)  # [epochs, M] (iterations: [epochs])
+        csr = arrays[f"csr_{condition}"]
+        summary[condition] = {
+            "csr_first_epoch": float(csr[0].mean()), "csr_last_epoch": float(csr[-1].mean()),
+            "csr_max_epoch_mean": float(csr.mean(1).max()),
+            "validation_accuracy_last": float(arrays[f"validation_accuracy_{condition}"][-1].mean()),
+            "train_accuracy_last": float(arrays[f"train_accuracy_{condition}"][-1].mean()),
+        }
+    arrays["epochs"] = np.arange(1, tc.epochs + 1)
+    run_dir.write_npz("results.npz", arrays)
+    run_dir.write_json("summary.json", summary)
+    _figure(arrays, config.conditions, run_dir)
+    # training time includes the per-epoch searches (they run inside the epoch callback)
+    return {"summary": summary, "model_examples_per_second": model_examples / max(seconds, 1e-9)}
+
+
+def _figure(arrays: dict, conditions, run_dir: RunDir) -> None:
+    fig, axes = new_figure(ncols=2)
+    for condition in conditions:
+        csr = arrays[f"csr_{condition}"]
+        line, = axes[0].plot(arrays["epochs"], csr.mean(1), marker="o", ms=3, label=condition)
+        axes[0].fill_between(arrays["epochs"], csr.min(1), csr.max(1), alpha=0.2,
+                             color=line.get_color())
+        axes[1].plot(arrays["epochs"], arrays[f"validation_accuracy_{condition}"].mean(1),
+                     color=line.get_color(), label=f"{condition} validation")
+        axes[1].plot(arrays["epochs"], arrays[f"train_accuracy_{condition}"].mean(1),
+                     color=line.get_color(), ls="--", label=f"{condition} train")
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("critical sample ratio (validation)")
+    axes[0].set_title("Critical samples per epoch (Fig. 9)")
+    axes[0].legend(fontsize=8)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("accuracy")
+    axes[1].legend(fontsize=7)
+    run_dir.save_figure(fig, "fig9_csr.png")
+    close(fig)

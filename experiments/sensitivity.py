@@ -1,0 +1,190 @@
+"""E2 (Figs. 3-4): loss sensitivity through the unrolled SGD trajectory; its Gini over examples.
+
+    memjax run sensitivity --preset cpu [--dataset mnist --data-dir ../shared/data]
+
+The paper's setting: MLPs with 2 x 16 hidden units trained by SGD on 1000 MNIST digits
+downscaled to 14 x 14, on real data, random inputs (randX) and random labels (randY), and
+again with one class per example (real and randX, 1000 classes). For every training input x,
+g_x^t = ||dL_t/dx||_1 of the training loss at step t, through the whole trajectory;
+g-bar_x is its mean over the steps so far. On real data a subset of examples dominates
+(the Gini coefficient of g-bar_x over examples climbs as training proceeds); on noise all
+examples matter alike (low Gini). Also: the 10 x 10 per-class matrices g-bar_{i,j}, and the
+instantaneous sensitivity ||dl_i/dx_i||_1 at the end of training with its Gini.
+Presets: smoke (seconds), cpu (4 members, 60 epochs, ~3 minutes on 2 cores), paper
+(100 members, 200 epochs; GPU).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+
+from memjax.config import DataConfig, ModelConfig, TrainConfig, check_positive
+from memjax.data import load_dataset, with_noise
+from memjax.data.dataset import Split
+from memjax.ensemble import init_ensemble, make_optimizer
+from memjax.errors import MemjaxError
+from memjax.experiments.common import check_train, close, new_figure
+from memjax.metrics import gini, loss_sensitivity, trainer_order, unrolled_loss_sensitivity
+from memjax.models import build_network
+from memjax.results import RunDir
+from memjax.train import evaluate
+
+# condition -> (noise kind, one class per example)
+CONDITIONS = {"real": ("real", False), "randX": ("randX", False), "randY": ("randY", False),
+              "real_per_example": ("real", True), "randX_per_example": ("randX", True)}
+
+
+@dataclass(frozen=True)
+class Config:
+    """every: SGD steps between the chosen steps t (g_x^t is computed at t = 0, every, ...).
+    class_matrix_every: the same for the per-class matrix (each chosen step costs 11
+    backward sweeps there, so it is sampled more sparsely). loss_on: `full` (L_t on every
+    training example at theta_t) or `batch` (on the step-t minibatch).
+    per_example_learning_rate: SGD rate of the one-class-per-example conditions (a 1000-way
+    read-out from 16 units barely moves at the 10-class rate; None: train.learning_rate)."""
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(train_size=1000, downscale=2))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(hidden=(16, 16)))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        members=4, epochs=60, batch_size=100, learning_rate=0.2))
+    every: int = 60
+    class_matrix_every: int = 200
+    loss_on: str = "full"
+    per_example_learning_rate: float | None = 0.5
+    conditions: tuple[str, ...] = tuple(CONDITIONS)
+    cotangent_chunk: int = 64
+
+
+PRESETS = {
+    "smoke": Config(DataConfig(train_size=200, downscale=2, validation_size=10),
+                    train=TrainConfig(members=2, epochs=3, batch_size=50, learning_rate=0.2),
+                    every=4, class_matrix_every=6),
+    "cpu": Config(),
+    "paper": Config(DataConfig(name="mnist", train_size=1000, downscale=2),
+                    train=TrainConfig(members=100, epochs=200, batch_size=100, learning_rate=0.2,
+                                      member_chunk=25),
+                    every=20, class_matrix_every=100),
+}
+
+
+def _condition_split(train: Split, condition: str, num_classes: int, seed: int) -> tuple[Split, int]:
+    kind, per_example = CONDITIONS[condition]
+    split = with_noise(train, kind, 1.0, num_classes, seed)
+    if per_example:
+        split = Split(split.x, np.arange(len(split), dtype=np.int32), split.noisy)
+        return split, len(split)
+    return split, num_classes
+
+
+def run(config: Config, run_dir: RunDir) -> dict:
+    check_positive(every=config.every, class_matrix_every=config.class_matrix_every,
+                   cotangent_chunk=config.cotangent_chunk)
+    unknown = set(config.conditions) - set(CONDITIONS)
+    if unknown:
+        raise MemjaxError(f"unknown condition(s) {sorted(unknown)}; known: {', '.join(CONDITIONS)}")
+    if config.loss_on not in ("full", "batch"):
+        raise MemjaxError(f"loss_on must be full or batch, got {config.loss_on!r}")
+    if config.train.momentum or config.train.weight_decay or config.train.lr_halving_epochs:
+        raise MemjaxError("the unrolled trajectory is plain SGD: momentum, weight decay and "
+                          "learning-rate halving must be off")
+    dataset = load_dataset(config.data)
+    n = len(dataset.train)
+    tc = config.train
+    check_train(tc, n)
+    members = np.arange(tc.members)
+    order, weight = trainer_order(tc.seed, members, num_examples=n, batch_size=tc.batch_size,
+                                  epochs=tc.epochs, shared_order=tc.shared_order)
+    steps_per_epoch = order.shape[1] // tc.epochs
+    arrays: dict[str, np.ndarray] = {}
+    summary: dict[str, dict] = {}
+    for condition in config.conditions:
+        split, classes = _condition_split(dataset.train, condition, dataset.num_classes,
+                                          config.data.data_seed)
+        network = build_network(config.model, classes)
+        lr = tc.learning_rate
+        if CONDITIONS[condition][1] and config.per_example_learning_rate is not None:
+            lr = config.per_example_learning_rate
+        state = init_ensemble(network, make_optimizer(), np.zeros((1,) + split.x.shape[1:],
+                              np.float32), seed=tc.seed, member_ids=members,
+                              learning_rate=lr)
+        x, y = jax.device_put(split.x), jax.device_put(split.y)
+        common = dict(learning_rate=lr, loss_on=config.loss_on,
+                      cotangent_chunk=config.cotangent_chunk, member_chunk=tc.member_chunk)
+        result = unrolled_loss_sensitivity(network.apply, state.variables, x, y, order, weight,
+                                           every=config.every, **common)
+        # g-bar_x over the chosen steps so far, at each chosen step: [M, K, N]
+        k = result.per_step.shape[1]
+        running = np.cumsum(np.asarray(result.per_step), 1) / np.arange(1, k + 1)[None, :, None]
+        gini_running = np.asarray(gini(running))  # [M, K]
+        final = {**state.variables, "params": result.params}
+        instant = loss_sensitivity(network.apply, final, x, y, chunk=tc.eval_chunk,
+                                   member_chunk=tc.member_chunk)
+        accuracy = evaluate(network.apply, final, x, y, chunk=tc.eval_chunk,
+                            member_chunk=tc.member_chunk)["correct"].mean(1)
+        epochs_at = np.asarray(result.steps) / steps_per_epoch
+        arrays.update({f"gbar_{condition}": np.asarray(result.mean),
+                       f"gini_{condition}": gini_running,
+                       f"instant_sensitivity_{condition}": np.asarray(instant),
+                       f"train_loss_at_steps_{condition}": np.asarray(result.losses)})
+        arrays["steps"], arrays["epochs_at_steps"] = np.asarray(result.steps), epochs_at
+        summary[condition] = {
+            "classes": classes,
+            "learning_rate": lr,
+            "gini_gbar_final": float(gini_running[:, -1].mean()),
+            "gini_gbar_final_min_member": float(gini_running[:, -1].min()),
+            "gini_gbar_final_max_member": float(gini_running[:, -1].max()),
+            "gini_instant_final": float(np.asarray(gini(instant)).mean()),
+            "train_accuracy_final": float(np.asarray(accuracy).mean()),
+            "train_loss_first": float(np.asarray(result.losses)[:, 0].mean()),
+            "train_loss_last": float(np.asarray(result.losses)[:, -1].mean()),
+        }
+        if not CONDITIONS[condition][1]:
+            per_class = unrolled_loss_sensitivity(
+                network.apply, state.variables, x, y, order, weight,
+                every=config.class_matrix_every, num_classes=classes, **common).per_class
+            arrays[f"per_class_{condition}"] = np.asarray(per_class)
+            matrix = np.asarray(per_class).mean(0)
+            diagonal = np.trace(matrix) / classes
+            summary[condition]["per_class_diagonal_over_offdiagonal"] = float(
+                diagonal / ((matrix.sum() - np.trace(matrix)) / (classes * (classes - 1))))
+        for i, epoch in enumerate(epochs_at):
+            run_dir.log_metrics({"condition": condition, "step": int(result.steps[i]),
+                                 "epoch": float(epoch), "gini_gbar": float(gini_running[:, i].mean()),
+                                 "train_loss": float(np.asarray(result.losses)[:, i].mean())})
+    run_dir.write_npz("results.npz", arrays)
+    run_dir.write_json("summary.json", summary)
+    _figures(arrays, config.conditions, run_dir)
+    return {"summary": summary}
+
+
+def _figures(arrays: dict, conditions, run_dir: RunDir) -> None:
+    groups = [("10 classes", [c for c in conditions if not CONDITIONS[c][1]]),
+              ("one class per example", [c for c in conditions if CONDITIONS[c][1]])]
+    groups = [g for g in groups if g[1]]
+    fig, axes = new_figure(ncols=len(groups))
+    for ax, (title, names) in zip(axes, groups):
+        for c in names:
+            g = arrays[f"gini_{c}"]
+            line, = ax.plot(arrays["epochs_at_steps"], g.mean(0), label=c)
+            ax.fill_between(arrays["epochs_at_steps"], g.min(0), g.max(0), alpha=0.2,
+                            color=line.get_color())
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("Gini of g-bar_x over examples")
+        ax.set_title(f"Loss sensitivity concentration ({title})")
+        ax.legend(fontsize=8)
+    run_dir.save_figure(fig, "fig3_gini.png")
+    close(fig)
+    names = [c for c in conditions if f"per_class_{c}" in arrays]
+    if not names:
+        return
+    fig, axes = new_figure(ncols=len(names), width=4.8, height=3.8)
+    for ax, c in zip(axes, names):
+        image = ax.imshow(np.log10(arrays[f"per_class_{c}"].mean(0)), cmap="viridis")
+        ax.set_title(f"{c}: log10 g-bar(i, j)")
+        ax.set_xlabel("class j of the input x")
+        ax.set_ylabel("class i of the loss term")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    run_dir.save_figure(fig, "fig4_per_class.png")
+    close(fig)

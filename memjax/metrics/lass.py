@@ -1,0 +1,130 @@
+"""Critical samples (PAPER.md E5): Langevin Adversarial Sample Search (LASS) and the
+critical sample ratio.
+
+x is critical if some x' with ||x' - x||_inf <= r changes the predicted class. LASS looks
+for such an x' by noisy sign-gradient ascent on the cross-entropy of the original
+prediction, kept inside the L_inf box around x (and the valid pixel range):
+    x~ <- clip(x~ + alpha * sign(grad CE(f(x~), y^(x))) + beta * eta),  eta ~ N(0, I).
+An example found critical is frozen at the point that flipped; the search stops as soon as
+every example is decided or after `max_iterations`. beta = 0 is plain sign-gradient PGD.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from memjax.ensemble import map_members
+from memjax.metrics._chunks import map_example_chunks
+from memjax.models import ApplyFn, as_float
+
+# The paper's values (alpha 0.25, beta 0.2, r 0.3 on the 0-255 scale; 100 iterations, the
+# authors' code), converted to [0, 1] pixels.
+PAPER_LASS = dict(radius=0.3 / 255, step_size=0.25 / 255, noise_scale=0.2 / 255,
+                  max_iterations=100)
+
+
+class LassResult(NamedTuple):
+    """critical: [..., N] bool. points: [..., N, H, W, C] float32, the point that changed the
+    prediction (critical examples) or the last iterate. iterations: [..., N] int32, the
+    iteration at which the prediction changed, or the iterations run."""
+
+    critical: jax.Array
+    points: jax.Array
+    iterations: jax.Array
+
+
+def lass_search(apply_fn: ApplyFn, member_variables, x: jax.Array, key: jax.Array, *,
+                radius: float, step_size: float, noise_scale: float,
+                max_iterations: int = 100, clip: tuple[float, float] | None = (0.0, 1.0),
+                example_ids: jax.Array | None = None) -> LassResult:
+    """LASS for ONE member: pure, jittable and vmappable (usable inside a training step).
+
+    apply_fn(member_variables, x[B, H, W, C]) -> logits [B, classes].
+    x: [N, H, W, C] uint8 or float in [0, 1]; radius, step_size, noise_scale in the same
+    pixel units as x after scaling (use PAPER_LASS for the paper's values). clip: valid
+    pixel range, or None. key: typed PRNG key; example n draws its noise at iteration i from
+    fold_in(fold_in(key, example_ids[n]), i) (example_ids default arange(N)), so an
+    example's search does not depend on which other examples share the batch.
+    Returns LassResult([N] bool, [N, H, W, C] float32, [N] int32).
+    """
+    x = as_float(x)
+    n = x.shape[0]
+    ids = jnp.arange(n) if example_ids is None else example_ids
+    example_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+    predicted = jnp.argmax(apply_fn(member_variables, x), -1)
+    low, high = x - radius, x + radius
+    if clip is not None:
+        low, high = jnp.maximum(low, clip[0]), jnp.minimum(high, clip[1])
+
+    def ascent_direction(points):
+        # Examples are independent: one backward pass of the summed loss.
+        def summed(p):
+            logits = apply_fn(member_variables, p)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, predicted).sum(), logits
+        grads, logits = jax.grad(summed, has_aux=True)(points)
+        return jnp.sign(grads), logits
+
+    def cond(carry):
+        i, _, critical, _ = carry
+        return (i < max_iterations) & ~jnp.all(critical)
+
+    def body(carry):
+        i, points, critical, iterations = carry
+        direction, _ = ascent_direction(points)
+        noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:]))(
+            example_keys)
+        proposal = jnp.clip(points + step_size * direction + noise_scale * noise, low, high)
+        flipped = jnp.argmax(apply_fn(member_variables, proposal), -1) != predicted
+        active = ~critical
+        keep = active.reshape((n,) + (1,) * (x.ndim - 1))
+        points = jnp.where(keep, proposal, points)
+        iterations = jnp.where(active, i + 1, iterations)
+        return i + 1, points, critical | (active & flipped), iterations
+
+    init = (jnp.int32(0), x, jnp.zeros((n,), bool), jnp.zeros((n,), jnp.int32))
+    _, points, critical, iterations = jax.lax.while_loop(cond, body, init)
+    return LassResult(critical, points, iterations)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "apply_fn", "max_iterations", "clip", "member_chunk", "chunk"))
+def lass(apply_fn: ApplyFn, variables, x: jax.Array, key: jax.Array, *, radius: float,
+         step_size: float, noise_scale: float, max_iterations: int = 100,
+         clip: tuple[float, float] | None = (0.0, 1.0), member_chunk: int | None = None,
+         chunk: int | None = None, member_ids: jax.Array | None = None) -> LassResult:
+    """LASS for every member of an ensemble and every example.
+
+    variables: stacked [M, ...]; x: [N, H, W, C]; other arguments as `lass_search`.
+    Member m searches with fold_in(key, member_ids[m]) (default ids arange(M)), so its
+    result does not depend on the ensemble size, `member_chunk` or `chunk` (examples per
+    search; each chunk stops early on its own). Returns LassResult with a leading member
+    axis: critical [M, N] bool, points [M, N, H, W, C], iterations [M, N] int32.
+
+    >>> import memjax.metrics as mm
+    >>> found = mm.lass(network.apply, state.variables, x_val, jax.random.key(0),
+    ...                 **mm.PAPER_LASS)  # doctest: +SKIP
+    >>> csr = mm.critical_sample_ratio(found.critical)  # [M]  # doctest: +SKIP
+    """
+    m = jax.tree_util.tree_leaves(variables)[0].shape[0]
+    ids = jnp.arange(m) if member_ids is None else member_ids
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+    n = x.shape[0]
+
+    def on_chunk(xb, example_ids):
+        search = functools.partial(
+            lass_search, apply_fn, x=xb, radius=radius, step_size=step_size,
+            noise_scale=noise_scale, max_iterations=max_iterations, clip=clip,
+            example_ids=example_ids)
+        return map_members(lambda v, k: search(v, key=k), member_chunk)(variables, keys)
+
+    return LassResult(*map_example_chunks(on_chunk, (x, jnp.arange(n)), chunk))
+
+
+@jax.jit
+def critical_sample_ratio(critical: jax.Array) -> jax.Array:
+    """Fraction of examined examples that are critical. critical: [M, N] bool -> [M] float32."""
+    return jnp.mean(critical.astype(jnp.float32), axis=-1)

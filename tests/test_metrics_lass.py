@@ -1,0 +1,128 @@
+"""LASS on a linear classifier whose exact L_inf distance to the decision boundary is known
+(|w.x + b| / ||w||_1), and the critical sample ratio."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from memjax.config import ModelConfig
+from memjax.ensemble import init_ensemble, make_optimizer
+from memjax.metrics import PAPER_LASS, critical_sample_ratio, lass, lass_search
+from memjax.models import build_network
+
+D = 16
+
+
+def linear(variables, x):
+    """Two classes: logit difference w.x + b."""
+    score = x.reshape(x.shape[0], -1) @ variables["w"] + variables["b"]
+    return jnp.stack([jnp.zeros_like(score), score], -1)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """Two members; examples placed at chosen L_inf distances from each member's boundary."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(2, D)).astype(np.float32)
+    b = np.array([0.1, -0.2], np.float32)
+    base = rng.uniform(-1, 1, size=(12, D)).astype(np.float32)
+    # distances in units of the radius: 0.4 and 0.7 are inside it, 1.3 and 2 outside
+    factors = np.array([0.4, 0.7, 1.3, 2.0, 0.4, 0.7, 1.3, 2.0, 0.4, 1.3, 0.7, 2.0], np.float32)
+    sides = np.where(np.arange(12) % 2 == 0, 1.0, -1.0)
+    radius = 0.05
+    xs = []
+    for m in range(2):
+        # move each base point along w until its score is side * factor * radius * ||w||_1
+        score = base @ w[m] + b[m]
+        target = sides * factors * radius * np.abs(w[m]).sum()
+        xs.append(base + ((target - score) / (w[m] @ w[m]))[:, None] * w[m])
+    return {"w": w, "b": b}, np.stack(xs).reshape(2, 12, 4, 4, 1), factors, radius
+
+
+def _search(variables, x, radius, **kw):
+    args = dict(radius=radius, step_size=radius / 4, noise_scale=radius / 8,
+                max_iterations=30, clip=None)
+    args.update(kw)
+    return lass_search(linear, variables, x, jax.random.key(1), **args)
+
+
+def test_critical_exactly_when_boundary_is_within_radius(problem):
+    variables, xs, factors, radius = problem
+    for m in range(2):
+        v = jax.tree_util.tree_map(lambda l: l[m], variables)
+        distance = np.abs(xs[m].reshape(12, -1) @ v["w"] + v["b"]) / np.abs(v["w"]).sum()
+        np.testing.assert_allclose(distance, factors * radius, rtol=1e-4)
+        found = jax.jit(_search, static_argnames=("max_iterations",))(v, xs[m], radius)
+        np.testing.assert_array_equal(found.critical, factors < 1)
+        # a found point is inside the box and really changes the prediction
+        points = np.asarray(found.points)
+        assert np.abs(points - xs[m]).max() <= radius + 1e-6
+        before = np.argmax(linear(v, xs[m]), -1)
+        after = np.argmax(linear(v, points), -1)
+        np.testing.assert_array_equal(after != before, factors < 1)
+        # sign steps of radius/4 need at least factor*4 steps: 2 for 0.4, 3 for 0.7
+        its = np.asarray(found.iterations)
+        assert (its[factors == 0.4] >= 2).all() and (its[factors == 0.7] >= 3).all()
+        assert (its[factors > 1] == 30).all()
+
+
+def test_plain_pgd_and_zero_radius(problem):
+    variables, xs, factors, radius = problem
+    v = jax.tree_util.tree_map(lambda l: l[0], variables)
+    pgd = _search(v, xs[0], radius, noise_scale=0.0)
+    np.testing.assert_array_equal(pgd.critical, factors < 1)
+    # without noise, sign steps reach the boundary at exactly ceil(factor * 4) iterations
+    np.testing.assert_array_equal(np.asarray(pgd.iterations)[factors < 1],
+                                  np.ceil(factors[factors < 1] * 4 - 1e-6).astype(int))
+    none = _search(v, xs[0], 0.0)
+    assert not np.asarray(none.critical).any()
+    np.testing.assert_allclose(none.points, xs[0])
+
+
+def test_early_stop_when_every_example_is_decided(problem):
+    variables, xs, factors, radius = problem
+    v = jax.tree_util.tree_map(lambda l: l[0], variables)
+    inside = factors < 1
+    found = _search(v, xs[0][inside], radius, max_iterations=1000)
+    assert found.critical.all()
+    assert int(found.iterations.max()) < 20  # stopped long before 1000
+
+
+def test_ensemble_lass_member_keys_chunks_and_csr(problem):
+    variables, xs, factors, radius = problem
+    x = xs[0]
+    args = dict(radius=radius, step_size=radius / 4, noise_scale=radius / 8,
+                max_iterations=30, clip=None)
+    key = jax.random.key(7)
+    whole = lass(linear, variables, x, key, **args)
+    chunked = lass(linear, variables, x, key, member_chunk=1, chunk=5, **args)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_array_equal(a, b)
+    assert whole.critical.shape == (2, 12) and whole.points.shape == (2, 12, 4, 4, 1)
+    # member 1 alone (its own id) gives the same search as inside the ensemble
+    alone = lass(linear, jax.tree_util.tree_map(lambda l: l[1:], variables), x, key,
+                 member_ids=jnp.array([1]), **args)
+    np.testing.assert_array_equal(alone.points[0], whole.points[1])
+    np.testing.assert_array_equal(whole.critical[0], factors < 1)
+    csr = critical_sample_ratio(whole.critical)
+    np.testing.assert_allclose(csr[0], np.mean(factors < 1))
+    zero = lass(linear, variables, x, key, **{**args, "radius": 0.0})
+    np.testing.assert_array_equal(critical_sample_ratio(zero.critical), [0.0, 0.0])
+
+
+def test_deterministic_and_clipped_on_a_network():
+    network = build_network(ModelConfig(hidden=(16,)), 10)
+    state = init_ensemble(network, make_optimizer(), jnp.zeros((1, 6, 6, 1)), seed=0,
+                          member_ids=np.arange(3), learning_rate=0.1)
+    x = np.random.default_rng(0).integers(0, 256, (20, 6, 6, 1), dtype=np.uint8)
+    big = dict(PAPER_LASS, radius=0.2, step_size=0.05, noise_scale=0.02, max_iterations=20)
+    a = lass(network.apply, state.variables, x, jax.random.key(3), **big)
+    b = lass(network.apply, state.variables, x, jax.random.key(3), **big)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    c = lass(network.apply, state.variables, x, jax.random.key(4), **big)
+    assert not np.array_equal(a.points, c.points)
+    xf = x / 255.0
+    assert float(a.points.min()) >= 0.0 and float(a.points.max()) <= 1.0
+    assert np.abs(np.asarray(a.points) - xf).max() <= 0.2 + 1e-6
+    assert 0 < float(critical_sample_ratio(a.critical).mean()) < 1
