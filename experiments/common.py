@@ -14,6 +14,7 @@ from memjax.data import Dataset, Split
 from memjax.ensemble import EnsembleState, init_ensemble, make_optimizer
 from memjax.errors import MemjaxError
 from memjax.models import Network, build_network
+from memjax.sharding import default_mesh, replicate, shard_members
 from memjax.train import fit, make_train_epoch
 
 # The flags every `memjax run NAME` accepts, and the config field each one sets.
@@ -27,6 +28,8 @@ def check_train(train: TrainConfig, num_examples: int) -> None:
     if train.batch_size > num_examples:
         raise MemjaxError(f"batch size {train.batch_size} is larger than the "
                           f"{num_examples} training examples")
+    if train.compute_dtype not in ("float32", "bfloat16"):
+        raise MemjaxError(f"compute_dtype must be float32 or bfloat16, got {train.compute_dtype!r}")
     if train.learning_rate <= 0:
         raise MemjaxError(f"learning rate must be positive, got {train.learning_rate}")
 
@@ -58,8 +61,12 @@ def train_ensemble(model: ModelConfig, train: TrainConfig, dataset: Dataset, spl
     train_epoch = make_train_epoch(network, tx, batch_size=train.batch_size,
                                    shared_order=train.shared_order,
                                    lr_halving_epochs=train.lr_halving_epochs,
-                                   member_chunk=train.member_chunk)
-    x, y = jax.device_put(split.x), jax.device_put(split.y)
+                                   member_chunk=train.member_chunk,
+                                   compute_dtype=train.compute_dtype)
+    # Members split over every device (sharding.default_mesh), the data copied to each.
+    mesh = default_mesh(train.members)
+    state = shard_members(state, mesh, train.members)
+    x, y = replicate((split.x, split.y), mesh)
     # Compile ahead so the measured throughput is training alone.
     train_epoch = train_epoch.lower(state, train.seed, x, y).compile()
     start = time.perf_counter()
