@@ -9,7 +9,7 @@ so it overestimates: the plan errs toward smaller groups, never toward running o
 
 Overrides: an explicit `member_chunk` (TrainConfig.member_chunk, `--set
 train.member_chunk=N`); the environment variables MEMJAX_MEMORY_BYTES (the budget per
-device, in bytes) or MEMJAX_MEMORY_FRACTION (share of the device's memory, default 0.6).
+device, in bytes) or MEMJAX_MEMORY_FRACTION (share of the device's memory limit, default 0.8).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ try:  # jax >= 0.4.33 moved the core types here
 except ImportError:  # pragma: no cover
     from jax.core import ClosedJaxpr, Jaxpr
 
-DEFAULT_FRACTION = 0.6
+DEFAULT_FRACTION = 0.8
 
 
 def device_memory_bytes(device: jax.Device | None = None) -> int:
@@ -74,13 +74,15 @@ def _inner_jaxprs(params: dict) -> list:
     return found
 
 
-def jaxpr_bytes(jaxpr: Jaxpr) -> int:
+def jaxpr_bytes(jaxpr: Jaxpr, skip_shapes: frozenset = frozenset()) -> int:
     """Bytes of every value the jaxpr creates, with the largest nested body (a scan step, a
-    branch) counted once: an upper bound on its temporary memory without fusion."""
+    branch) counted once: an upper bound on its temporary memory without fusion. Values
+    shaped like one of `skip_shapes` are left out (the caller accounts for them)."""
     total = 0
     for eqn in jaxpr.eqns:
-        total += sum(_nbytes(v.aval) for v in eqn.outvars)
-        inner = [jaxpr_bytes(j) for j in _inner_jaxprs(eqn.params)]
+        total += sum(_nbytes(v.aval) for v in eqn.outvars
+                     if tuple(getattr(v.aval, "shape", ())) not in skip_shapes)
+        inner = [jaxpr_bytes(j, skip_shapes) for j in _inner_jaxprs(eqn.params)]
         if inner:
             total += max(inner)
     return total
@@ -89,10 +91,18 @@ def jaxpr_bytes(jaxpr: Jaxpr) -> int:
 def member_bytes(fn: Callable, *one_member: Any) -> tuple[int, int]:
     """(state bytes, temporary bytes) of `fn` applied to ONE member's arguments (arrays or
     ShapeDtypeStructs without the member axis): state = its arguments and results, which
-    exist for every member at once; temporary = what one member's computation creates."""
+    exist for every member at once; temporary = what one member's computation creates.
+
+    Values shaped like an argument (gradients, optimizer updates: a chain of elementwise
+    ops XLA fuses) are counted as two more copies of the arguments instead of once per op;
+    activations are counted once per op, fused or not.
+    """
     closed = jax.make_jaxpr(fn)(*one_member)
-    state = sum(_nbytes(v.aval) for v in closed.jaxpr.invars + closed.jaxpr.outvars)
-    return state, jaxpr_bytes(closed.jaxpr)
+    args = sum(_nbytes(v.aval) for v in closed.jaxpr.invars)
+    state = args + sum(_nbytes(v.aval) for v in closed.jaxpr.outvars)
+    shapes = frozenset(tuple(v.aval.shape) for v in closed.jaxpr.invars
+                       if len(getattr(v.aval, "shape", ())) >= 2)
+    return state, 2 * args + jaxpr_bytes(closed.jaxpr, shapes)
 
 
 def plan_member_chunk(fn: Callable, stacked: tuple, *, devices: int = 1,
@@ -105,8 +115,9 @@ def plan_member_chunk(fn: Callable, stacked: tuple, *, devices: int = 1,
     one = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), stacked)
     state, temporary = member_bytes(fn, *one)
     budget = memory_budget_bytes() if budget_bytes is None else budget_bytes
-    # State is held for every member, twice while the padded/regrouped copies exist.
-    free = budget - 2 * local * state
+    # Arguments and results exist for every member at once (results replace donated
+    # arguments); temporaries only for the members of one group.
+    free = budget - local * state
     fits = max(1, free // max(temporary, 1))
     if fits >= local:
         return local
