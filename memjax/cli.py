@@ -73,6 +73,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from memjax.benchmarks import harness
+
+    only = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else None
+    record = harness.run(args.preset, only, args.out)
+    print(harness.markdown(record), end="")
+    print(f"bench: finished in {record['wall_s']:.1f} s -> {', '.join(record['files'])}")
+    return 0
+
+
 def add_shared_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
     p.add_argument("--dataset", help="embedded | mnist | cifar10 | npz:PATH")
@@ -94,6 +104,12 @@ def parser() -> argparse.ArgumentParser:
     add_shared_flags(run)
     run.set_defaults(func=cmd_run)
     sub.add_parser("list", help="list the studies").set_defaults(func=cmd_list)
+    bench = sub.add_parser("bench", help="ensemble training throughput against baselines")
+    bench.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores) | gpu")
+    bench.add_argument("--cases", help="comma-separated case names (default: all)")
+    bench.add_argument("--out", default="benchmarks/results",
+                       help="folder for <date>-<device>.json/.md (default: benchmarks/results)")
+    bench.set_defaults(func=cmd_bench)
     return p
 
 

@@ -26,6 +26,13 @@ except ImportError:  # pragma: no cover
     from jax.core import ClosedJaxpr, Jaxpr
 
 DEFAULT_FRACTION = 0.8
+# Members per group when a computation convolves and no chunk is set: vmap turns a
+# convolution over stacked weights into a grouped convolution, which measured slower than
+# one member at a time inside the program (lax.map): XLA:CPU, paper CNN with 16 channels,
+# 8 members, `memjax bench` c_cnn 2026-11-26: vmap 81, lax.map 188, chunks of 2 121
+# model-examples/s; on an H200 (issue 5) vmap ran out of memory at 100 members where
+# lax.map ran. Override with an explicit member_chunk, or MEMJAX_CONV_CHUNK.
+CONV_CHUNK = 1
 
 
 def device_memory_bytes(device: jax.Device | None = None) -> int:
@@ -88,6 +95,12 @@ def jaxpr_bytes(jaxpr: Jaxpr, skip_shapes: frozenset = frozenset()) -> int:
     return total
 
 
+def convolves(jaxpr: Jaxpr) -> bool:
+    """Whether the jaxpr (or a body inside it) has a convolution."""
+    return any(eqn.primitive.name == "conv_general_dilated"
+               or any(convolves(j) for j in _inner_jaxprs(eqn.params)) for eqn in jaxpr.eqns)
+
+
 def member_bytes(fn: Callable, *one_member: Any) -> tuple[int, int]:
     """(state bytes, temporary bytes) of `fn` applied to ONE member's arguments (arrays or
     ShapeDtypeStructs without the member axis): state = its arguments and results, which
@@ -109,10 +122,12 @@ def plan_member_chunk(fn: Callable, stacked: tuple, *, devices: int = 1,
                       budget_bytes: int | None = None) -> int:
     """Members per vmap group on one device for `fn` over `stacked` arguments [M, ...]:
     all of a device's members when they fit the budget, else the most that do (at least 1),
-    balanced so the groups are equal in size."""
+    balanced so the groups are equal in size; computations with convolutions CONV_CHUNK."""
     leaves = jax.tree_util.tree_leaves(stacked)
     local = -(-leaves[0].shape[0] // devices)
     one = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), stacked)
+    if convolves(jax.make_jaxpr(fn)(*one).jaxpr):
+        return min(local, int(os.environ.get("MEMJAX_CONV_CHUNK", CONV_CHUNK)))
     state, temporary = member_bytes(fn, *one)
     budget = memory_budget_bytes() if budget_bytes is None else budget_bytes
     # Arguments and results exist for every member at once (results replace donated

@@ -51,3 +51,15 @@ def test_tight_budget_chunks_and_keeps_results(monkeypatch):
 def test_device_memory_is_known():
     assert plan.device_memory_bytes() > 2 ** 20
     assert 0 < plan.memory_budget_bytes() < plan.device_memory_bytes()
+
+
+def test_convolutions_run_one_member_at_a_time_unless_told():
+    x = jnp.ones((2, 8, 8, 3))
+    conv = lambda w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
+    w = jnp.ones((6, 3, 3, 3, 4))
+    assert plan.plan_member_chunk(conv, (w,), budget_bytes=10 ** 9) == plan.CONV_CHUNK
+    dense = lambda v: (x.reshape(2, -1) @ v).sum()
+    assert plan.plan_member_chunk(dense, (jnp.ones((6, 192, 4)),), budget_bytes=10 ** 9) == 6
+    out = map_members(conv, None, mesh=member_mesh(1))(w)
+    np.testing.assert_allclose(out, jax.vmap(conv)(w), rtol=1e-6)
