@@ -11,7 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-SIZES = {"cpu": dict(n=1024, words=2 ** 24, repeats=3), "gpu": dict(n=8192, words=2 ** 28, repeats=10)}
+SIZES = {"cpu": dict(n=1536, words=2 ** 24, repeats=5), "gpu": dict(n=8192, words=2 ** 28, repeats=10)}
 
 
 def _best_seconds(fn, *args, repeats: int) -> float:

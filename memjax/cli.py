@@ -40,10 +40,16 @@ def build_config(module, args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from memjax.results import RunDir
+    from memjax.sharding import initialize_distributed, is_writer
 
+    several = initialize_distributed()
     module = _experiment(args.experiment)
     config = build_config(module, args)
     out = Path(args.out or f"runs/{args.experiment}-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if several and not is_writer():  # process 0 writes the run; the others keep their logs apart
+        import jax
+
+        out = out / "hosts" / str(jax.process_index())
     run_dir = RunDir(out, overwrite=args.overwrite)
     run_dir.start(args.experiment, to_dict(config))
     try:

@@ -80,7 +80,9 @@ def initialize_distributed() -> bool:
     """Start jax.distributed when launched as one of several processes, before any other JAX
     call. Cloud TPU pod slices and Slurm are detected by jax itself; elsewhere set
     MEMJAX_COORDINATOR (host:port), MEMJAX_NUM_PROCESSES and MEMJAX_PROCESS_ID.
-    Returns True when running as several processes."""
+    MEMJAX_DISTRIBUTED=0 turns detection off. Returns True when running as several processes."""
+    if os.environ.get("MEMJAX_DISTRIBUTED") == "0":
+        return False
     coordinator = os.environ.get("MEMJAX_COORDINATOR")
     if coordinator:
         jax.distributed.initialize(coordinator, int(os.environ["MEMJAX_NUM_PROCESSES"]),

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from memjax import sharding
 from memjax.ensemble import DATA, DROPOUT, EnsembleState, map_members
 from memjax.models import ApplyFn, Network, as_float
 
@@ -132,7 +133,12 @@ def evaluate(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array, *, chunk:
     correct, loss = jax.lax.map(on_chunk, (xs, ys))
     m = correct.shape[1]
     unchunk = lambda a: jnp.moveaxis(a, 1, 0).reshape(m, chunks * chunk)[:, :n]
-    return {"correct": unchunk(correct), "loss": unchunk(loss)}
+    out = {"correct": unchunk(correct), "loss": unchunk(loss)}
+    if jax.process_count() > 1:  # every host gets every member's results (one run dir)
+        out = jax.lax.with_sharding_constraint(
+            out, jax.sharding.NamedSharding(mesh or sharding.default_mesh(m),
+                                            jax.sharding.PartitionSpec()))
+    return out
 
 
 def fit(state: EnsembleState, train_epoch: Callable, seed: int, x: jax.Array, y: jax.Array,
@@ -148,5 +154,5 @@ def fit(state: EnsembleState, train_epoch: Callable, seed: int, x: jax.Array, y:
     for _ in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, mininterval=1.0):
         state, metrics = train_epoch(state, seed, x, y)
         if on_epoch is not None:
-            on_epoch(int(state.epoch), state, jax.device_get(metrics))
+            on_epoch(int(state.epoch), state, sharding.to_host(metrics))
     return state
