@@ -162,18 +162,21 @@ def run_case(name: str, preset: str) -> list[dict]:
     x, y = jax.device_put(x), jax.device_put(y)
     rows = []
     if case.model.kind == "cnn":
-        # The planned default for convolutions is lax.map (memjax.plan.CONV_CHUNK); vmap,
-        # the likeliest to run out of memory, goes last.
+        # The planned default for convolutions is lax.map (memjax.plan.CONV_CHUNK). vmap,
+        # the likeliest to run out of memory (and to leave JAX's memory pool grown), runs
+        # after the PyTorch baselines.
         variants = [("jax-lax.map", 1)]
         if 1 < case.members // 4 < case.members:
             variants.append((f"jax-chunk-{case.members // 4}", case.members // 4))
-        variants.append(("jax-vmap", case.members))
+        last = [("jax-vmap", case.members)]
     else:
-        variants = [("jax-ensemble", None)]
+        variants, last = [("jax-ensemble", None)], []
     for impl, chunk in variants:
         rows.append(_guarded(lambda: jax_ensemble_row(case, x, y, chunk, impl), impl, case))
     rows.append(_guarded(lambda: jax_one_at_a_time_row(case, x, y), "jax-one-at-a-time", case))
     rows += _torch_rows(case, np.asarray(x), np.asarray(y))
+    for impl, chunk in last:
+        rows.append(_guarded(lambda: jax_ensemble_row(case, x, y, chunk, impl), impl, case))
     costs = training_costs(case)
     return [{"case": name, **costs, **row} for row in rows]
 
@@ -194,8 +197,11 @@ def _torch_rows(case: Case, x: np.ndarray, y: np.ndarray) -> list[dict]:
     except ImportError:
         return [{"impl": "torch-*", "members": case.members, "model_examples_per_s": None,
                  "seconds": None, "note": "PyTorch not installed: torch baselines skipped"}]
-    return [_guarded(lambda: fn(case, x, y), impl, case)
-            for impl, fn in torch_baselines.baselines(case).items()]
+    rows = []
+    for impl, fn in torch_baselines.baselines(case).items():
+        rows.append(_guarded(lambda: fn(case, x, y), impl, case))
+        torch_baselines.release_memory()  # leave the device to the next implementation
+    return rows
 
 
 def e1_consistency(preset: str) -> list[dict]:

@@ -178,6 +178,15 @@ def bmm_ensemble(case, x, y) -> dict:
     return _row("torch-bmm", m, order.shape[1] * case.batch, seconds)
 
 
+def release_memory() -> None:
+    """Hand PyTorch's cached device memory back (JAX runs next on the same device)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def baselines(case) -> dict:
     """impl name -> fn(case, x [N, H, W, C] uint8, y [N] int) -> result row."""
     found = {"torch-loop": per_model_loop, "torch-func": func_ensemble}
