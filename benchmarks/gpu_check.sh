@@ -12,7 +12,7 @@
 # MEMJAX_BENCH_CASES=a_mlp512,c_cnn limits the bench to those cases.
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-check-out}
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 CHECK=${MEMJAX_CHECK:-gpu}
 PY=${PYTHON:-python3}
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 TQDM_DISABLE=1
@@ -33,7 +33,7 @@ else
   ln -s "$PWD/experiments" "$SHIM/memjax/experiments"
   ln -s "$PWD/benchmarks" "$SHIM/memjax/benchmarks"
   export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
-  MEMJAX=("$PY" -m memjax.cli)
+  MEMJAX=("$PY" -P -m memjax.cli)  # -P: the repository's own memjax/ must not shadow the links
 fi
 "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tail -1
 
