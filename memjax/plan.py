@@ -110,7 +110,10 @@ def member_bytes(fn: Callable, *one_member: Any) -> tuple[int, int]:
     ops XLA fuses) are counted as two more copies of the arguments instead of once per op;
     activations are counted once per op, fused or not.
     """
-    closed = jax.make_jaxpr(fn)(*one_member)
+    return _costs(jax.make_jaxpr(fn)(*one_member))
+
+
+def _costs(closed: ClosedJaxpr) -> tuple[int, int]:
     args = sum(_nbytes(v.aval) for v in closed.jaxpr.invars)
     state = args + sum(_nbytes(v.aval) for v in closed.jaxpr.outvars)
     shapes = frozenset(tuple(v.aval.shape) for v in closed.jaxpr.invars
@@ -126,9 +129,10 @@ def plan_member_chunk(fn: Callable, stacked: tuple, *, devices: int = 1,
     leaves = jax.tree_util.tree_leaves(stacked)
     local = -(-leaves[0].shape[0] // devices)
     one = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), stacked)
-    if convolves(jax.make_jaxpr(fn)(*one).jaxpr):
+    closed = jax.make_jaxpr(fn)(*one)
+    if convolves(closed.jaxpr):
         return min(local, int(os.environ.get("MEMJAX_CONV_CHUNK", CONV_CHUNK)))
-    state, temporary = member_bytes(fn, *one)
+    state, temporary = _costs(closed)
     budget = memory_budget_bytes() if budget_bytes is None else budget_bytes
     # Arguments and results exist for every member at once (results replace donated
     # arguments); temporaries only for the members of one group.
