@@ -16,6 +16,7 @@ from memjax.ensemble import EnsembleState, init_ensemble, make_optimizer
 from memjax.errors import MemjaxError
 from memjax.models import Network, build_network
 from memjax.results import RunDir
+from memjax.sharding import default_mesh, replicate, shard_members
 from memjax.train import fit, make_train_epoch
 
 # The flags every `memjax run NAME` accepts, and the config field each one sets.
@@ -29,6 +30,8 @@ def check_train(train: TrainConfig, num_examples: int) -> None:
     if train.batch_size > num_examples:
         raise MemjaxError(f"batch size {train.batch_size} is larger than the "
                           f"{num_examples} training examples")
+    if train.compute_dtype not in ("float32", "bfloat16"):
+        raise MemjaxError(f"compute_dtype must be float32 or bfloat16, got {train.compute_dtype!r}")
     if train.learning_rate <= 0:
         raise MemjaxError(f"learning rate must be positive, got {train.learning_rate}")
 
@@ -66,7 +69,8 @@ def train_ensemble(model: ModelConfig, train: TrainConfig, dataset: Dataset, spl
     train_epoch = make_train_epoch(network, tx, batch_size=train.batch_size,
                                    shared_order=train.shared_order,
                                    lr_halving_epochs=train.lr_halving_epochs,
-                                   member_chunk=train.member_chunk)
+                                   member_chunk=train.member_chunk,
+                                   compute_dtype=train.compute_dtype)
     checkpoints = run_dir.checkpoints(desc) if run_dir is not None else None
     if checkpoints is not None and run_dir.resume:
         restored = checkpoints.restore(state)
@@ -76,7 +80,10 @@ def train_ensemble(model: ModelConfig, train: TrainConfig, dataset: Dataset, spl
             print(f"memjax: {desc}: resumed from the checkpoint of epoch {int(state.epoch)}"
                   f"/{train.epochs}", file=sys.stderr)
     remaining = train.epochs - int(state.epoch)
-    x, y = jax.device_put(split.x), jax.device_put(split.y)
+    # Members split over every device (sharding.default_mesh), the data copied to each.
+    mesh = default_mesh(train.members)
+    state = shard_members(state, mesh, train.members)
+    x, y = replicate((split.x, split.y), mesh)
     # Compile ahead so the measured throughput is training alone.
     if remaining > 0:
         train_epoch = train_epoch.lower(state, train.seed, x, y).compile()

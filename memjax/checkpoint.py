@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 from memjax.ensemble import EnsembleState
@@ -88,6 +89,8 @@ class PhaseCheckpoints:
                 stored = host.pop("_fingerprint", None)
                 if stored is not None and int(fingerprint(state)) != stored:
                     raise ValueError("contents do not match their checksum")
+                # Uncommitted copies, so the state can go wherever the caller's mesh says.
+                state = jax.tree.map(lambda a: jax.device_put(np.asarray(a)), state)
                 return state, host
             except Exception as e:  # any damage: report it, drop it, use the one before
                 message = str(e).splitlines()[0][:200] if str(e) else ""

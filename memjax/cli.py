@@ -42,13 +42,19 @@ def build_config(module, args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from memjax.results import RunDir
+    from memjax.sharding import initialize_distributed, is_writer
 
+    several = initialize_distributed()
     module = _experiment(args.experiment)
     config = build_config(module, args)
     validate(config)
     if args.resume and not args.out:
         raise MemjaxError("--resume needs --out DIR, the run directory to continue")
     out = Path(args.out or f"runs/{args.experiment}-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if several and not is_writer():  # process 0 writes the run; the others keep their logs apart
+        import jax
+
+        out = out / "hosts" / str(jax.process_index())
     run_dir = RunDir(out, overwrite=args.overwrite, resume=args.resume,
                      checkpoint_every=args.checkpoint_every,
                      keep_checkpoints=args.keep_checkpoints)
@@ -83,6 +89,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from memjax.benchmarks import harness
+
+    only = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else None
+    record = harness.run(args.preset, only, args.out)
+    print(harness.markdown(record), end="")
+    print(f"bench: finished in {record['wall_s']:.1f} s -> {', '.join(record['files'])}")
+    return 0
+
+
 def add_shared_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
     p.add_argument("--dataset", help="embedded | mnist | cifar10 | npz:PATH")
@@ -111,6 +127,12 @@ def parser() -> argparse.ArgumentParser:
     add_shared_flags(run)
     run.set_defaults(func=cmd_run)
     sub.add_parser("list", help="list the studies").set_defaults(func=cmd_list)
+    bench = sub.add_parser("bench", help="ensemble training throughput against baselines")
+    bench.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores) | gpu")
+    bench.add_argument("--cases", help="comma-separated case names (default: all)")
+    bench.add_argument("--out", default="benchmarks/results",
+                       help="folder for <date>-<device>.json/.md (default: benchmarks/results)")
+    bench.set_defaults(func=cmd_bench)
     return p
 
 

@@ -49,8 +49,10 @@ class TrainConfig:
     lr_halving_epochs: halve the learning rate every that many epochs (None: constant).
     shared_order: every member sees the same data order (default: its own permutation).
     member_chunk: members per vmap group, groups run one after another with lax.map
-      (None: all members in one vmap).
+      (None: planned from the device's memory and the model's size, see memjax.plan).
     eval_chunk: examples per evaluation chunk.
+    compute_dtype: `float32`, or `bfloat16` for mixed precision (bf16 compute, float32
+      master weights and loss).
     """
 
     members: int = 100
@@ -64,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     member_chunk: int | None = None
     eval_chunk: int = 2048
+    compute_dtype: str = "float32"
 
 
 def to_dict(config: Any) -> dict:

@@ -83,28 +83,47 @@ def init_ensemble(network: Network, tx: optax.GradientTransformation, example_x:
         epoch=jnp.zeros((), jnp.int32), diverged=jnp.zeros((m,), bool))
 
 
-def map_members(fn: Callable, chunk: int | None) -> Callable:
-    """Lift a per-member function to stacked arguments [M, ...]: vmap inside groups of
-    `chunk` members, lax.map across groups (None: one vmap over all members).
+def map_members(fn: Callable, chunk: int | None = None, *, mesh=None) -> Callable:
+    """Lift a per-member function to stacked arguments [M, ...]: members split over the
+    devices of `mesh` (axis `members`; None: every device, at most one per member), and on each device vmap inside
+    groups of `chunk` members, lax.map across groups.
 
-    Every positional argument must carry the member axis; close over shared data.
-    The member count is padded to a multiple of `chunk` by repeating the last member,
-    whose extra results are dropped.
+    chunk None: planned from the device's memory and one member's size (memjax.plan): one
+    vmap over a device's members when they fit. Every positional argument must carry the
+    member axis; close over shared data. The member count is padded (to a multiple of
+    devices x chunk) by repeating the last member, whose extra results are dropped, so
+    member i's result does not depend on M, the chunk or the device count.
     """
+    from memjax import plan, sharding
+
     def run(*stacked):
         m = jax.tree_util.tree_leaves(stacked)[0].shape[0]
-        if chunk is None or chunk >= m:
+        mesh_ = sharding.default_mesh(m) if mesh is None else mesh
+        d = mesh_.shape[sharding.AXIS]
+        c = chunk or plan.plan_member_chunk(fn, stacked, devices=d)
+        c = min(c, -(-m // d))
+        if d == 1 and c >= m:
             return jax.vmap(fn)(*stacked)
-        groups = -(-m // chunk)
-        pad = groups * chunk - m
+        total = sharding.padded_members(m, mesh_, c)
+        groups = total // (d * c)
+        spec = jax.sharding.NamedSharding(mesh_, jax.sharding.PartitionSpec(sharding.AXIS))
 
         def group(leaf):
-            if pad:
-                leaf = jnp.concatenate([leaf, jnp.repeat(leaf[-1:], pad, axis=0)])
-            return leaf.reshape((groups, chunk) + leaf.shape[1:])
+            if total > m:
+                leaf = jnp.concatenate([leaf, jnp.repeat(leaf[-1:], total - m, axis=0)])
+            # [devices, groups, chunk, ...]: each device's members stay on that device.
+            leaf = leaf.reshape((d, groups, c) + leaf.shape[1:])
+            return jax.lax.with_sharding_constraint(leaf, spec) if d > 1 else leaf
 
-        out = jax.lax.map(lambda args: jax.vmap(fn)(*args),
-                          jax.tree_util.tree_map(group, stacked))
-        return jax.tree_util.tree_map(lambda l: l.reshape((groups * chunk,) + l.shape[2:])[:m], out)
+        def on_device(args):
+            if groups == 1:
+                return jax.tree_util.tree_map(lambda l: l[None], jax.vmap(fn)(*[
+                    jax.tree_util.tree_map(lambda l: l[0], a) for a in args]))
+            return jax.lax.map(lambda g: jax.vmap(fn)(*g), args)
+
+        out = jax.vmap(on_device)(jax.tree_util.tree_map(group, stacked))
+        if d > 1:
+            out = jax.lax.with_sharding_constraint(out, spec)
+        return jax.tree_util.tree_map(lambda l: l.reshape((total,) + l.shape[3:])[:m], out)
 
     return run

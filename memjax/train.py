@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from memjax import sharding
 from memjax.ensemble import DATA, DROPOUT, EnsembleState, map_members
 from memjax.models import ApplyFn, Network, as_float
 
@@ -33,8 +34,14 @@ def epoch_order(key: jax.Array, num_examples: int, batch_size: int) -> tuple[jax
 
 def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batch_size: int,
                      shared_order: bool = False, lr_halving_epochs: int | None = None,
-                     member_chunk: int | None = None) -> Callable:
+                     member_chunk: int | None = None, mesh=None,
+                     compute_dtype: str = "float32") -> Callable:
     """Build `train_epoch(state, seed, x, y) -> (state, metrics)`, jitted, state donated.
+
+    Members are split over `mesh` (None: every device) in groups of `member_chunk` (None:
+    planned from device memory); see `ensemble.map_members`. compute_dtype `bfloat16`: mixed
+    precision, the forward and backward pass in bf16 on bf16 copies of the float32 master
+    weights, which receive the (float32) gradient and the update; the loss is float32.
 
     x: [N, H, W, C] uint8 (or float in [0, 1]), y: [N] int32, both on the device, shared by
     all members. metrics: {"train_loss": [M], "train_accuracy": [M], "diverged": [M] bool},
@@ -62,8 +69,13 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
             xb, yb = as_float(x[idx]), y[idx]
 
             def loss_fn(params):
+                xc, pc = xb, params
+                if compute_dtype != "float32":
+                    xc = xb.astype(compute_dtype)
+                    pc = jax.tree_util.tree_map(lambda p: p.astype(compute_dtype), params)
                 logits, updates = network.apply_train(
-                    {**variables, "params": params}, xb, jax.random.fold_in(dropout_key, t))
+                    {**variables, "params": pc}, xc, jax.random.fold_in(dropout_key, t))
+                logits = logits.astype(jnp.float32)
                 losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
                 return jnp.sum(w * losses) / jnp.maximum(jnp.sum(w), 1.0), (updates, logits)
 
@@ -95,7 +107,7 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
     def train_epoch(state: EnsembleState, seed, x, y):
         per_member = map_members(
             lambda v, o, i, lr, wd, d: member_epoch(v, o, i, lr, wd, d, state.epoch, seed, x, y),
-            member_chunk)
+            member_chunk, mesh=mesh)
         diverged = (jnp.zeros(state.member_ids.shape, bool) if state.diverged is None
                     else state.diverged)
         variables, opt_state, diverged, metrics = per_member(
@@ -107,16 +119,16 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
     return train_epoch
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "chunk", "member_chunk"))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "chunk", "member_chunk", "mesh"))
 def evaluate(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array, *, chunk: int = 2048,
-             member_chunk: int | None = None) -> dict[str, jax.Array]:
+             member_chunk: int | None = None, mesh=None) -> dict[str, jax.Array]:
     """Per-member, per-example correctness and loss, computed on the device.
 
     apply_fn(variables_of_one_member, x[B, ...]) -> logits [B, classes].
     variables: stacked [M, ...]. x: [N, H, W, C] uint8 or float in [0, 1]; y: [N] int.
     Returns {"correct": [M, N] bool, "loss": [M, N] float32 (cross-entropy, nats)}.
     Examples are processed `chunk` at a time (the last chunk padded), members in groups
-    of `member_chunk`.
+    of `member_chunk` (None: planned) split over `mesh` (None: every device).
     """
     n = y.shape[0]
     chunk = min(chunk, n)
@@ -134,12 +146,17 @@ def evaluate(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array, *, chunk:
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
             return jnp.argmax(logits, -1) == yb, loss
 
-        return map_members(member, member_chunk)(variables)
+        return map_members(member, member_chunk, mesh=mesh)(variables)
 
     correct, loss = jax.lax.map(on_chunk, (xs, ys))
     m = correct.shape[1]
     unchunk = lambda a: jnp.moveaxis(a, 1, 0).reshape(m, chunks * chunk)[:, :n]
-    return {"correct": unchunk(correct), "loss": unchunk(loss)}
+    out = {"correct": unchunk(correct), "loss": unchunk(loss)}
+    if jax.process_count() > 1:  # every host gets every member's results (one run dir)
+        out = jax.lax.with_sharding_constraint(
+            out, jax.sharding.NamedSharding(mesh or sharding.default_mesh(m),
+                                            jax.sharding.PartitionSpec()))
+    return out
 
 
 def fit(state: EnsembleState, train_epoch: Callable, seed: int, x: jax.Array, y: jax.Array,
@@ -157,7 +174,7 @@ def fit(state: EnsembleState, train_epoch: Callable, seed: int, x: jax.Array, y:
     for i in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, mininterval=1.0):
         state, metrics = train_epoch(state, seed, x, y)
         if on_epoch is not None:
-            on_epoch(int(state.epoch), state, jax.device_get(metrics))
+            on_epoch(int(state.epoch), state, sharding.to_host(metrics))
         if checkpoints is not None:
             checkpoints.save(state, force=i == epochs - 1)
     return state

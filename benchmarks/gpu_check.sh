@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Issue 5's device check, in one go (about 6 minutes on one H100, compile included):
+#   1. install memjax (editable, no dependencies: the device has jax, flax, optax, orbax)
+#   2. memjax bench --preset gpu            -> $OUT/bench/<date>-<device>.{json,md}
+#   3. memjax run consistency --preset paper --dataset mnist --data-dir .devdata
+#                                           -> $OUT/consistency-paper/
+#   4. a short table of both, printed last
+# Run from the repository root, with .devdata/mnist.npz in place:
+#   OUT=/some/folder bash benchmarks/gpu_check.sh
+# Rehearse on a CPU (cpu bench preset, smoke study on the embedded data):
+#   MEMJAX_CHECK=cpu OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh
+# MEMJAX_BENCH_CASES=a_mlp512,c_cnn limits the bench to those cases.
+set -u -o pipefail
+OUT=${OUT:-$PWD/gpu-check-out}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+CHECK=${MEMJAX_CHECK:-gpu}
+PY=${PYTHON:-python3}
+export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
+
+# memjax.experiments and memjax.benchmarks are the top-level folders experiments/ and
+# benchmarks/ (pyproject's package-dir), so plain PYTHONPATH=. cannot import them; without
+# an install, a folder of links lays the package out as installed.
+stamp "install"
+if $PY -m pip install --no-deps --no-build-isolation -e . -q >"$OUT/install.log" 2>&1 \
+   && (cd /tmp && $PY -c "import memjax.benchmarks.harness, memjax.experiments.consistency"); then
+  MEMJAX=("$PY" -m memjax.cli)
+else
+  stamp "editable install failed (see $OUT/install.log); using a linked layout"
+  SHIM=$(mktemp -d)
+  mkdir "$SHIM/memjax"
+  for entry in "$PWD"/memjax/*; do ln -s "$entry" "$SHIM/memjax/"; done
+  ln -s "$PWD/experiments" "$SHIM/memjax/experiments"
+  ln -s "$PWD/benchmarks" "$SHIM/memjax/benchmarks"
+  export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+  MEMJAX=("$PY" -P -m memjax.cli)  # -P: the repository's own memjax/ must not shadow the links
+fi
+"$PY" -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tail -1
+
+if [ "$CHECK" = cpu ]; then
+  BENCH_PRESET=cpu; RUN_ARGS=(--preset smoke)
+else
+  BENCH_PRESET=gpu; RUN_ARGS=(--preset paper --dataset mnist --data-dir "$PWD/.devdata")
+fi
+CASES=()
+[ -n "${MEMJAX_BENCH_CASES:-}" ] && CASES=(--cases "$MEMJAX_BENCH_CASES")
+
+stamp "bench --preset $BENCH_PRESET"
+timeout 280 "${MEMJAX[@]}" bench --preset "$BENCH_PRESET" "${CASES[@]}" --out "$OUT/bench" \
+  >"$OUT/bench.log" 2>&1
+echo "bench exit $?" | tee -a "$OUT/bench.log"
+tail -n 5 "$OUT/bench.log"
+
+stamp "run consistency ${RUN_ARGS[*]}"
+timeout 120 "${MEMJAX[@]}" run consistency "${RUN_ARGS[@]}" --out "$OUT/consistency-paper" \
+  --overwrite >"$OUT/consistency.log" 2>&1
+echo "consistency exit $?" | tee -a "$OUT/consistency.log"
+tail -n 6 "$OUT/consistency.log"
+
+stamp "summary"
+"$PY" - "$OUT" <<'EOF'
+import glob, json, os, sys
+out = sys.argv[1]
+for path in sorted(glob.glob(os.path.join(out, "bench", "*.json"))):
+    r = json.load(open(path))
+    print(f"bench {os.path.basename(path)}: {r['device']['kind']}, roofline "
+          f"{r['roofline']['peak_tflops']:.1f} TFLOP/s, {r['roofline']['bandwidth_gbs']:.0f} GB/s")
+    print(f"{'case':16s} {'impl':18s} {'model-ex/s':>12s} {'TFLOP/s':>8s} {'roofline':>8s}  note")
+    for row in r["rows"]:
+        rate, tf, sh = (row.get(k) for k in ("model_examples_per_s", "tflops", "roofline_share"))
+        print(f"{row['case']:16s} {row['impl']:18s} {rate or 0:12,.0f} {tf or 0:8.2f} "
+              f"{100 * (sh or 0):7.1f}%  {row.get('note', '')[:60]}")
+    for case, c in r["comparison"].items():
+        ratios = ", ".join(f"{v:.2f}{k}" for k, v in c.items() if k.startswith("x "))
+        target = c.get("target", "")
+        if target:
+            target += " MET" if c["target_met"] else " MISSED"
+        print(f"  {case}: best {c['best_jax']}: {ratios} {target}")
+manifest = os.path.join(out, "consistency-paper", "manifest.json")
+if os.path.exists(manifest):
+    m = json.load(open(manifest))
+    print(f"consistency: {m.get('status')} in {m.get('wall_time_s')} s on {m['device']['kind']}, "
+          f"{m.get('model_examples_per_second', 0):,.0f} model-examples/s")
+    summary = os.path.join(out, "consistency-paper", "summary.json")
+    if os.path.exists(summary):
+        for cond, s in json.load(open(summary)).items():
+            print(f"  {cond}: mean error {s['mean_error']:.3f}, std rate "
+                  f"{s['std_misclassification_rate']:.3f} vs binomial {s['std_binomial_reference']:.3f}")
+else:
+    print("consistency: no manifest (see consistency.log)")
+EOF

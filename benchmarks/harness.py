@@ -1,0 +1,186 @@
+"""`memjax bench`: run the cases of every module in BENCHMARK_MODULES, add achieved TFLOP/s
+and the share of the measured roofline, compare against the baselines and write
+<out>/<date>-<device>.json and .md (device, versions, date)."""
+from __future__ import annotations
+
+import importlib
+import re
+import time
+from pathlib import Path
+
+from memjax.benchmarks import BENCHMARK_MODULES, roofline
+from memjax.errors import MemjaxError
+
+PRESETS = ("cpu", "gpu")
+# issue 5's targets on one H100/H200: case prefix -> (baseline, minimum ratio)
+TARGETS = {"a": ("best torch ensemble", 2.5), "b": ("best torch ensemble", 1.7),
+           "c": ("torch-loop", 2.0), "d": ("torch-loop", 5.0)}
+
+
+def collect(names=BENCHMARK_MODULES) -> tuple[dict, list[str]]:
+    """({case: fn(preset) -> rows}, notes on modules that are not there)."""
+    cases, notes = {}, []
+    for name in names:
+        full = f"memjax.benchmarks.{name}"
+        try:
+            module = importlib.import_module(full)
+        except ModuleNotFoundError as e:
+            if e.name != full:
+                raise
+            notes.append(f"benchmark module {full} not found: its cases are skipped")
+            continue
+        cases.update(module.CASES)
+    return cases, notes
+
+
+def _versions() -> dict:
+    from memjax.results import versions
+
+    out = versions()
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def device_name() -> str:
+    import jax
+
+    kind = jax.devices()[0].device_kind
+    return re.sub(r"[^a-z0-9]+", "-", kind.lower()).strip("-") or "device"
+
+
+def _enrich(row: dict, peaks: dict) -> dict:
+    rate, flops = row.get("model_examples_per_s"), row.get("flops_per_model_example")
+    if rate and flops and "tflops" not in row:
+        row["tflops"] = rate * flops / 1e12
+    if row.get("tflops"):
+        nbytes = row.get("bytes_per_model_example")
+        intensity = flops / nbytes if flops and nbytes else None
+        row["roofline_share"] = roofline.share(row["tflops"], intensity, peaks["peak_tflops"],
+                                               peaks["bandwidth_gbs"])
+    return row
+
+
+def _best(rows, keep) -> dict | None:
+    found = [r for r in rows if keep(r["impl"]) and r.get("model_examples_per_s")]
+    return max(found, key=lambda r: r["model_examples_per_s"]) if found else None
+
+
+def compare(rows: list[dict], preset: str) -> dict:
+    """Per case: the best JAX ensemble against the JAX one-at-a-time loop, the PyTorch loop
+    and the best PyTorch ensemble; with the issue's target on the gpu preset."""
+    out = {}
+    for case in dict.fromkeys(r["case"] for r in rows):
+        mine = [r for r in rows if r["case"] == case]
+        jax_best = _best(mine, lambda i: i.startswith("jax-") and i != "jax-one-at-a-time")
+        if not jax_best:
+            continue
+        baselines = {
+            "jax-one-at-a-time": _best(mine, lambda i: i == "jax-one-at-a-time"),
+            "torch-loop": _best(mine, lambda i: i == "torch-loop"),
+            "best torch ensemble": _best(mine, lambda i: i.startswith("torch-") and i != "torch-loop"),
+        }
+        entry = {"best_jax": jax_best["impl"]}
+        for label, base in baselines.items():
+            if base:
+                entry[f"x {label}"] = jax_best["model_examples_per_s"] / base["model_examples_per_s"]
+        target = TARGETS.get(case.split("_")[0])
+        if preset == "gpu" and target and f"x {target[0]}" in entry:
+            entry["target"] = f">= {target[1]}x {target[0]}"
+            entry["target_met"] = entry[f"x {target[0]}"] >= target[1]
+        out[case] = entry
+    return out
+
+
+def run(preset: str, only: list[str] | None = None, out_dir: str | Path = "benchmarks/results",
+        log=print) -> dict:
+    """Run the benchmark; returns the record written to <out_dir>/<date>-<device>.json."""
+    if preset not in PRESETS:
+        raise MemjaxError(f"unknown bench preset {preset!r}; known: {', '.join(PRESETS)}")
+    cases, notes = collect()
+    unknown = set(only or ()) - set(cases)
+    if unknown:
+        raise MemjaxError(f"unknown bench case(s) {sorted(unknown)}; known: {', '.join(cases)}")
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MemjaxError(f"cannot write to {out_dir}: {e.strerror or e}") from None
+    for note in notes:
+        log(f"note: {note}")
+    started = time.time()
+    peaks = roofline.measure(preset)
+    log(f"roofline: {peaks['peak_tflops']:.2f} TFLOP/s float32 matmul, "
+        f"{peaks['bandwidth_gbs']:.0f} GB/s")
+    import jax
+
+    stem = f"{time.strftime('%Y-%m-%d', time.gmtime())}-{device_name()}"
+    platform = "cpu" if jax.devices()[0].platform == "cpu" else "gpu"
+    stem = out_dir / (stem if platform == preset else f"{stem}-{preset}")
+    rows: list[dict] = []
+
+    def write() -> dict:
+        from memjax.results import atomic_path, to_json
+
+        record = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                  "preset": preset, "device": {"kind": jax.devices()[0].device_kind,
+                                               "platform": jax.devices()[0].platform,
+                                               "count": jax.device_count()},
+                  "versions": _versions(), "roofline": peaks, "rows": rows,
+                  "comparison": compare(rows, preset), "notes": notes,
+                  "wall_s": round(time.time() - started, 1)}
+        for suffix, text in ((".json", to_json(record) + "\n"), (".md", markdown(record))):
+            with atomic_path(stem.with_suffix(suffix)) as tmp:
+                tmp.write_text(text)
+        record["files"] = [str(stem.with_suffix(".json")), str(stem.with_suffix(".md"))]
+        return record
+
+    # Written after every case, so a run cut short keeps what it measured.
+    record = write()
+    for name, fn in cases.items():
+        if only and name not in only:
+            continue
+        log(f"case {name} ...")
+        try:
+            got = fn(preset)
+        except Exception as e:  # one broken case does not lose the others
+            got = [{"case": name, "impl": "-", "members": None, "model_examples_per_s": None,
+                    "seconds": None, "note": f"failed: {type(e).__name__}: {e}"[:300]}]
+        rows += [_enrich(dict(r), peaks) for r in got]
+        record = write()
+    return record
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(record: dict) -> str:
+    d, v = record["device"], record["versions"]
+    lines = [f"# memjax bench, preset {record['preset']}: {d['kind']} x {d['count']}",
+             "", f"{record['date']}; " + ", ".join(f"{k} {x}" for k, x in v.items()),
+             "", f"Roofline measured: {record['roofline']['peak_tflops']:.2f} TFLOP/s "
+                 f"(float32 matmul, default precision), "
+                 f"{record['roofline']['bandwidth_gbs']:.0f} GB/s.", "",
+             "| case | impl | members | model-examples/s | TFLOP/s | roofline | s | note |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in record["rows"]:
+        share = r.get("roofline_share")
+        lines.append(f"| {r['case']} | {r['impl']} | {_fmt(r.get('members'), '')} | "
+                     f"{_fmt(r.get('model_examples_per_s'), ',.0f')} | "
+                     f"{_fmt(r.get('tflops'), '.3g')} | "
+                     f"{'-' if share is None else f'{100 * share:.1f} %'} | "
+                     f"{_fmt(r.get('seconds'), '.3g')} | {r.get('note', '')} |")
+    lines += ["", "| case | best JAX | ratios | target |", "| --- | --- | --- | --- |"]
+    for case, c in record["comparison"].items():
+        ratios = ", ".join(f"{v:.2f}{k}" for k, v in c.items() if k.startswith("x "))
+        target = c.get("target", "")
+        if target:
+            target += " (met)" if c["target_met"] else " (MISSED)"
+        lines.append(f"| {case} | {c['best_jax']} | {ratios} | {target} |")
+    lines += [f"- {n}" for n in record["notes"]]
+    return "\n".join(lines) + "\n"

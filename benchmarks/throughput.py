@@ -1,0 +1,224 @@
+"""Training throughput of whole ensembles against baselines (issue 5, cases a-c, and E1).
+
+    memjax bench --preset cpu|gpu [--cases a_mlp512,c_cnn]
+
+(a) 100 x MLP 784-512-512-10, (b) 100 x MLP 784-4096-4096-10, (c) 100 x the paper's CNN on
+28 x 28 x 3 (32 x 32 images cropped), batch 128, plain SGD (momentum 0.9 for the CNN), on
+synthetic device-resident uint8 data; e1: the consistency study's cpu preset (100 x MLP
+2 x 256 on the embedded MNIST subset). Implementations, all timed in the same run:
+  jax-ensemble        memjax's jitted epoch, members vmapped (planned chunks)
+  jax-one-at-a-time   the same jitted epoch on one member at a time (a Python loop)
+  jax-lax.map / jax-chunk-K / jax-vmap   (CNN) one member at a time inside the program
+                      (the planned default for convolutions), K members per vmap group,
+                      one vmap over all members
+  torch-*             PyTorch baselines (benchmarks/torch_baselines.py) when torch imports
+Serial baselines time `serial` members and report their rate (the rate of a loop does not
+depend on how many members it runs). The gpu preset keeps 100 members and times fewer
+steps so the whole benchmark fits in a few minutes of one H100.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from memjax.config import DataConfig, ModelConfig
+from memjax.ensemble import init_ensemble, make_optimizer
+from memjax.models import build_network
+from memjax.train import make_train_epoch
+
+
+@dataclass(frozen=True)
+class Case:
+    model: ModelConfig
+    image: tuple[int, int, int]  # H, W, C of the stored images
+    members: int
+    steps: int  # timed steps per epoch
+    serial: int  # members timed by one-at-a-time baselines
+    momentum: float = 0.0
+    batch: int = 128
+
+
+def _presets() -> dict[str, dict[str, Case]]:
+    mlp, cnn = (28, 28, 1), (32, 32, 3)
+    return {
+        "gpu": {
+            "a_mlp512": Case(ModelConfig(hidden=(512, 512)), mlp, 100, 300, 5),
+            "b_mlp4096": Case(ModelConfig(hidden=(4096, 4096)), mlp, 100, 40, 5),
+            "c_cnn": Case(ModelConfig(kind="cnn", conv_channels=200), cnn, 100, 6, 3, 0.9),
+        },
+        "cpu": {
+            "a_mlp512": Case(ModelConfig(hidden=(128, 128)), mlp, 20, 20, 3),
+            "b_mlp4096": Case(ModelConfig(hidden=(512, 512)), mlp, 20, 8, 2),
+            # XLA:CPU convolutions are slow (about 1 GFLOP/s here): a narrow, small CNN.
+            "c_cnn": Case(ModelConfig(kind="cnn", conv_channels=4), cnn, 4, 2, 1, 0.9, batch=32),
+        },
+    }
+
+
+PRESETS = _presets()
+
+
+def forward_macs(model: ModelConfig, image: tuple[int, int, int], classes: int = 10) -> int:
+    """Multiply-accumulates of one example's forward pass (pooling and ReLU left out)."""
+    if model.kind == "mlp":
+        widths = (math.prod(image),) + tuple(model.hidden) + (classes,)
+        return sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    h, w, c = image[0] - 4, image[1] - 4, image[2]  # crop 2 a side
+    k = model.conv_channels
+    macs = h * w * 25 * c * k
+    h, w = -(-h // 2), -(-w // 2)
+    macs += h * w * 25 * k * k
+    h, w = -(-h // 2), -(-w // 2)
+    return macs + h * w * k * 384 + 384 * 192 + 192 * classes
+
+
+def parameter_count(model: ModelConfig, image: tuple[int, int, int], classes: int = 10) -> int:
+    network = build_network(model, classes)
+    shapes = jax.eval_shape(network.init, jax.random.key(0), np.zeros((1,) + image, np.float32))
+    return sum(math.prod(l.shape) for l in jax.tree_util.tree_leaves(shapes))
+
+
+def training_costs(case: Case) -> dict[str, float]:
+    """FLOPs per model-example (forward 2 x MACs, backward twice that) and bytes moved per
+    model-example: parameters read forward and backward, gradient written, parameters and
+    gradient read and parameters written by SGD (momentum: its buffer read and written),
+    spread over the batch; activations are left out (they stay on chip for the MLPs)."""
+    params = parameter_count(case.model, case.image)
+    passes = 5 + (2 if case.momentum else 0)
+    return {"flops_per_model_example": 6 * forward_macs(case.model, case.image),
+            "bytes_per_model_example": 4 * passes * params / case.batch}
+
+
+def synthetic_data(image, examples: int, seed: int = 0, classes: int = 10):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (examples,) + image, dtype=np.uint8),
+            rng.integers(0, classes, examples).astype(np.int32))
+
+
+def _timed(fn, repeats: int = 2) -> float:
+    """Best wall time of fn() after one warm-up call; fn blocks until done."""
+    fn()
+    return min(_once(fn) for _ in range(repeats))
+
+
+def _once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _ensemble(case: Case, member_ids, chunk):
+    network = build_network(case.model, 10)
+    tx = make_optimizer(case.momentum)
+    state = init_ensemble(network, tx, np.zeros((1,) + case.image, np.float32), seed=0,
+                          member_ids=np.asarray(member_ids), learning_rate=0.01)
+    return state, make_train_epoch(network, tx, batch_size=case.batch, member_chunk=chunk)
+
+
+def jax_ensemble_row(case: Case, x, y, chunk=None, impl="jax-ensemble", repeats=2) -> dict:
+    """One epoch (= case.steps steps) of all members in one program."""
+    state, epoch = _ensemble(case, np.arange(case.members), chunk)
+    start = time.perf_counter()
+    epoch = epoch.lower(state, 0, x, y).compile()
+    compile_s = time.perf_counter() - start
+    holder = [state]
+
+    def run():
+        holder[0], metrics = epoch(holder[0], 0, x, y)
+        jax.block_until_ready(metrics)
+
+    seconds = _timed(run, repeats)
+    return {"impl": impl, "members": case.members, "member_chunk": chunk,
+            "model_examples_per_s": case.members * len(y) / seconds, "seconds": seconds,
+            "compile_s": compile_s}
+
+
+def jax_one_at_a_time_row(case: Case, x, y) -> dict:
+    """The same jitted epoch, one member per call, `case.serial` members in a Python loop."""
+    states = []
+    for i in range(case.serial):
+        state, epoch = _ensemble(case, [i], None)
+        states.append(state)
+    epoch = epoch.lower(states[0], 0, x, y).compile()
+
+    def run():
+        for i, state in enumerate(states):
+            states[i], metrics = epoch(state, 0, x, y)
+            jax.block_until_ready(metrics)
+
+    seconds = _timed(run, repeats=1)
+    return {"impl": "jax-one-at-a-time", "members": case.serial,
+            "model_examples_per_s": case.serial * len(y) / seconds, "seconds": seconds,
+            "note": f"{case.serial} members timed, one after another"}
+
+
+def run_case(name: str, preset: str) -> list[dict]:
+    case = PRESETS[preset][name]
+    x, y = synthetic_data(case.image, case.steps * case.batch)
+    x, y = jax.device_put(x), jax.device_put(y)
+    rows = []
+    if case.model.kind == "cnn":
+        # The planned default for convolutions is lax.map (memjax.plan.CONV_CHUNK). vmap,
+        # the likeliest to run out of memory (and to leave JAX's memory pool grown), runs
+        # after the PyTorch baselines.
+        variants = [("jax-lax.map", 1)]
+        if 1 < case.members // 4 < case.members:
+            variants.append((f"jax-chunk-{case.members // 4}", case.members // 4))
+        last = [("jax-vmap", case.members)]
+    else:
+        variants, last = [("jax-ensemble", None)], []
+    for impl, chunk in variants:
+        rows.append(_guarded(lambda: jax_ensemble_row(case, x, y, chunk, impl), impl, case))
+    rows.append(_guarded(lambda: jax_one_at_a_time_row(case, x, y), "jax-one-at-a-time", case))
+    rows += _torch_rows(case, np.asarray(x), np.asarray(y))
+    for impl, chunk in last:
+        rows.append(_guarded(lambda: jax_ensemble_row(case, x, y, chunk, impl), impl, case))
+    costs = training_costs(case)
+    return [{"case": name, **costs, **row} for row in rows]
+
+
+def _guarded(fn, impl: str, case: Case) -> dict:
+    """A failing implementation (out of memory above all) becomes a row that says so."""
+    try:
+        return fn()
+    except Exception as e:  # reported, not raised: the other implementations still run
+        message = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        return {"impl": impl, "members": case.members, "model_examples_per_s": None,
+                "seconds": None, "note": f"failed: {message}"}
+
+
+def _torch_rows(case: Case, x: np.ndarray, y: np.ndarray) -> list[dict]:
+    try:
+        from memjax.benchmarks import torch_baselines
+    except ImportError:
+        return [{"impl": "torch-*", "members": case.members, "model_examples_per_s": None,
+                 "seconds": None, "note": "PyTorch not installed: torch baselines skipped"}]
+    rows = []
+    for impl, fn in torch_baselines.baselines(case).items():
+        rows.append(_guarded(lambda: fn(case, x, y), impl, case))
+        torch_baselines.release_memory()  # leave the device to the next implementation
+    return rows
+
+
+def e1_consistency(preset: str) -> list[dict]:
+    """Issue 2's measurement: E1 training (consistency cpu preset, 100 x MLP 2 x 256, batch
+    128, one epoch on the embedded 10k examples), vmapped ensemble against the same members
+    one at a time with the same jitted epoch."""
+    from memjax.data import load_dataset
+
+    d = load_dataset(DataConfig())
+    case = Case(ModelConfig(hidden=(256, 256)), (28, 28, 1), 100, 0, 10)
+    x, y = jax.device_put(d.train.x), jax.device_put(d.train.y)
+    rows = [_guarded(lambda: jax_ensemble_row(case, x, y, repeats=1), "jax-ensemble", case),
+            _guarded(lambda: jax_one_at_a_time_row(case, x, y), "jax-one-at-a-time", case)]
+    costs = training_costs(case)
+    return [{"case": "e1_consistency", **costs, **row} for row in rows]
+
+
+CASES = {name: (lambda preset, name=name: run_case(name, preset))
+         for name in ("a_mlp512", "b_mlp4096", "c_cnn")}
+CASES["e1_consistency"] = e1_consistency

@@ -1,0 +1,195 @@
+"""PyTorch baselines for benchmarks/throughput.py, imported only when torch is installed
+(torch is not a dependency of memjax).
+
+  torch-loop   one nn.Module and optimizer per member, trained one after another
+  torch-func   torch.func ensemble: stack_module_state + vmap(grad(functional_call))
+  torch-bmm    MLPs hand-batched with torch.baddbmm over a [members, in, out] weight stack
+Same models, batch, learning rate (0.01) and momentum as the JAX side; each member its own
+data order from one device-resident uint8 copy; TF32 allowed (as JAX's default precision).
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+torch.backends.cudnn.benchmark = True
+
+LEARNING_RATE = 0.01
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class CNN(nn.Module):
+    """The paper's CNN (memjax.models.PaperCNN without BatchNorm) on NHWC [0, 1] input."""
+
+    def __init__(self, in_channels: int, channels: int, image: int, classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 5, padding=2)
+        self.conv2 = nn.Conv2d(channels, channels, 5, padding=2)
+        side = -(-(-(-(image - 4) // 2)) // 2)
+        self.fc1 = nn.Linear(side * side * channels, 384)
+        self.fc2 = nn.Linear(384, 192)
+        self.out = nn.Linear(192, classes)
+
+    def forward(self, x):
+        x = x.permute(0, 3, 1, 2)[:, :, 2:-2, 2:-2]
+        x = F.max_pool2d(F.relu(self.conv1(x)), 3, 2, 1)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 3, 2, 1)
+        x = F.relu(self.fc1(x.flatten(1)))
+        return self.out(F.relu(self.fc2(x)))
+
+
+def _model(case) -> nn.Module:
+    if case.model.kind == "cnn":
+        return CNN(case.image[2], case.model.conv_channels, case.image[0])
+    widths = (int(np.prod(case.image)),) + tuple(case.model.hidden) + (10,)
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def _data(x: np.ndarray, y: np.ndarray):
+    dev = _device()
+    return torch.from_numpy(np.array(x)).to(dev), torch.from_numpy(y.astype(np.int64)).to(dev)
+
+
+def _orders(members: int, n: int, batch: int) -> torch.Tensor:
+    """[members, steps, batch] example indices, each member its own permutation."""
+    dev = _device()
+    perms = torch.stack([torch.randperm(n, device=dev) for _ in range(members)])
+    return perms[:, : (n // batch) * batch].reshape(members, n // batch, batch)
+
+
+def _prep(xb: torch.Tensor) -> torch.Tensor:
+    return xb.float().div_(255.0)
+
+
+def _timed(run) -> float:
+    run(warmup=True)
+    _sync()
+    start = time.perf_counter()
+    run(warmup=False)
+    _sync()
+    return time.perf_counter() - start
+
+
+def _row(impl: str, members: int, examples: int, seconds: float, note: str = "") -> dict:
+    return {"impl": impl, "members": members, "model_examples_per_s": members * examples / seconds,
+            "seconds": seconds, **({"note": note} if note else {})}
+
+
+def per_model_loop(case, x, y) -> dict:
+    X, Y = _data(x, y)
+    dev = _device()
+    models = [_model(case).to(dev) for _ in range(case.serial)]
+    opts = [torch.optim.SGD(m.parameters(), lr=LEARNING_RATE, momentum=case.momentum)
+            for m in models]
+    order = _orders(case.serial, len(y), case.batch)
+
+    def run(warmup: bool):
+        for i, (model, opt) in enumerate(zip(models, opts)):
+            for idx in order[i, :1] if warmup else order[i]:
+                loss = F.cross_entropy(model(_prep(X[idx])), Y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+    seconds = _timed(run)
+    return _row("torch-loop", case.serial, order.shape[1] * case.batch, seconds,
+                f"{case.serial} members timed, one after another")
+
+
+def func_ensemble(case, x, y) -> dict:
+    from torch.func import functional_call, grad, stack_module_state, vmap
+
+    X, Y = _data(x, y)
+    dev = _device()
+    models = [_model(case).to(dev) for _ in range(case.members)]
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    velocity = {k: torch.zeros_like(v) for k, v in params.items()}
+    order = _orders(case.members, len(y), case.batch)
+
+    def loss_fn(p, b, xb, yb):
+        return F.cross_entropy(functional_call(base, (p, b), (xb,)), yb)
+
+    member_grads = vmap(grad(loss_fn))
+
+    def run(warmup: bool):
+        for s in range(1 if warmup else order.shape[1]):
+            idx = order[:, s]
+            grads = member_grads(params, buffers, _prep(X[idx]), Y[idx])
+            with torch.no_grad():
+                for k, g in grads.items():
+                    if case.momentum:
+                        velocity[k].mul_(case.momentum).add_(g)
+                        g = velocity[k]
+                    params[k].sub_(LEARNING_RATE * g)
+
+    seconds = _timed(run)
+    return _row("torch-func", case.members, order.shape[1] * case.batch, seconds)
+
+
+def bmm_ensemble(case, x, y) -> dict:
+    X, Y = _data(x, y)
+    dev = _device()
+    m = case.members
+    widths = (int(np.prod(case.image)),) + tuple(case.model.hidden) + (10,)
+    weights, biases = [], []
+    for a, b in zip(widths[:-1], widths[1:]):
+        bound = 1.0 / np.sqrt(a)
+        weights.append(torch.empty(m, a, b, device=dev).uniform_(-bound, bound).requires_grad_())
+        biases.append(torch.zeros(m, 1, b, device=dev).requires_grad_())
+    params = weights + biases
+    order = _orders(m, len(y), case.batch)
+
+    def run(warmup: bool):
+        for s in range(1 if warmup else order.shape[1]):
+            idx = order[:, s]
+            h = _prep(X[idx]).reshape(m, case.batch, -1)
+            for i, (w, b) in enumerate(zip(weights, biases)):
+                h = torch.baddbmm(b, h, w)
+                if i < len(weights) - 1:
+                    h = F.relu(h)
+            # sum over members of each member's mean loss: member-wise mean gradients
+            loss = F.cross_entropy(h.reshape(m * case.batch, -1), Y[idx].reshape(-1)) * m
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                torch._foreach_add_(params, grads, alpha=-LEARNING_RATE)
+
+    seconds = _timed(run)
+    return _row("torch-bmm", m, order.shape[1] * case.batch, seconds)
+
+
+def release_memory() -> None:
+    """Hand PyTorch's cached device memory back (JAX runs next on the same device)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def baselines(case) -> dict:
+    """impl name -> fn(case, x [N, H, W, C] uint8, y [N] int) -> result row."""
+    found = {"torch-loop": per_model_loop, "torch-func": func_ensemble}
+    if case.model.kind == "mlp" and not case.momentum:
+        found["torch-bmm"] = bmm_ensemble
+    return found

@@ -1,0 +1,144 @@
+"""Planned memory: how many members one vmap may hold, from the device's memory and the
+model's size.
+
+`map_members` (ensemble.py) runs members in groups of `chunk` (vmap inside a group, lax.map
+across groups). When no chunk is given it asks `plan_member_chunk`, which traces one
+member's computation (no compile), counts the bytes of every value it creates and fits as
+many members into the device's memory budget as it allows. The count ignores XLA's fusion,
+so it overestimates: the plan errs toward smaller groups, never toward running out of memory.
+
+Overrides: an explicit `member_chunk` (TrainConfig.member_chunk, `--set
+train.member_chunk=N`); the environment variables MEMJAX_MEMORY_BYTES (the budget per
+device, in bytes) or MEMJAX_MEMORY_FRACTION (share of the device's memory limit, default 0.8).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+try:  # jax >= 0.4.33 moved the core types here
+    from jax.extend.core import ClosedJaxpr, Jaxpr
+except ImportError:  # pragma: no cover
+    from jax.core import ClosedJaxpr, Jaxpr
+
+DEFAULT_FRACTION = 0.8
+# Members per group when a computation convolves and no chunk is set: vmap turns a
+# convolution over stacked weights into a grouped convolution, which measured slower than
+# one member at a time inside the program (lax.map): XLA:CPU, paper CNN with 16 channels,
+# 8 members, `memjax bench` c_cnn 2026-11-26: vmap 81, lax.map 188, chunks of 2 121
+# model-examples/s; on an H200 (issue 5) vmap ran out of memory at 100 members where
+# lax.map ran. Override with an explicit member_chunk, or MEMJAX_CONV_CHUNK.
+CONV_CHUNK = 1
+
+
+def device_memory_bytes(device: jax.Device | None = None) -> int:
+    """Bytes one device may hold: the accelerator's limit, or on the CPU the host's physical
+    memory shared by the process's local devices."""
+    device = device or jax.local_devices()[0]
+    stats = None
+    try:
+        stats = device.memory_stats()
+    except Exception:  # some backends do not report
+        pass
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return host // max(1, jax.local_device_count())
+
+
+def memory_budget_bytes() -> int:
+    """The bytes a planned computation may use on one device (see the module docstring)."""
+    if os.environ.get("MEMJAX_MEMORY_BYTES"):
+        return int(float(os.environ["MEMJAX_MEMORY_BYTES"]))
+    fraction = float(os.environ.get("MEMJAX_MEMORY_FRACTION", DEFAULT_FRACTION))
+    return int(fraction * device_memory_bytes())
+
+
+def _nbytes(aval: Any) -> int:
+    shape = getattr(aval, "shape", None)
+    dtype = getattr(aval, "dtype", None)
+    if shape is None or dtype is None:
+        return 0
+    try:
+        itemsize = np.dtype(dtype).itemsize
+    except TypeError:  # extended dtypes (typed keys)
+        itemsize = 8
+    return int(math.prod(shape)) * itemsize
+
+
+def _inner_jaxprs(params: dict) -> list:
+    found = []
+    for value in params.values():
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(v, ClosedJaxpr):
+                found.append(v.jaxpr)
+            elif isinstance(v, Jaxpr):
+                found.append(v)
+    return found
+
+
+def jaxpr_bytes(jaxpr: Jaxpr, skip_shapes: frozenset = frozenset()) -> int:
+    """Bytes of every value the jaxpr creates, with the largest nested body (a scan step, a
+    branch) counted once: an upper bound on its temporary memory without fusion. Values
+    shaped like one of `skip_shapes` are left out (the caller accounts for them)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += sum(_nbytes(v.aval) for v in eqn.outvars
+                     if tuple(getattr(v.aval, "shape", ())) not in skip_shapes)
+        inner = [jaxpr_bytes(j, skip_shapes) for j in _inner_jaxprs(eqn.params)]
+        if inner:
+            total += max(inner)
+    return total
+
+
+def convolves(jaxpr: Jaxpr) -> bool:
+    """Whether the jaxpr (or a body inside it) has a convolution."""
+    return any(eqn.primitive.name == "conv_general_dilated"
+               or any(convolves(j) for j in _inner_jaxprs(eqn.params)) for eqn in jaxpr.eqns)
+
+
+def member_bytes(fn: Callable, *one_member: Any) -> tuple[int, int]:
+    """(state bytes, temporary bytes) of `fn` applied to ONE member's arguments (arrays or
+    ShapeDtypeStructs without the member axis): state = its arguments and results, which
+    exist for every member at once; temporary = what one member's computation creates.
+
+    Values shaped like an argument (gradients, optimizer updates: a chain of elementwise
+    ops XLA fuses) are counted as two more copies of the arguments instead of once per op;
+    activations are counted once per op, fused or not.
+    """
+    return _costs(jax.make_jaxpr(fn)(*one_member))
+
+
+def _costs(closed: ClosedJaxpr) -> tuple[int, int]:
+    args = sum(_nbytes(v.aval) for v in closed.jaxpr.invars)
+    state = args + sum(_nbytes(v.aval) for v in closed.jaxpr.outvars)
+    shapes = frozenset(tuple(v.aval.shape) for v in closed.jaxpr.invars
+                       if len(getattr(v.aval, "shape", ())) >= 2)
+    return state, 2 * args + jaxpr_bytes(closed.jaxpr, shapes)
+
+
+def plan_member_chunk(fn: Callable, stacked: tuple, *, devices: int = 1,
+                      budget_bytes: int | None = None) -> int:
+    """Members per vmap group on one device for `fn` over `stacked` arguments [M, ...]:
+    all of a device's members when they fit the budget, else the most that do (at least 1),
+    balanced so the groups are equal in size; computations with convolutions CONV_CHUNK."""
+    leaves = jax.tree_util.tree_leaves(stacked)
+    local = -(-leaves[0].shape[0] // devices)
+    one = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), stacked)
+    closed = jax.make_jaxpr(fn)(*one)
+    if convolves(closed.jaxpr):
+        return min(local, int(os.environ.get("MEMJAX_CONV_CHUNK", CONV_CHUNK)))
+    state, temporary = _costs(closed)
+    budget = memory_budget_bytes() if budget_bytes is None else budget_bytes
+    # Arguments and results exist for every member at once (results replace donated
+    # arguments); temporaries only for the members of one group.
+    free = budget - local * state
+    fits = max(1, free // max(temporary, 1))
+    if fits >= local:
+        return local
+    groups = -(-local // fits)
+    return -(-local // groups)

@@ -1,0 +1,109 @@
+"""The member axis spread over devices: a `members` mesh axis and NamedSharding.
+
+Members are independent, so sharding them needs no communication during training: each
+device trains its own block of members on a replicated copy of the data. A member count
+that does not divide the device count is padded with dummy members (copies of the last
+member) whose results are dropped, so any count works and member i's result never depends
+on the device count.
+
+Several hosts: call `initialize_distributed()` (jax.distributed) first on every host; the
+mesh then spans every device of every host (see docs/scale.md).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "members"
+
+
+def member_mesh(devices: int | list | None = None) -> Mesh:
+    """A 1-D mesh with axis `members` over `devices`: a list of devices, a count (the first
+    n of jax.devices()), or None for every device of every process."""
+    all_devices = jax.devices()
+    if devices is None:
+        chosen = all_devices
+    elif isinstance(devices, int):
+        chosen = all_devices[:devices]
+    else:
+        chosen = list(devices)
+    return Mesh(np.asarray(chosen), (AXIS,))
+
+
+def default_mesh(members: int) -> Mesh:
+    """Every device, but no more devices than members (a device without a real member
+    would only compute a dummy)."""
+    return member_mesh(min(members, jax.device_count()))
+
+
+def padded_members(members: int, mesh: Mesh, chunk: int | None = None) -> int:
+    """The member count padded to a multiple of the mesh size (times `chunk` per device)."""
+    d = mesh.shape[AXIS]
+    per_device = -(-members // d)
+    if chunk:
+        per_device = -(-per_device // chunk) * chunk
+    return d * per_device
+
+
+def _put(x: Any, sharding: NamedSharding) -> jax.Array:
+    """device_put that also works when the mesh spans other hosts: every process holds the
+    same full array and hands each of its devices its own slice."""
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every leaf copied to every device of the mesh (shared data: images, labels)."""
+    sharding = NamedSharding(mesh, P())
+    return jax.tree_util.tree_map(lambda x: _put(x, sharding), tree)
+
+
+def shard_members(tree: Any, mesh: Mesh, members: int) -> Any:
+    """Leaves whose leading axis is the member axis (length `members`, a multiple of the mesh
+    size) split over the mesh; every other leaf (scalars) replicated."""
+    split, whole = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
+
+    def put(x):
+        stacked = getattr(x, "ndim", 0) >= 1 and x.shape[0] == members
+        return _put(x, split if stacked and members % mesh.shape[AXIS] == 0 else whole)
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def initialize_distributed() -> bool:
+    """Start jax.distributed when launched as one of several processes, before any other JAX
+    call. Cloud TPU pod slices and Slurm are detected by jax itself; elsewhere set
+    MEMJAX_COORDINATOR (host:port), MEMJAX_NUM_PROCESSES and MEMJAX_PROCESS_ID.
+    MEMJAX_DISTRIBUTED=0 turns detection off. Returns True when running as several processes."""
+    if os.environ.get("MEMJAX_DISTRIBUTED") == "0":
+        return False
+    coordinator = os.environ.get("MEMJAX_COORDINATOR")
+    if coordinator:
+        jax.distributed.initialize(coordinator, int(os.environ["MEMJAX_NUM_PROCESSES"]),
+                                   int(os.environ["MEMJAX_PROCESS_ID"]))
+    elif os.environ.get("SLURM_NTASKS", "1") != "1" or os.environ.get("TPU_WORKER_HOSTNAMES",
+                                                                        "").count(",") > 0:
+        jax.distributed.initialize()
+    return jax.process_count() > 1
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run directory: process 0 alone, so that every host's
+    members (gathered by `to_host`) land in one run directory."""
+    return jax.process_index() == 0
+
+
+def to_host(tree: Any) -> Any:
+    """Numpy copies of global arrays; with several processes every process gets the whole
+    array (members held by other hosts included) through an all-gather."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)

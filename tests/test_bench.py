@@ -1,0 +1,79 @@
+"""The benchmark harness: counted FLOPs against hand counts and Flax's parameter count,
+comparisons and targets, a missing benchmark module reported instead of crashing, and the
+command line on one tiny case."""
+import json
+
+import numpy as np
+import pytest
+
+from memjax.benchmarks import harness, roofline, throughput
+from memjax.cli import main
+from memjax.config import ModelConfig
+from memjax.errors import MemjaxError
+
+
+def test_forward_macs_by_hand():
+    mlp = ModelConfig(hidden=(512, 512))
+    assert throughput.forward_macs(mlp, (28, 28, 1)) == 784 * 512 + 512 * 512 + 512 * 10
+    cnn = ModelConfig(kind="cnn", conv_channels=200)
+    # 28x28 after the crop; 14x14 after the first pool, 7x7 after the second
+    expected = (28 * 28 * 25 * 3 * 200 + 14 * 14 * 25 * 200 * 200 + 7 * 7 * 200 * 384
+                + 384 * 192 + 192 * 10)
+    assert throughput.forward_macs(cnn, (32, 32, 3)) == expected
+
+
+def test_parameter_count_matches_the_layers():
+    cnn = ModelConfig(kind="cnn", conv_channels=8)
+    expected = (5 * 5 * 3 * 8 + 8) + (5 * 5 * 8 * 8 + 8) + (7 * 7 * 8 * 384 + 384) \
+        + (384 * 192 + 192) + (192 * 10 + 10)
+    assert throughput.parameter_count(cnn, (32, 32, 3)) == expected
+
+
+def test_compare_picks_best_and_checks_targets():
+    rows = [
+        {"case": "a_mlp512", "impl": "jax-ensemble", "model_examples_per_s": 30.0},
+        {"case": "a_mlp512", "impl": "jax-one-at-a-time", "model_examples_per_s": 3.0},
+        {"case": "a_mlp512", "impl": "torch-loop", "model_examples_per_s": 1.0},
+        {"case": "a_mlp512", "impl": "torch-func", "model_examples_per_s": 8.0},
+        {"case": "a_mlp512", "impl": "torch-bmm", "model_examples_per_s": 15.0},
+        {"case": "c_cnn", "impl": "jax-vmap", "model_examples_per_s": None},
+        {"case": "c_cnn", "impl": "jax-lax.map", "model_examples_per_s": 5.0},
+        {"case": "c_cnn", "impl": "torch-loop", "model_examples_per_s": 4.0},
+    ]
+    out = harness.compare(rows, "gpu")
+    assert out["a_mlp512"]["x best torch ensemble"] == 2.0
+    assert out["a_mlp512"]["x jax-one-at-a-time"] == 10.0
+    assert out["a_mlp512"]["target_met"] is False  # 2.0 < 2.5
+    assert out["c_cnn"]["best_jax"] == "jax-lax.map" and out["c_cnn"]["target_met"] is False
+    assert "target" not in harness.compare(rows, "cpu")["a_mlp512"]
+
+
+def test_roofline_share_is_bounded_by_bandwidth_for_low_intensity():
+    # 1 FLOP/byte at 100 GB/s attains 0.1 TFLOP/s, below a 10 TFLOP/s peak
+    assert roofline.share(0.05, 1.0, 10.0, 100.0) == pytest.approx(0.5)
+    assert roofline.share(5.0, None, 10.0, 100.0) == pytest.approx(0.5)
+
+
+def test_missing_benchmark_module_is_a_note():
+    cases, notes = harness.collect(("throughput", "no_such_module"))
+    assert "a_mlp512" in cases and "e1_consistency" in cases
+    assert notes == ["benchmark module memjax.benchmarks.no_such_module not found: "
+                     "its cases are skipped"]
+
+
+def test_bench_command_writes_results(tmp_path, monkeypatch, capsys):
+    tiny = throughput.Case(ModelConfig(hidden=(8,)), (28, 28, 1), 3, 2, 1, batch=16)
+    monkeypatch.setitem(throughput.PRESETS["cpu"], "a_mlp512", tiny)
+    monkeypatch.setitem(roofline.SIZES, "cpu", dict(n=64, words=2 ** 12, repeats=1))
+    assert main(["bench", "--preset", "cpu", "--cases", "a_mlp512", "--out", str(tmp_path)]) == 0
+    record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    impls = {r["impl"] for r in record["rows"]}
+    assert {"jax-ensemble", "jax-one-at-a-time"} <= impls
+    ensemble = next(r for r in record["rows"] if r["impl"] == "jax-ensemble")
+    assert ensemble["model_examples_per_s"] > 0 and ensemble["tflops"] > 0
+    assert np.isclose(ensemble["tflops"], ensemble["model_examples_per_s"]
+                      * 6 * (784 * 8 + 8 * 10) / 1e12)
+    assert record["device"]["platform"] == "cpu" and "jax" in record["versions"]
+    assert "| a_mlp512 | jax-ensemble |" in next(tmp_path.glob("*.md")).read_text()
+    assert main(["bench", "--preset", "tpu"]) == 2
+    assert "unknown bench preset" in capsys.readouterr().err
