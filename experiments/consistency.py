@@ -140,6 +140,5 @@ def evidence(summary: dict) -> list[dict]:
     lines.append({"claim": 2, "supports": bool(ratio["real"] > 2 and easy > real["mean_error"]),
                   "text": (f"consistency: after one epoch {easy:.0%} of real examples are "
                            f"misclassified by at most 10 % of the members and {hard:.0%} by at "
-                           f"least 90 % (mean error {real['mean_error']:.3f}): the members "
-                           f"agree on which examples are easy")})
+                           f"least 90 % (mean error {real['mean_error']:.3f})")})
     return lines

@@ -169,7 +169,11 @@ def evidence(summary: dict) -> list[dict]:
             slower = slower and gain(noisy) >= gain(clean)
             text += (f"; widening from {clean['x'][0]} saves {gain(clean):g} epochs without "
                      f"noise and {gain(noisy):g} with it")
-        lines.append({"claim": 1, "supports": bool(slower), "text": text})
+        # both censored at the cap: the run cannot tell which is slower
+        inconclusive = clean["censored"][-1] and noisy["censored"][-1]
+        lines.append({"claim": 1, "supports": None if inconclusive else bool(slower),
+                      "text": text + (" (inconclusive: raise the epoch cap)" if inconclusive
+                                      else "")})
     return lines
 
 

@@ -162,8 +162,8 @@ def write_report(out: Path, preset: str, names: list[str] | None = None) -> Path
 
 
 def _section(name, module, path: Path, manifest: dict, status: str, lines, problem) -> str:
-    doc = (module.__doc__ or "").strip().splitlines()
-    parts = [f"### {name}", "", doc[0] if doc else "", ""]
+    doc = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
+    parts = [f"### {name}", "", doc, ""]
     if status != "finished":
         parts.append(f"Status: **{status}**" + (f" — {manifest['error']}" if manifest.get("error")
                                                 else "") + ".")
