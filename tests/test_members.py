@@ -167,3 +167,12 @@ def test_adversarial_training_seam(data):
     on_clean, _ = plain(fresh(), 2, x, y)
     _close(_member(adv.variables, 0), _member(on_flipped.variables, 0), rtol=1e-5, atol=1e-6)
     _close(_member(adv.variables, 1), _member(on_clean.variables, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_width_buckets_group_by_cost():
+    from memjax.experiments.sweeps import width_buckets
+
+    widths = np.array([16, 512, 64, 4096, 128, 2048])
+    buckets = width_buckets(widths, (128, 1024))
+    assert [(w, rows.tolist()) for w, rows in buckets] == [(128, [0, 2, 4]), (512, [1]),
+                                                           (4096, [3, 5])]
