@@ -66,12 +66,15 @@ def test_noise_curve_evidence_follows_the_data():
 
 def test_capacity_and_convergence_evidence_follow_the_data():
     s = {"real_0": {"kind": "real", "level": 0.0, "max": 0.95, "width_to_reach_best": 64,
-                    "tolerance": 0.01},
+                    "tolerance": 0.01, "widths": [16, 64, 512],
+                    "best_validation_accuracy": [0.93, 0.95, 0.95]},
          "randX_0.8": {"kind": "randX", "level": 0.8, "max": 0.6, "width_to_reach_best": 512,
-                       "tolerance": 0.01}}
+                       "tolerance": 0.01, "widths": [16, 64, 512],
+                       "best_validation_accuracy": [0.4, 0.5, 0.6]}}
     (line,) = capacity.evidence(s)
-    assert line["supports"] and "width 64" in line["text"] and "width 512" in line["text"]
-    s["randX_0.8"]["width_to_reach_best"] = 32
+    assert line["supports"] and "+0.020 on real data" in line["text"]
+    assert "+0.200 with 80% randX" in line["text"] and "from width 512" in line["text"]
+    s["randX_0.8"]["best_validation_accuracy"] = [0.59, 0.6, 0.6]
     assert not capacity.evidence(s)[0]["supports"]
     c = {"cap": 50, "threshold": 1.0,
          "width_0": {"part": "width", "level": 0.0, "x": [16, 256], "median_epochs": [10, 5],
