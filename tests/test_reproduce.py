@@ -109,7 +109,10 @@ def test_regularization_filters_consistency_evidence():
                             "fraction_misclassified_by_90pct": 0.1}
     lines = consistency.evidence({"real": row(0.33, 0.04), "randY": row(0.04, 0.03)})
     assert [l["claim"] for l in lines] == [1, 2] and all(l["supports"] for l in lines)
-    assert "x8.2" in lines[0]["text"]
+    assert "x8.2" in lines[0]["text"] and "would give 0.0%" in lines[1]["text"]
+    few_easy = row(0.33, 0.04)
+    few_easy["fraction_misclassified_by_10pct_or_fewer"] = 0.0
+    assert not consistency.evidence({"real": few_easy})[1]["supports"]
 
 
 def test_filter_smoothness_measure():
