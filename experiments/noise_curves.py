@@ -143,12 +143,15 @@ def evidence(summary: dict) -> list[dict]:
         high = v["epoch_train_accuracy_high"]
         early = high is None or v["peak_epoch"] < high
         fell = v["final_validation_accuracy"] < v["peak_validation_accuracy"] - 0.005
-        when = (f"at epoch {high}" if high is not None
-                else f"not within {v['epochs']} epochs (final {v['final_train_accuracy']:.0%})")
+        if high is not None:
+            order = (f"{'before' if early else 'after'} training accuracy reached "
+                     f"{v['high_train_accuracy']:.0%} at epoch {high}")
+        else:
+            order = (f"while training accuracy was still below {v['high_train_accuracy']:.0%} "
+                     f"({v['final_train_accuracy']:.0%} at epoch {v['epochs']})")
         lines.append({"claim": 2, "supports": bool(early and fell), "text": (
             f"noise-curves ({part}, {v['level']:.0%} label noise): validation accuracy peaked "
-            f"at epoch {v['peak_epoch']} ({v['peak_validation_accuracy']:.3f}), before training "
-            f"accuracy reached {v['high_train_accuracy']:.0%} {when}, then "
+            f"at epoch {v['peak_epoch']} ({v['peak_validation_accuracy']:.3f}), {order}, then "
             f"{'fell' if fell else 'stayed'} to {v['final_validation_accuracy']:.3f} by epoch "
             f"{v['epochs']}")})
     return lines
