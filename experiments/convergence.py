@@ -187,12 +187,13 @@ def _figure(summary: dict, run_dir: RunDir) -> None:
                                 label=f"input noise {v['level']:.0%}")
                 cens = [x for x, c in zip(v["x"], v["censored"]) if c]
                 if cens:
-                    ax.scatter(cens, [summary["cap"]] * len(cens), marker="^",
-                               color=line.get_color())
+                    ax.scatter(cens, [summary["cap"]] * len(cens), marker="^", s=90,
+                               facecolors="none", edgecolors=line.get_color(), zorder=3)
         ax.set_xscale("log", base=2)
         ax.set_xlabel(label)
         ax.set_ylabel(f"epochs to {summary['threshold']:.0%} training accuracy")
-        ax.set_title(f"Time to convergence vs {name} (Fig. 6; ^ = censored at cap)")
+        ax.set_title(f"Fig. 6{'a' if name == 'width' else 'b'}: vs {label} "
+                     f"(^ censored at {summary['cap']})", fontsize=10)
         ax.legend(fontsize=8)
     run_dir.save_figure(fig, "fig6_convergence.png")
     close(fig)

@@ -164,8 +164,9 @@ def _figure(summary: dict, run_dir: RunDir) -> None:
         for i, v in enumerate(x for x in summary.values()
                               if x["part"] == part and x["kind"] in (k, "real")):
             label = "real" if v["kind"] == "real" else f"{v['level']:.0%}"
-            ax.plot(v["train_accuracy"], color=f"C{i}", ls="--", lw=1)
-            ax.plot(v["validation_accuracy"], color=f"C{i}", label=label)
+            epochs = range(1, len(v["train_accuracy"]) + 1)
+            ax.plot(epochs, v["train_accuracy"], color=f"C{i}", ls="--", lw=1)
+            ax.plot(epochs, v["validation_accuracy"], color=f"C{i}", label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy (solid: validation, dashed: train)")
         ax.set_title(f"{part.upper()}, {k} (Figs. 7-8)")

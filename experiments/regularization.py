@@ -198,8 +198,9 @@ def _figures(summary: dict, run_dir: RunDir) -> None:
     for ax, reg in zip(axes, regs):
         ps = [p for p in points.values() if p["regularizer"] == reg]
         for i, p in enumerate(ps):
-            ax.plot(p["train_loss_randY"], color=f"C{i}", label=f"{p['strength']:g}")
-            ax.plot(p["train_loss_real"], color=f"C{i}", ls="--", lw=1)
+            epochs = range(1, len(p["train_loss_randY"]) + 1)
+            ax.plot(epochs, p["train_loss_randY"], color=f"C{i}", label=f"{p['strength']:g}")
+            ax.plot(epochs, p["train_loss_real"], color=f"C{i}", ls="--", lw=1)
         ax.set_title(reg)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
