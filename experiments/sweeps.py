@@ -37,6 +37,7 @@ class Sweep:
     y: jax.Array
     view: MemberView
     noise: NoiseSource | None
+    examples_per_epoch: float = 0.0  # summed over members
     seconds: float = 0.0
     model_examples: float = 0.0
 
@@ -46,9 +47,7 @@ class Sweep:
                                                self.view, self.noise)
         metrics = jax.device_get(metrics)
         self.seconds += time.perf_counter() - start
-        sizes = (len(self.y) if self.view.example_mask is None
-                 else np.asarray(self.view.example_mask).sum(1))
-        self.model_examples += float(np.sum(np.broadcast_to(sizes, (self.state.members,))))
+        self.model_examples += self.examples_per_epoch
         return metrics
 
 
@@ -100,8 +99,9 @@ def make_sweep(model: ModelConfig, train: TrainConfig, dataset: Dataset, split: 
                                    shared_order=train.shared_order,
                                    lr_halving_epochs=train.lr_halving_epochs,
                                    member_chunk=train.member_chunk)
+    per_epoch = float(len(ids) * n if example_mask is None else np.sum(example_mask))
     return Sweep(network, state, train_epoch, train.seed, jax.device_put(split.x),
-                 jax.device_put(split.y), view, noise)
+                 jax.device_put(split.y), view, noise, per_epoch)
 
 
 def run_epochs(sweep: Sweep, epochs: int, on_epoch: Callable[[int, dict], bool | None], *,
