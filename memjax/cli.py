@@ -99,6 +99,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from memjax.reproduce import reproduce
+
+    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    _, failed = reproduce(args.preset, args.out, only=only, data_dir=args.data_dir)
+    return 1 if failed else 0
+
+
 def add_shared_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
     p.add_argument("--dataset", help="embedded | mnist | cifar10 | npz:PATH")
@@ -133,6 +141,14 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="benchmarks/results",
                        help="folder for <date>-<device>.json/.md (default: benchmarks/results)")
     bench.set_defaults(func=cmd_bench)
+    rep = sub.add_parser("reproduce", help="run every study, then write OUT/report.md")
+    rep.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
+    rep.add_argument("--out", required=True, help="folder for the studies and report.md; "
+                                                  "finished studies in it are not rerun")
+    rep.add_argument("--data-dir", help="folder with mnist.npz / cifar10.npz "
+                                        "(default: $MEMJAX_DATA_DIR)")
+    rep.add_argument("--only", help="comma-separated studies (default: all)")
+    rep.set_defaults(func=cmd_reproduce)
     return p
 
 

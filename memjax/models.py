@@ -2,6 +2,14 @@
 
 A model's `variables` is Flax's dict: {"params": ...} plus {"batch_stats": ...} when the CNN
 uses BatchNorm. Inputs are floats in [0, 1] with shape [batch, H, W, C].
+
+Per-member constants that a sweep varies live in the variables too, so they are stacked and
+vmapped beside the parameters and every consumer of `Network.apply` (evaluation, metrics)
+honours them without knowing about them:
+- {"masks": {"hidden_i": [width_i]}} (MLP built with `masked=True`): 1.0 for the hidden
+  units a member uses, 0.0 for the rest (width sweeps in one max-width model);
+- {"regularization": {"dropout", "input_dropout", "input_noise", "hidden_noise"}} scalars
+  (built with `regularized=True`): strengths, traced arrays, active only in training mode.
 """
 from __future__ import annotations
 
@@ -18,17 +26,59 @@ from memjax.errors import MemjaxError
 Variables = Any
 
 
+REGULARIZERS = ("dropout", "input_dropout", "input_noise", "hidden_noise")
+
+
+class Regularization(nn.Module):
+    """Training-time stochastic regularizers whose strengths are variables (collection
+    "regularization"), so each member of an ensemble can have its own.
+
+    dropout / input_dropout: drop probability in [0, 1) (inverted dropout: kept units are
+    scaled by 1 / (1 - rate), so rate 0 is exactly the identity). input_noise /
+    hidden_noise: std of additive Gaussian noise, in input units ([0, 1] pixels) and
+    activation units. All randomness comes from the "dropout" rng stream.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array, kind: str, train: bool) -> jax.Array:
+        strengths = {name: self.variable("regularization", name, jnp.zeros, (), jnp.float32)
+                     for name in REGULARIZERS}
+        if not train:
+            return x
+        noise, rate = (("input_noise", "input_dropout") if kind == "input"
+                       else ("hidden_noise", "dropout"))
+        std = strengths[noise].value
+        x = x + std * jax.random.normal(self.make_rng("dropout"), x.shape, x.dtype)
+        keep = 1.0 - strengths[rate].value
+        kept = jax.random.uniform(self.make_rng("dropout"), x.shape) < keep
+        return jnp.where(kept, x / jnp.maximum(keep, 1e-6), 0.0)
+
+
 class MLP(nn.Module):
-    """Flatten, then Dense+ReLU per hidden width, then a linear read-out."""
+    """Flatten, then Dense+ReLU per hidden width, then a linear read-out.
+
+    masked: hidden unit j of layer i is multiplied by masks/hidden_i[j] (width sweeps).
+    regularized: input dropout / noise on the input, dropout / noise after each hidden ReLU.
+    """
 
     hidden: Sequence[int] = (4096, 4096)
     num_classes: int = 10
+    masked: bool = False
+    regularized: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = x.reshape((x.shape[0], -1))
-        for width in self.hidden:
+        regularize = Regularization(name="strengths") if self.regularized else None
+        if regularize is not None:
+            x = regularize(x, "input", train)
+        for i, width in enumerate(self.hidden):
             x = nn.relu(nn.Dense(width)(x))
+            if regularize is not None:
+                x = regularize(x, "hidden", train)
+            if self.masked:
+                # After the regularizers, so noise never switches an unused unit on.
+                x = x * self.variable("masks", f"hidden_{i}", jnp.ones, (width,), x.dtype).value
         return nn.Dense(self.num_classes)(x)
 
 
@@ -41,12 +91,16 @@ class PaperCNN(nn.Module):
     batchnorm: bool = False
     channels: int = 200
     crop: int = 2
+    regularized: bool = False  # input regularizers after the crop, hidden ones after dense ReLUs
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         c = self.crop
         if c:
             x = x[:, c:-c, c:-c, :]
+        regularize = Regularization(name="strengths") if self.regularized else None
+        if regularize is not None:
+            x = regularize(x, "input", train)
 
         def norm(h):
             if not self.batchnorm:
@@ -59,6 +113,8 @@ class PaperCNN(nn.Module):
         x = x.reshape((x.shape[0], -1))
         for width in (384, 192):
             x = nn.relu(norm(nn.Dense(width)(x)))
+            if regularize is not None:
+                x = regularize(x, "hidden", train)
         return nn.Dense(self.num_classes)(x)
 
 
@@ -88,13 +144,18 @@ class Network:
         return logits, dict(updates)
 
 
-def build_network(config: ModelConfig, num_classes: int) -> Network:
+def build_network(config: ModelConfig, num_classes: int, *, masked: bool = False,
+                  regularized: bool = False) -> Network:
+    """masked: hidden-unit masks (MLP only); regularized: per-member regularizer strengths."""
     if config.kind == "mlp":
         check_positive(**{f"hidden width {i + 1}": w for i, w in enumerate(config.hidden)})
-        return Network(MLP(tuple(config.hidden), num_classes))
+        return Network(MLP(tuple(config.hidden), num_classes, masked, regularized))
     if config.kind == "cnn":
+        if masked:
+            raise MemjaxError("width masks are implemented for the MLP only")
         check_positive(conv_channels=config.conv_channels)
-        return Network(PaperCNN(num_classes, config.batchnorm, config.conv_channels))
+        return Network(PaperCNN(num_classes, config.batchnorm, config.conv_channels,
+                                regularized=regularized))
     raise MemjaxError(f"unknown model {config.kind!r}; known: mlp, cnn")
 
 

@@ -14,29 +14,23 @@ import jax.numpy as jnp
 import optax
 
 from memjax import sharding
-from memjax.ensemble import DATA, DROPOUT, EnsembleState, map_members
+from memjax.adversarial import lass_adversarial_examples
+from memjax.ensemble import ATTACK, DATA, DROPOUT, EnsembleState, map_members
+from memjax.members import MemberView, NoiseSource, member_batch
 from memjax.models import ApplyFn, Network, as_float
+from memjax.order import epoch_order  # noqa: F401  (re-exported: part of the trainer's API)
 
 if TYPE_CHECKING:
     from memjax.checkpoint import PhaseCheckpoints
 
 
-def epoch_order(key: jax.Array, num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
-    """A random order as [steps, batch] indices and weights; the last batch is padded with
-    weight-0 copies of example 0, so every example is seen exactly once per epoch."""
-    steps = -(-num_examples // batch_size)
-    pad = steps * batch_size - num_examples
-    order = jnp.concatenate([jax.random.permutation(key, num_examples),
-                             jnp.zeros((pad,), jnp.int32)])
-    weight = jnp.concatenate([jnp.ones((num_examples,)), jnp.zeros((pad,))])
-    return order.reshape(steps, batch_size), weight.reshape(steps, batch_size)
-
-
 def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batch_size: int,
                      shared_order: bool = False, lr_halving_epochs: int | None = None,
                      member_chunk: int | None = None, mesh=None,
-                     compute_dtype: str = "float32") -> Callable:
-    """Build `train_epoch(state, seed, x, y) -> (state, metrics)`, jitted, state donated.
+                     compute_dtype: str = "float32",
+                     adversarial_examples: Callable = lass_adversarial_examples) -> Callable:
+    """Build `train_epoch(state, seed, x, y, view=None, noise=None) -> (state, metrics)`,
+    jitted, state donated.
 
     Members are split over `mesh` (None: every device) in groups of `member_chunk` (None:
     planned from device memory); see `ensemble.map_members`. compute_dtype `bfloat16`: mixed
@@ -44,31 +38,39 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
     weights, which receive the (float32) gradient and the update; the loss is float32.
 
     x: [N, H, W, C] uint8 (or float in [0, 1]), y: [N] int32, both on the device, shared by
-    all members. metrics: {"train_loss": [M], "train_accuracy": [M], "diverged": [M] bool},
-    averaged over the epoch's minibatches as they were trained (weighted by examples).
+    all members. view (memjax.members.MemberView, [M, ...]): per-member example masks
+    (dataset size), noise masks (which examples a member sees from `noise`, the shared
+    NoiseSource) and adversarial weights w (loss = (1 - w) clean + w adversarial, with
+    examples from `adversarial_examples(apply_fn, variables, x, y, key)`).
+    metrics: {"train_loss": [M], "train_accuracy": [M], "diverged": [M] bool}, averaged
+    over the epoch's minibatches as they were trained (weighted by examples, each member
+    over its own).
 
     A member whose minibatch loss or updated parameters (their global norm) are not finite
     is flagged in state.diverged and frozen: its variables and optimizer state stay as they
     were before that step, and every later update is masked, while the others train on.
     """
 
-    def member_epoch(variables, opt_state, member_id, lr, wd, diverged, epoch, seed, x, y):
+    def member_epoch(variables, opt_state, member_id, lr, wd, diverged, view, epoch, seed, x,
+                     y, noise):
         root = jax.random.key(seed)
         member_key = jax.random.fold_in(root, member_id)
         order_key = jax.random.fold_in(
             jax.random.fold_in(root if shared_order else member_key, DATA), epoch)
-        order, weight = epoch_order(order_key, y.shape[0], batch_size)
+        order, weight = epoch_order(order_key, y.shape[0], batch_size, view.example_mask)
         if lr_halving_epochs:
             lr = lr * 0.5 ** (epoch // lr_halving_epochs)
         opt_state.hyperparams.update(learning_rate=lr, weight_decay=wd)
         dropout_key = jax.random.fold_in(jax.random.fold_in(member_key, DROPOUT), epoch)
+        attack_key = jax.random.fold_in(jax.random.fold_in(member_key, ATTACK), epoch)
 
         def step(carry, inputs):
             variables, opt_state, frozen = carry
             t, idx, w = inputs
-            xb, yb = as_float(x[idx]), y[idx]
+            xb, yb = member_batch(x, y, noise, view, idx)
 
             def loss_fn(params):
+                current = {**variables, "params": params}
                 xc, pc = xb, params
                 if compute_dtype != "float32":
                     xc = xb.astype(compute_dtype)
@@ -77,42 +79,57 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
                     {**variables, "params": pc}, xc, jax.random.fold_in(dropout_key, t))
                 logits = logits.astype(jnp.float32)
                 losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+                if view.adversarial_weight is not None:
+                    search_key, drop_key = jax.random.split(jax.random.fold_in(attack_key, t))
+                    x_adv = jax.lax.stop_gradient(
+                        adversarial_examples(network.apply, current, xb, yb, search_key))
+                    adv_logits, updates = network.apply_train(
+                        {**current, **updates}, x_adv, drop_key)
+                    a = view.adversarial_weight
+                    losses = (1 - a) * losses + a * optax.softmax_cross_entropy_with_integer_labels(
+                        adv_logits, yb)
                 return jnp.sum(w * losses) / jnp.maximum(jnp.sum(w), 1.0), (updates, logits)
 
             (loss, (updates, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 variables["params"])
             deltas, new_opt_state = tx.update(grads, opt_state, variables["params"])
             params = optax.apply_updates(variables["params"], deltas)
-            # Divergence isolation: two scalar checks and a select (fused into the update),
-            # so one member's NaN never stops the others. The new parameters' norm is
-            # non-finite when the update is, or when it pushes a parameter out of range.
-            ok = ~frozen & jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(params))
+            n = jnp.sum(w)
+            # One select decides the step: a batch without examples (past the end of a
+            # smaller member's data) is no step, since momentum and weight decay would still
+            # move the parameters; a non-finite loss or parameter norm freezes the member
+            # (divergence isolation: one member's NaN never stops the others).
+            finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(params))
+            ok = ~frozen & (n > 0) & finite
             variables, opt_state = jax.tree.map(
                 lambda new, old: jnp.where(ok, new, old),
                 ({**variables, **updates, "params": params}, new_opt_state),
                 (variables, opt_state))
-            n = jnp.sum(w)
             correct = jnp.sum(w * (jnp.argmax(logits, -1) == yb))
-            return (variables, opt_state, ~ok), (loss * n, correct)
+            frozen = frozen | ((n > 0) & ~finite)
+            return (variables, opt_state, frozen), (loss * n, correct)
 
         steps = order.shape[0]
         (variables, opt_state, diverged), (loss_sum, correct) = jax.lax.scan(
             step, (variables, opt_state, diverged), (jnp.arange(steps), order, weight))
-        n = y.shape[0]
+        n = jnp.maximum(weight.sum(), 1.0)
         return variables, opt_state, diverged, {"train_loss": loss_sum.sum() / n,
                                                 "train_accuracy": correct.sum() / n,
                                                 "diverged": diverged}
 
     @functools.partial(jax.jit, donate_argnums=0)
-    def train_epoch(state: EnsembleState, seed, x, y):
+    def train_epoch(state: EnsembleState, seed, x, y, view: MemberView | None = None,
+                    noise: NoiseSource | None = None):
+        view = MemberView() if view is None else view
         per_member = map_members(
-            lambda v, o, i, lr, wd, d: member_epoch(v, o, i, lr, wd, d, state.epoch, seed, x, y),
+            lambda v, o, i, lr, wd, d, vw: member_epoch(v, o, i, lr, wd, d, vw, state.epoch,
+                                                        seed, x, y, noise),
             member_chunk, mesh=mesh)
         diverged = (jnp.zeros(state.member_ids.shape, bool) if state.diverged is None
                     else state.diverged)
         variables, opt_state, diverged, metrics = per_member(
             state.variables, state.opt_state, state.member_ids, state.learning_rate,
-            state.weight_decay, diverged)
+            state.weight_decay, diverged, view)
         return state.replace(variables=variables, opt_state=opt_state, diverged=diverged,
                              epoch=state.epoch + 1), metrics
 

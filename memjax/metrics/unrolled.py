@@ -20,7 +20,7 @@ import optax
 from memjax.ensemble import DATA, map_members
 from memjax.metrics.sensitivity import per_example_norm
 from memjax.models import ApplyFn, as_float
-from memjax.train import epoch_order
+from memjax.order import epoch_order
 
 LOSS_ON = ("batch", "full")
 

@@ -1,0 +1,210 @@
+"""E6 (Figs. 7-8): training and validation accuracy per epoch with 20/40/60/80 % input
+noise or label noise.
+
+    memjax run noise-curves --preset cpu [--dataset mnist --data-dir ../shared/data]
+
+One ensemble: a member per (noise kind, level, seed), each seeing its own fraction of the
+training set noised. After every epoch, `epoch_evaluation` measures each member's accuracy
+on its own (noisy) training set and on the real validation set. Under label noise the
+validation accuracy should peak before the training accuracy gets high, then fall as the
+noise is fitted, while the validation CSR (LASS, PAPER.md E5, on the first `csr_examples`
+validation images, `csr_iterations` iterations) rises.
+Presets: smoke (seconds); cpu (embedded 10k MNIST, MLP 2x256, 2 seeds per curve, 30 epochs,
+lr 0.05: ~4 minutes on 2 cores); paper (MNIST 50k, MLP 2x4096, lr 0.01, 100 epochs; and
+the CIFAR-10 CNN, `cnn=True`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+
+from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
+from memjax.data import Dataset, load_dataset
+from memjax.errors import MemjaxError
+from memjax.experiments.common import close, new_figure
+from memjax.experiments.sweeps import Sweep, first_epoch_at_least, grid, make_sweep, run_epochs
+from memjax.ensemble import ATTACK
+from memjax.members import member_accuracy
+from memjax.metrics import PAPER_LASS, critical_sample_ratio, lass
+from memjax.results import RunDir
+from memjax.train import evaluate
+
+PAPER_CNN_TRAIN = TrainConfig(members=1, epochs=100, momentum=0.9, lr_halving_epochs=15)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(members=1, epochs=100))
+    noise_levels: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+    noise_kinds: tuple[str, ...] = ("randX", "randY")
+    # The CIFAR-10 CNN part (Fig. 8), run after the MLP part when cnn=True.
+    cnn: bool = False
+    cnn_data: DataConfig = field(default_factory=lambda: DataConfig(name="cifar10"))
+    cnn_model: ModelConfig = field(default_factory=lambda: ModelConfig(kind="cnn"))
+    cnn_train: TrainConfig = PAPER_CNN_TRAIN
+    high_train_accuracy: float = 0.9  # "training accuracy gets high"
+    csr_examples: int | None = 1000  # validation images searched by LASS each epoch
+    csr_iterations: int = 100
+
+
+PRESETS = {
+    "smoke": Config(DataConfig(train_size=512, validation_size=256), ModelConfig(hidden=(32, 32)),
+                    TrainConfig(members=1, epochs=3, batch_size=64, learning_rate=0.1),
+                    noise_levels=(0.5,), csr_examples=32, csr_iterations=5),
+    "cpu": Config(DataConfig(), ModelConfig(hidden=(256, 256)),
+                  TrainConfig(members=2, epochs=30, learning_rate=0.05),
+                  csr_examples=200, csr_iterations=20),
+    "paper": Config(DataConfig(name="mnist"), ModelConfig(hidden=(4096, 4096)),
+                    TrainConfig(members=1, epochs=100), cnn=True),
+}
+
+
+def epoch_evaluation(sweep: Sweep, dataset: Dataset, validation: tuple[jax.Array, jax.Array],
+                     train: TrainConfig, config: Config, epoch: int) -> dict[str, np.ndarray]:
+    """Per-member measurements after an epoch, each [M]: training accuracy on the member's
+    own (noisy) training set, validation accuracy on real data, and validation CSR (LASS
+    with the paper's r, alpha, beta on the first `config.csr_examples` validation images)."""
+    kw = dict(chunk=train.eval_chunk, member_chunk=train.member_chunk)
+    variables = sweep.state.variables
+    own = member_accuracy(sweep.network.apply, variables, sweep.x, sweep.y,
+                          sweep.view, sweep.noise, **kw)["accuracy"]
+    val = evaluate(sweep.network.apply, variables, *validation, **kw)["correct"]
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(train.seed), ATTACK), epoch)
+    found = lass(sweep.network.apply, variables, validation[0][:config.csr_examples], key,
+                 **{**PAPER_LASS, "max_iterations": config.csr_iterations},
+                 member_chunk=train.member_chunk, member_ids=sweep.state.member_ids)
+    return {"train_accuracy": np.asarray(own), "validation_accuracy": np.asarray(val.mean(1)),
+            "validation_csr": np.asarray(critical_sample_ratio(found.critical))}
+
+
+def run(config: Config, run_dir: RunDir) -> dict:
+    for p in config.noise_levels:
+        check_fraction("noise level", p)
+    if set(config.noise_kinds) - {"randX", "randY"}:
+        raise MemjaxError(f"noise kinds must be randX or randY, got {config.noise_kinds}")
+    parts = [("mlp", config.data, config.model, config.train)]
+    if config.cnn:
+        parts.append(("cnn", config.cnn_data, config.cnn_model, config.cnn_train))
+    summary, arrays, seconds, examples = {}, {}, 0.0, 0.0
+    for name, data, model, train in parts:
+        check_positive(members=train.members, epochs=train.epochs)
+        s, a, sweep = _run_part(name, data, model, train, config, run_dir)
+        summary.update(s)
+        arrays.update(a)
+        seconds += sweep.seconds
+        examples += sweep.model_examples
+    run_dir.write_npz("results.npz", arrays)
+    run_dir.write_json("summary.json", summary)
+    _figure(summary, run_dir)
+    return {"summary": summary, "model_examples_per_second": examples / max(seconds, 1e-9)}
+
+
+def _run_part(name, data, model, train, config, run_dir):
+    dataset = load_dataset(data)
+    conds = [("real", 0.0)] + [(k, p) for k in config.noise_kinds for p in config.noise_levels]
+    cells = grid(cond=list(range(len(conds))), repeat=list(range(train.members)))
+    kind = np.array([conds[c][0] for c in cells["cond"]])
+    level = np.array([conds[c][1] for c in cells["cond"]], float)
+    sweep = make_sweep(model, train, dataset, dataset.train, np.arange(len(kind)),
+                       input_noise=np.where(kind == "randX", level, 0.0),
+                       label_noise=np.where(kind == "randY", level, 0.0),
+                       data_seed=data.data_seed)
+    validation = (jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y))
+    history = {"train_accuracy": [], "validation_accuracy": []}
+
+    def on_epoch(epoch, metrics):
+        measured = epoch_evaluation(sweep, dataset, validation, train, config, epoch)
+        for key, value in measured.items():
+            history.setdefault(key, []).append(value)
+        run_dir.log_metrics({"part": name, "epoch": epoch, "train_loss": metrics["train_loss"],
+                             **{k: v.tolist() for k, v in measured.items()}})
+
+    run_epochs(sweep, train.epochs, on_epoch, desc=f"noise curves ({name})")
+    curves = {k: np.stack(v) for k, v in history.items()}  # [epochs, M]
+    summary = {}
+    for k, p in conds:
+        sel = (kind == k) & np.isclose(level, p)
+        tr, va = curves["train_accuracy"][:, sel].mean(1), curves["validation_accuracy"][:, sel].mean(1)
+        csr = curves["validation_csr"][:, sel].mean(1)
+        peak = int(np.argmax(va)) + 1
+        summary[f"{name}_{k}_{p:g}"] = {
+            "part": name, "kind": k, "level": p, "train_accuracy": tr.tolist(),
+            "validation_accuracy": va.tolist(), "peak_validation_accuracy": float(va.max()),
+            "validation_csr": csr.tolist(), "final_validation_csr": float(csr[-1]),
+            "peak_epoch": peak, "final_validation_accuracy": float(va[-1]),
+            "final_train_accuracy": float(tr[-1]), "epochs": len(tr),
+            "high_train_accuracy": config.high_train_accuracy,
+            "epoch_train_accuracy_high": first_epoch_at_least(tr, config.high_train_accuracy)}
+    arrays = {f"{name}_kind": kind, f"{name}_level": level,
+              **{f"{name}_{k}": v for k, v in curves.items()}}
+    return summary, arrays, sweep
+
+
+def evidence(summary: dict) -> list[dict]:
+    """Claim 2: under label noise, validation accuracy peaks before the noise is fitted."""
+    lines = []
+    for part in sorted({v["part"] for v in summary.values()}):
+        noisy = [v for v in summary.values() if v["part"] == part and v["kind"] == "randY"]
+        if not noisy:
+            continue
+        v = max(noisy, key=lambda v: v["level"])
+        high = v["epoch_train_accuracy_high"]
+        early = high is None or v["peak_epoch"] < high
+        fell = v["final_validation_accuracy"] < v["peak_validation_accuracy"] - 0.005
+        if high is not None:
+            order = (f"{'before' if early else 'after'} training accuracy reached "
+                     f"{v['high_train_accuracy']:.0%} at epoch {high}")
+        else:
+            order = (f"while training accuracy was still below {v['high_train_accuracy']:.0%} "
+                     f"({v['final_train_accuracy']:.0%} at epoch {v['epochs']})")
+        lines.append({"claim": 2, "supports": bool(early and fell), "text": (
+            f"noise-curves ({part}, {v['level']:.0%} label noise): validation accuracy peaked "
+            f"at epoch {v['peak_epoch']} ({v['peak_validation_accuracy']:.3f}), {order}, then "
+            f"{'fell' if fell else 'stayed'} to {v['final_validation_accuracy']:.3f} by epoch "
+            f"{v['epochs']}")})
+        real = [r for r in summary.values() if r["part"] == part and r["kind"] == "real"]
+        if real and "final_validation_csr" in v:
+            r = real[0]
+            higher = v["final_validation_csr"] > r["final_validation_csr"]
+            lines.append({"claim": 1, "supports": bool(higher), "text": (
+                f"noise-curves ({part}): validation CSR after {v['epochs']} epochs is "
+                f"{v['final_validation_csr']:.3f} with {v['level']:.0%} label noise against "
+                f"{r['final_validation_csr']:.3f} on real data (from "
+                f"{v['validation_csr'][0]:.3f} at epoch 1)")})
+    return lines
+
+
+def _figure(summary: dict, run_dir: RunDir) -> None:
+    panels = sorted({(v["part"], v["kind"]) for v in summary.values() if v["kind"] != "real"})
+    fig, axes = new_figure(ncols=max(len(panels), 1), width=4.5)
+    for ax, (part, k) in zip(axes, panels):
+        for i, v in enumerate(x for x in summary.values()
+                              if x["part"] == part and x["kind"] in (k, "real")):
+            label = "real" if v["kind"] == "real" else f"{v['level']:.0%}"
+            epochs = range(1, len(v["train_accuracy"]) + 1)
+            ax.plot(epochs, v["train_accuracy"], color=f"C{i}", ls="--", lw=1)
+            ax.plot(epochs, v["validation_accuracy"], color=f"C{i}", label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy (solid: validation, dashed: train)")
+        ax.set_title(f"{part.upper()}, {k} (Figs. 7-8)")
+        ax.legend(fontsize=8)
+    run_dir.save_figure(fig, "fig7_noise_curves.png")
+    close(fig)
+    fig, axes = new_figure(ncols=max(len(panels), 1), width=4.5)
+    for ax, (part, k) in zip(axes, panels):
+        for i, v in enumerate(x for x in summary.values()
+                              if x["part"] == part and x["kind"] in (k, "real")):
+            label = "real" if v["kind"] == "real" else f"{v['level']:.0%}"
+            ax.plot(range(1, len(v["validation_csr"]) + 1), v["validation_csr"], color=f"C{i}",
+                    label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation critical sample ratio")
+        ax.set_title(f"{part.upper()}, {k}: CSR (Figs. 7-8)")
+        ax.legend(fontsize=8)
+    run_dir.save_figure(fig, "fig8_noise_csr.png")
+    close(fig)

@@ -1,0 +1,185 @@
+"""`memjax reproduce`: run every registered study at one preset into OUT/<name>/, skipping
+those whose manifest says finished, then write OUT/report.md.
+
+The report holds, for each study, its figures, wall time and throughput, and the evidence
+lines its `evidence(summary)` computes from the run's data; and for each headline claim of
+PAPER.md a verdict gathered from those lines (supported / not supported / mixed / not
+tested). Nothing in the report is a fixed sentence about the results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from memjax.config import override, to_dict
+from memjax.errors import MemjaxError
+from memjax.results import RunDir, atomic_path
+
+# PAPER.md, "Headline claims the tool must be able to show" (the claims, not the verdicts).
+CLAIMS = {
+    1: "Networks behave qualitatively differently on real data and on noise: they do not "
+       "simply memorize real data.",
+    2: "Networks learn simple, shared patterns first and only later memorize noise.",
+    3: "Regularizers (dropout above all, dropout + adversarial training best) slow the "
+       "memorization of noise without hurting generalization on real data.",
+}
+
+
+def registered() -> dict[str, object]:
+    from memjax.experiments import EXPERIMENTS
+
+    return {name: importlib.import_module(f"memjax.experiments.{module}")
+            for name, module in EXPERIMENTS.items()}
+
+
+def run_experiment(name: str, module, config, out: Path, *, overwrite: bool = False) -> dict:
+    """Run one study into `out` with the run-directory protocol (manifest status running ->
+    finished or failed). Returns the study's result dict."""
+    run_dir = RunDir(out, overwrite=overwrite)
+    run_dir.start(name, to_dict(config))
+    try:
+        result = module.run(config, run_dir)
+    except BaseException as e:
+        run_dir.fail(e)
+        raise
+    run_dir.finish(**{k: v for k, v in result.items() if k != "summary"})
+    return result
+
+
+def preset_config(module, preset: str, data_dir: str | None):
+    if preset not in module.PRESETS:
+        raise MemjaxError(f"unknown preset {preset!r}; known: {', '.join(module.PRESETS)}")
+    config = module.PRESETS[preset]
+    if data_dir is not None:
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if dataclasses.is_dataclass(value) and any(
+                    g.name == "data_dir" for g in dataclasses.fields(value)):
+                config = override(config, f"{f.name}.data_dir", data_dir)
+    return config
+
+
+def reproduce(preset: str, out: str | Path, *, only: list[str] | None = None,
+              data_dir: str | None = None, log: Callable[[str], None] = print) -> tuple[Path, int]:
+    """Run the registered studies (or `only` those) at `preset` into out/<name>/ and write
+    out/report.md. A study that fails is recorded (manifest status failed, error in the
+    report) and the others still run. Returns (report path, number of failed studies)."""
+    out = Path(out)
+    modules = registered()
+    names = list(modules) if not only else only
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        raise MemjaxError(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(modules)}")
+    configs = {n: preset_config(modules[n], preset, data_dir) for n in names}
+    failed = 0
+    for name in names:
+        path = out / name
+        manifest = _manifest(path)
+        if manifest.get("status") == "finished":
+            log(f"{name}: finished earlier, kept ({path})")
+            continue
+        log(f"{name}: running ({preset})")
+        try:
+            run_experiment(name, modules[name], configs[name], path)
+            log(f"{name}: finished in {_manifest(path).get('wall_time_s', 0):.0f} s")
+        except Exception as e:  # recorded in the manifest; the other studies still run
+            failed += 1
+            log(f"{name}: FAILED: {type(e).__name__}: {e}")
+            if not isinstance(e, MemjaxError):
+                log(traceback.format_exc())
+    report = write_report(out, preset, names)
+    log(f"report: {report}")
+    return report, failed
+
+
+def _manifest(path: Path) -> dict:
+    try:
+        return json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def study_evidence(name: str, module, path: Path) -> tuple[list[dict], str | None]:
+    """The study's evidence lines from its summary.json, or an error message."""
+    fn = getattr(module, "evidence", None)
+    if fn is None:
+        return [], "this study computes no evidence lines"
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+        return list(fn(summary)), None
+    except Exception as e:  # a broken summary must not lose the rest of the report
+        return [], f"evidence failed: {type(e).__name__}: {e}"
+
+
+def verdict(lines: list[dict]) -> str:
+    votes = [l["supports"] for l in lines if l.get("supports") is not None]
+    if not votes:
+        return "not tested by this run"
+    if all(votes):
+        return f"supported ({len(votes)} of {len(votes)} measurements)"
+    if not any(votes):
+        return f"not supported ({len(votes)} of {len(votes)} measurements disagree)"
+    return f"mixed ({sum(votes)} of {len(votes)} measurements support it)"
+
+
+def write_report(out: Path, preset: str, names: list[str] | None = None) -> Path:
+    """Write out/report.md from the run directories under `out`."""
+    modules = registered()
+    names = names or list(modules)
+    sections, by_claim = [], {c: [] for c in CLAIMS}
+    for name in names:
+        path = out / name
+        manifest = _manifest(path)
+        status = manifest.get("status", "not run")
+        lines, problem = ([], None)
+        if status == "finished":
+            lines, problem = study_evidence(name, modules[name], path)
+        for line in lines:
+            by_claim.setdefault(line["claim"], []).append((name, line))
+        sections.append(_section(name, modules[name], path, manifest, status, lines, problem))
+    head = [f"# memjax reproduction report ({preset} preset)", "",
+            f"Run directory: `{out}`. Each study's files are in `{out.name}/<study>/` "
+            "(manifest.json, summary.json, results.npz, metrics.jsonl, figures). Verdicts and "
+            "numbers below are computed from this run's data.", "", "## Claims of PAPER.md", ""]
+    for claim, text in CLAIMS.items():
+        lines = [l for _, l in by_claim.get(claim, [])]
+        head.append(f"{claim}. **{text}** — {verdict(lines)}.")
+        for name, line in by_claim.get(claim, []):
+            mark = {True: "supports", False: "does not support", None: "neutral"}[line.get("supports")]
+            head.append(f"   - [{name}, {mark}] {line['text']}")
+        head.append("")
+    report = "\n".join(head + ["## Studies", ""] + sections) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "report.md"
+    with atomic_path(target) as tmp:
+        tmp.write_text(report)
+    return target
+
+
+def _section(name, module, path: Path, manifest: dict, status: str, lines, problem) -> str:
+    doc = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
+    parts = [f"### {name}", "", doc, ""]
+    if status != "finished":
+        parts.append(f"Status: **{status}**" + (f" — {manifest['error']}" if manifest.get("error")
+                                                else "") + ".")
+        return "\n".join(parts) + "\n"
+    device = manifest.get("device", {})
+    speed = manifest.get("model_examples_per_second")
+    parts.append(f"Finished in {manifest.get('wall_time_s', 0):.0f} s on {device.get('kind', '?')}"
+                 + (f", {speed:,.0f} model-examples/s" if isinstance(speed, (int, float)) else "")
+                 + ".")
+    parts.append("")
+    for line in lines:
+        parts.append(f"- {line['text']}")
+    if problem:
+        parts.append(f"- ({problem})")
+    parts.append("")
+    for figure in sorted(path.glob("*.png")):
+        parts.append(f"![{name}: {figure.stem}]({os.path.relpath(figure, path.parent)})")
+        parts.append("")
+    return "\n".join(parts)

@@ -1,0 +1,149 @@
+"""Per-member regularizers do what they should; convergence detection and censoring."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from memjax import convergence
+from memjax.config import DataConfig, ModelConfig
+from memjax.data import load_dataset
+from memjax.ensemble import init_ensemble, make_optimizer
+from memjax.errors import MemjaxError
+from memjax.members import member_accuracy, set_regularization
+from memjax.models import Regularization, build_network
+from memjax.train import make_train_epoch
+
+EXAMPLE = jnp.zeros((1, 28, 28, 1))
+
+
+@pytest.fixture(scope="module")
+def data():
+    d = load_dataset(DataConfig(train_size=64, validation_size=10))
+    return d, jnp.asarray(d.train.x), jnp.asarray(d.train.y)
+
+
+def _member(tree, m):
+    return jax.tree_util.tree_map(lambda l: l[m], tree)
+
+
+def _strengths(**values):
+    base = {k: jnp.zeros(()) for k in ("dropout", "input_dropout", "input_noise", "hidden_noise")}
+    return {"regularization": {**base, **{k: jnp.asarray(v, jnp.float32)
+                                          for k, v in values.items()}}}
+
+
+def _regularize(kind, x, **values):
+    return Regularization().apply(_strengths(**values), x, kind, True,
+                                  rngs={"dropout": jax.random.key(0)})
+
+
+def test_dropout_rate_and_scaling():
+    out = np.asarray(_regularize("hidden", jnp.ones((20000,)), dropout=0.3))
+    assert abs(np.mean(out == 0) - 0.3) < 0.015
+    np.testing.assert_allclose(out[out != 0], 1 / 0.7, rtol=1e-6)
+    out = np.asarray(_regularize("input", jnp.ones((20000,)), input_dropout=0.6))
+    assert abs(np.mean(out == 0) - 0.6) < 0.015
+
+
+def test_gaussian_noise_std():
+    out = np.asarray(_regularize("input", jnp.zeros((20000,)), input_noise=2.0))
+    assert abs(out.std() - 2.0) < 0.05
+    out = np.asarray(_regularize("hidden", jnp.zeros((20000,)), hidden_noise=0.1))
+    assert abs(out.std() - 0.1) < 0.003
+    # evaluation mode: no regularizer acts
+    x = jnp.arange(5.0)
+    np.testing.assert_array_equal(Regularization().apply(_strengths(dropout=0.9, hidden_noise=3.0),
+                                                         x, "hidden", False), x)
+
+
+def test_zero_strengths_equal_no_regularizers(data):
+    d, x, y = data
+    tx = make_optimizer()
+    plain = build_network(ModelConfig(hidden=(8, 8)), 10)
+    reg = build_network(ModelConfig(hidden=(8, 8)), 10, regularized=True)
+    states = [init_ensemble(n, tx, EXAMPLE, seed=0, member_ids=np.arange(2), learning_rate=0.1)
+              for n in (plain, reg)]
+    states[1] = states[1].replace(variables=set_regularization(
+        states[1].variables, dropout=0.0, input_dropout=0.0, input_noise=0.0, hidden_noise=0.0))
+    out = []
+    for network, state in zip((plain, reg), states):
+        epoch = make_train_epoch(network, tx, batch_size=16)
+        for _ in range(2):
+            state, _ = epoch(state, 0, x, y)
+        out.append(state.variables["params"])
+    for a, b in zip(jax.tree_util.tree_leaves(out[0]), jax.tree_util.tree_leaves(out[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # same math; fusion may differ
+
+
+def test_per_member_dropout_changes_only_its_member(data):
+    d, x, y = data
+    tx = make_optimizer()
+    network = build_network(ModelConfig(hidden=(8,)), 10, regularized=True)
+    state = init_ensemble(network, tx, EXAMPLE, seed=0, member_ids=np.array([0, 0]),
+                          learning_rate=0.1)
+    state = state.replace(variables=set_regularization(state.variables, dropout=[0.0, 0.5]))
+    state, metrics = make_train_epoch(network, tx, batch_size=16)(state, 0, x, y)
+    k = np.asarray(state.variables["params"]["Dense_0"]["kernel"])
+    assert not np.allclose(k[0], k[1])
+    with pytest.raises(MemjaxError, match="must be in"):
+        set_regularization(state.variables, dropout=1.0)
+
+
+def test_weight_decay_shrinks_weights_by_lr_times_decay(data):
+    """One SGD step from the same params and batch: the weight-decay member ends exactly
+    lr * wd * params0 below the member without it."""
+    d, x, y = data
+    tx = make_optimizer()
+    network = build_network(ModelConfig(hidden=(8,)), 10)
+    state = init_ensemble(network, tx, EXAMPLE, seed=0, member_ids=np.array([4, 4]),
+                          learning_rate=0.1, weight_decay=np.array([0.0, 0.5]))
+    p0 = _member(state.variables["params"], 0)
+    state, _ = make_train_epoch(network, tx, batch_size=64)(state, 0, x, y)  # one step
+    for a, b, w0 in zip(jax.tree_util.tree_leaves(_member(state.variables["params"], 0)),
+                        jax.tree_util.tree_leaves(_member(state.variables["params"], 1)),
+                        jax.tree_util.tree_leaves(p0)):
+        np.testing.assert_allclose(np.asarray(a) - np.asarray(b), 0.1 * 0.5 * np.asarray(w0),
+                                   rtol=1e-4, atol=1e-6)
+    norms = [sum(float(jnp.sum(l ** 2)) for l in jax.tree_util.tree_leaves(
+        _member(state.variables["params"], m))) for m in (0, 1)]
+    assert norms[1] < norms[0]
+
+
+def test_convergence_update_and_censoring_analytic():
+    acc = np.array([[0.5, 0.9, 0.2], [1.0, 0.95, 0.3], [0.9, 1.0, 0.4]])  # epochs x members
+    tracker = convergence.Convergence(jnp.full(3, -1, jnp.int32), jnp.ones(3))
+    for e, a in enumerate(acc, start=1):
+        tracker = convergence.update(tracker, jnp.asarray(a), jnp.asarray(e), 1.0)
+    # member 0 reached 100 % at epoch 2 and keeps that epoch though it dropped at epoch 3
+    assert tracker.first_epoch.tolist() == [2, 3, -1]
+    out = convergence.epochs_to_converge(tracker.first_epoch, cap=3)
+    assert out["censored"].tolist() == [False, False, True]
+    assert np.isnan(out["epochs"][2]) and out["epochs"][:2].tolist() == [2.0, 3.0]
+    tracker = convergence.update(tracker, jnp.asarray([0.0, 0.0, 0.96]), jnp.asarray(4), 0.95)
+    assert tracker.first_epoch.tolist() == [2, 3, 4]  # threshold configurable
+
+
+def test_converged_members_are_frozen_and_slow_ones_censored(data):
+    d, x, y = data
+    x, y = x[:32], y[:32]
+    tx = make_optimizer(0.9)
+    network = build_network(ModelConfig(hidden=(64,)), 10)
+    state = init_ensemble(network, tx, EXAMPLE, seed=0, member_ids=np.arange(2),
+                          learning_rate=np.array([0.05, 1e-6]))
+    tracker = convergence.start(state)
+    epoch = make_train_epoch(network, tx, batch_size=16)
+    frozen_at = None
+    for _ in range(40):
+        state, _ = epoch(state, 0, x, y)
+        acc = member_accuracy(network.apply, state.variables, x, y)["accuracy"]
+        tracker = convergence.update(tracker, acc, state.epoch, 1.0)
+        state = convergence.freeze(state, tracker)
+        if frozen_at is None and bool(tracker.converged[0]):
+            frozen_at = np.asarray(state.variables["params"]["Dense_0"]["kernel"][0])
+            first = int(tracker.first_epoch[0])
+    assert frozen_at is not None, "member 0 should fit 32 examples"
+    np.testing.assert_array_equal(state.variables["params"]["Dense_0"]["kernel"][0], frozen_at)
+    assert float(member_accuracy(network.apply, state.variables, x, y)["accuracy"][0]) == 1.0
+    assert int(tracker.first_epoch[0]) == first
+    out = convergence.epochs_to_converge(tracker.first_epoch, cap=40)
+    assert out["censored"].tolist() == [False, True]
