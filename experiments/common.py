@@ -16,7 +16,7 @@ from memjax.ensemble import EnsembleState, init_ensemble, make_optimizer
 from memjax.errors import MemjaxError
 from memjax.models import Network, build_network
 from memjax.results import RunDir
-from memjax.sharding import default_mesh, replicate, shard_members
+from memjax.sharding import default_mesh, replicate, shard_members, to_host
 from memjax.train import fit, make_train_epoch
 
 # The flags every `memjax run NAME` accepts, and the config field each one sets.
@@ -71,7 +71,10 @@ def train_ensemble(model: ModelConfig, train: TrainConfig, dataset: Dataset, spl
                                    lr_halving_epochs=train.lr_halving_epochs,
                                    member_chunk=train.member_chunk,
                                    compute_dtype=train.compute_dtype)
-    checkpoints = run_dir.checkpoints(desc) if run_dir is not None else None
+    # Checkpoints are a single-process feature for now: orbax's multi-host saving needs every
+    # process to write one shared directory, and only process 0 writes the run directory.
+    checkpoints = (run_dir.checkpoints(desc)
+                   if run_dir is not None and jax.process_count() == 1 else None)
     if checkpoints is not None and run_dir.resume:
         restored = checkpoints.restore(state)
         if restored is not None:
@@ -97,7 +100,8 @@ def train_ensemble(model: ModelConfig, train: TrainConfig, dataset: Dataset, spl
             checkpoints.close()
     seconds = time.perf_counter() - start
     if run_dir is not None:
-        run_dir.record_divergence(desc, np.asarray(state.diverged), np.asarray(state.member_ids))
+        diverged, ids = to_host((state.diverged, state.member_ids))
+        run_dir.record_divergence(desc, np.asarray(diverged), np.asarray(ids))
     return TrainedEnsemble(network, state, seconds,
                            train.members * len(split) * max(remaining, 0))
 

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from memjax.config import override, to_dict, validate
+from memjax.config import override, validate
 from memjax.errors import MemjaxError
 
 
@@ -41,6 +41,7 @@ def build_config(module, args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from memjax.reproduce import run_experiment
     from memjax.results import RunDir
     from memjax.sharding import initialize_distributed, is_writer
 
@@ -61,13 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and run_dir.finished and not args.overwrite:
         print(f"{args.experiment}: {out} already holds a finished run; nothing to resume")
         return 0
-    run_dir.start(args.experiment, to_dict(config))
-    try:
-        result = module.run(config, run_dir)
-    except BaseException as e:
-        run_dir.fail(e)
-        raise
-    run_dir.finish(**{k: v for k, v in result.items() if k != "summary"})
+    result = run_experiment(args.experiment, module, config, run_dir)
     print(f"{args.experiment}: finished in {run_dir.read_manifest()['wall_time_s']:.1f} s -> {out}")
     for key, value in result.items():
         if isinstance(value, dict):

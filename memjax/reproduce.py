@@ -37,10 +37,9 @@ def registered() -> dict[str, object]:
             for name, module in EXPERIMENTS.items()}
 
 
-def run_experiment(name: str, module, config, out: Path, *, overwrite: bool = False) -> dict:
-    """Run one study into `out` with the run-directory protocol (manifest status running ->
-    finished or failed). Returns the study's result dict."""
-    run_dir = RunDir(out, overwrite=overwrite)
+def run_experiment(name: str, module, config, run_dir: RunDir) -> dict:
+    """Run one study into `run_dir` with the run-directory protocol (manifest status
+    running -> finished or failed). Returns the study's result dict."""
     run_dir.start(name, to_dict(config))
     try:
         result = module.run(config, run_dir)
@@ -85,7 +84,7 @@ def reproduce(preset: str, out: str | Path, *, only: list[str] | None = None,
             continue
         log(f"{name}: running ({preset})")
         try:
-            run_experiment(name, modules[name], configs[name], path)
+            run_experiment(name, modules[name], configs[name], RunDir(path, resume=True))
             log(f"{name}: finished in {_manifest(path).get('wall_time_s', 0):.0f} s")
         except Exception as e:  # recorded in the manifest; the other studies still run
             failed += 1

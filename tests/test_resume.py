@@ -30,7 +30,10 @@ def _run(out, env, *extra):
 
 
 def _checkpoints(phase_dir):
-    return [p for p in phase_dir.glob("[0-9]*") if (p / "commit_success.txt").exists()] \
+    # Finalized checkpoints only: orbax writes into "<step>.orbax-checkpoint-tmp-*" first and
+    # renames it to "<step>" when complete.
+    return [p for p in phase_dir.glob("[0-9]*")
+            if p.name.isdigit() and (p / "commit_success.txt").exists()] \
         if phase_dir.is_dir() else []
 
 
