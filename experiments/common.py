@@ -51,12 +51,15 @@ class TrainedEnsemble:
 
 def train_ensemble(model: ModelConfig, train: TrainConfig, dataset: Dataset, split: Split, *,
                    desc: str, on_epoch=None, learning_rate: Any = None,
-                   run_dir: "RunDir | None" = None) -> TrainedEnsemble:
+                   run_dir: "RunDir | None" = None,
+                   history: dict[str, list] | None = None) -> TrainedEnsemble:
     """Initialize `train.members` members and train them on `split` for `train.epochs`.
 
     run_dir: when given, the phase is checkpointed under run_dir/checkpoints/ and, when the
     run is resumed, continues from its newest checkpoint (a finished phase is not trained
     again); members that diverged are reported to run_dir. Studies should pass it.
+    history: the study's per-epoch records that `on_epoch` appends to (name -> list); they
+    are checkpointed with the state and restored in place on resume.
     """
     check_train(train, len(split))
     network = build_network(model, dataset.num_classes)
@@ -73,13 +76,13 @@ def train_ensemble(model: ModelConfig, train: TrainConfig, dataset: Dataset, spl
                                    compute_dtype=train.compute_dtype)
     # Checkpoints are a single-process feature for now: orbax's multi-host saving needs every
     # process to write one shared directory, and only process 0 writes the run directory.
-    checkpoints = (run_dir.checkpoints(desc)
+    checkpoints = (run_dir.checkpoints(desc, history)
                    if run_dir is not None and jax.process_count() == 1 else None)
     if checkpoints is not None and run_dir.resume:
         restored = checkpoints.restore(state)
         if restored is not None:
             state, progress = restored
-            run_dir.restore_progress(progress)
+            run_dir.restore_progress(progress, history)
             print(f"memjax: {desc}: resumed from the checkpoint of epoch {int(state.epoch)}"
                   f"/{train.epochs}", file=sys.stderr)
     remaining = train.epochs - int(state.epoch)

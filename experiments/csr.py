@@ -108,7 +108,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
                                  "validation_accuracy": float(accuracy.mean()),
                                  "train_accuracy": float(np.mean(metrics["train_accuracy"]))})
         trained = train_ensemble(config.model, tc, dataset, split, on_epoch=on_epoch,
-                                 desc=f"{condition} ({c_index + 1}/{len(config.conditions)})")
+                                 desc=f"{condition} ({c_index + 1}/{len(config.conditions)})",
+                                 run_dir=run_dir, history=history)
         seconds += trained.seconds
         model_examples += trained.model_examples
         for name, values in history.items():

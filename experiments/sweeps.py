@@ -98,7 +98,8 @@ def make_sweep(model: ModelConfig, train: TrainConfig, dataset: Dataset, split: 
     train_epoch = make_train_epoch(network, tx, batch_size=train.batch_size,
                                    shared_order=train.shared_order,
                                    lr_halving_epochs=train.lr_halving_epochs,
-                                   member_chunk=train.member_chunk)
+                                   member_chunk=train.member_chunk,
+                                   compute_dtype=train.compute_dtype)
     per_epoch = float(len(ids) * n if example_mask is None else np.sum(example_mask))
     return Sweep(network, state, train_epoch, train.seed, jax.device_put(split.x),
                  jax.device_put(split.y), view, noise, per_epoch)

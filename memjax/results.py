@@ -177,10 +177,12 @@ class RunDir:
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record, default=_json_default) + "\n")
 
-    def checkpoints(self, phase: str):
+    def checkpoints(self, phase: str, history: dict[str, list] | None = None):
         """The checkpoints of the next training phase (memjax.checkpoint.PhaseCheckpoints),
         in checkpoints/<NN>-<phase>/ where NN counts the phases of this run in order;
-        None when checkpointing is off."""
+        None when checkpointing is off. history: a study's per-epoch host-side records
+        (name -> list, one entry per epoch), saved with each checkpoint and put back by
+        `restore_progress`."""
         from memjax.checkpoint import PhaseCheckpoints
 
         self._phases += 1
@@ -189,11 +191,16 @@ class RunDir:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", phase).strip("-").lower() or "phase"
         return PhaseCheckpoints(self.checkpoint_dir / f"{self._phases:02d}-{slug}",
                                 every=self.checkpoint_every,
-                                host_state=lambda: {"metrics_records": self._cursor})
+                                host_state=lambda: {"metrics_records": self._cursor,
+                                                    "history": json.loads(to_json(history or {}))})
 
-    def restore_progress(self, host_state: dict) -> None:
-        """Continue from a restored checkpoint's host-side progress (its metrics cursor)."""
+    def restore_progress(self, host_state: dict, history: dict[str, list] | None = None) -> None:
+        """Continue from a restored checkpoint's host-side progress: its metrics cursor and,
+        into `history` (in place), the per-epoch records the study had kept."""
         self._cursor = int(host_state.get("metrics_records", self._cursor))
+        if history is not None:
+            for name, values in host_state.get("history", {}).items():
+                history[name] = [np.asarray(v) for v in values]
 
     def record_divergence(self, phase: str, diverged: np.ndarray, member_ids: np.ndarray) -> None:
         """Note members that diverged in `phase` (diverged: [M] bool; member_ids: [M]);

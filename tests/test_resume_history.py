@@ -1,0 +1,32 @@
+"""A study whose per-epoch records live on the host (csr: CSR and accuracies per epoch)
+resumes from a checkpoint with those records restored, and ends as an uninterrupted run."""
+import json
+import shutil
+
+import numpy as np
+
+from memjax.cli import main
+
+ARGS = ["run", "csr", "--preset", "smoke", "--set", "train.epochs=3",
+        "--set", "conditions=real,randY"]
+
+
+def test_csr_resumes_with_its_history(tmp_path):
+    out = tmp_path / "run"
+    assert main([*ARGS, "--out", str(out), "--keep-checkpoints"]) == 0
+    clean = dict(np.load(out / "results.npz"))
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    # Make it a run killed after the last phase's epoch-2 checkpoint: drop what came later.
+    last_phase = sorted((out / "checkpoints").iterdir())[-1]
+    shutil.rmtree(last_phase / "3")
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    (out / "results.npz").unlink()
+    (out / "metrics.jsonl").write_text("\n".join(lines[:5]) + "\n")  # real 1-3, randY 1-2
+
+    assert main([*ARGS, "--out", str(out), "--resume"]) == 0
+    resumed = np.load(out / "results.npz")
+    assert sorted(resumed.files) == sorted(clean)
+    for key in clean:
+        np.testing.assert_array_equal(resumed[key], clean[key], err_msg=key)
+    assert (out / "metrics.jsonl").read_text().splitlines() == lines
