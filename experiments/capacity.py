@@ -83,16 +83,21 @@ def run(config: Config, run_dir: RunDir) -> dict:
                            label_noise=np.where(kind[rows] == "randY", level[rows], 0.0),
                            data_seed=config.data.data_seed)
 
-        def on_epoch(epoch, metrics, rows=rows, sweep=sweep):
+        history = {"validation_accuracy": []}
+
+        def on_epoch(epoch, metrics, sweep=sweep, history=history):
             acc = np.asarray(evaluate(sweep.network.apply, sweep.state.variables, val_x, val_y,
                                       chunk=config.train.eval_chunk,
                                       member_chunk=config.train.member_chunk)["correct"].mean(1))
-            curves[epoch - 1, rows] = acc
+            history["validation_accuracy"].append(acc)
             run_dir.log_metrics({"bucket": b, "epoch": epoch,
                                  "validation_accuracy": acc.tolist(),
                                  "train_accuracy": metrics["train_accuracy"].tolist()})
 
-        run_epochs(sweep, config.train.epochs, on_epoch, desc=f"width <= {model_width}")
+        run_epochs(sweep, config.train.epochs, on_epoch, desc=f"width <= {model_width}",
+                   run_dir=run_dir, history=history)
+        done = np.asarray(history["validation_accuracy"]).reshape(-1, len(rows))
+        curves[:len(done), rows] = done
         seconds += sweep.seconds
         examples += sweep.model_examples
     best = curves.max(0)

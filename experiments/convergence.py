@@ -88,22 +88,34 @@ def run(config: Config, run_dir: RunDir) -> dict:
                            input_noise=levels[rows], data_seed=config.data.data_seed,
                            example_mask=None if masks.all() else masks)
         tracker = convergence.start(sweep.state)
+        history = {"train_accuracy": [], "first_epoch": []}
 
-        def on_epoch(epoch, metrics, rows=rows, sweep=sweep):
+        def on_epoch(epoch, metrics, sweep=sweep, history=history):
             nonlocal tracker
             acc = member_accuracy(sweep.network.apply, sweep.state.variables, sweep.x, sweep.y,
                                   sweep.view, sweep.noise, chunk=config.train.eval_chunk,
                                   member_chunk=config.train.member_chunk)["accuracy"]
             tracker = convergence.update(tracker, acc, sweep.state.epoch, config.threshold)
             sweep.state = convergence.freeze(sweep.state, tracker)
-            curves[epoch - 1, rows] = np.asarray(acc)
+            history["train_accuracy"].append(np.asarray(acc))
+            history["first_epoch"].append(np.asarray(tracker.first_epoch))
             done = np.asarray(tracker.converged)
             run_dir.log_metrics({"members": rows.tolist(), "epoch": epoch,
                                  "train_accuracy": np.asarray(acc).tolist(),
                                  "converged": int(done.sum())})
             return bool(done.all())
 
-        run_epochs(sweep, config.train.epochs, on_epoch, desc=f"width {model_width}")
+        def on_restore(history=history):
+            # the restored state already has converged members' learning rates at 0
+            nonlocal tracker
+            if history["first_epoch"]:
+                tracker = tracker.replace(
+                    first_epoch=np.asarray(history["first_epoch"][-1], np.int32))
+
+        run_epochs(sweep, config.train.epochs, on_epoch, desc=f"width {model_width}",
+                   run_dir=run_dir, history=history, on_restore=on_restore)
+        done = np.asarray(history["train_accuracy"]).reshape(-1, len(rows))
+        curves[:len(done), rows] = done
         first[rows] = np.asarray(tracker.first_epoch)
         seconds += sweep.seconds
         examples += sweep.model_examples

@@ -73,17 +73,19 @@ def run(config: Config, run_dir: RunDir) -> dict:
                        label_noise=(data == "randY").astype(float),
                        data_seed=config.data.data_seed)
     initial = np.asarray(sweep.state.variables["params"]["Conv_0"]["kernel"])
-    last = {}
+    history = {"train_accuracy": []}
 
     def on_epoch(epoch, metrics):
         acc = np.asarray(member_accuracy(sweep.network.apply, sweep.state.variables, sweep.x,
                                          sweep.y, sweep.view, sweep.noise,
                                          chunk=config.train.eval_chunk)["accuracy"])
-        last["train_accuracy"] = acc
+        history["train_accuracy"].append(acc)
         run_dir.log_metrics({"epoch": epoch, "train_accuracy": acc.tolist(),
                              "train_loss": metrics["train_loss"].tolist()})
 
-    run_epochs(sweep, config.train.epochs, on_epoch, desc="filters")
+    run_epochs(sweep, config.train.epochs, on_epoch, desc="filters", run_dir=run_dir,
+               history=history)
+    last = {"train_accuracy": np.asarray(history["train_accuracy"][-1])}
     final = np.asarray(sweep.state.variables["params"]["Conv_0"]["kernel"])
     corr = np.stack([adjacent_correlation(final[m] - initial[m]) for m in range(2 * reps)])
     summary = {d: {"adjacent_correlation_of_learned_change": float(corr[data == d].mean()),

@@ -124,7 +124,8 @@ def _run_part(name, data, model, train, config, run_dir):
         run_dir.log_metrics({"part": name, "epoch": epoch, "train_loss": metrics["train_loss"],
                              **{k: v.tolist() for k, v in measured.items()}})
 
-    run_epochs(sweep, train.epochs, on_epoch, desc=f"noise curves ({name})")
+    run_epochs(sweep, train.epochs, on_epoch, desc=f"noise curves ({name})", run_dir=run_dir,
+               history=history)
     curves = {k: np.stack(v) for k, v in history.items()}  # [epochs, M]
     summary = {}
     for k, p in conds:

@@ -119,7 +119,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
             history[k].append(v)
         run_dir.log_metrics({"epoch": epoch, **{k: v.tolist() for k, v in record.items()}})
 
-    run_epochs(sweep, config.train.epochs, on_epoch, desc="regularization")
+    run_epochs(sweep, config.train.epochs, on_epoch, desc="regularization", run_dir=run_dir,
+               history=history)
     curves = {k: np.stack(v) for k, v in history.items()}  # [epochs, M]
     summary = summarize(rows, curves, config.keep_validation)
     run_dir.write_npz("results.npz", {**rows, **curves})

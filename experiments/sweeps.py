@@ -9,6 +9,7 @@ of the ensemble.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Any, Callable
 
@@ -22,6 +23,7 @@ from memjax.errors import MemjaxError
 from memjax.members import (MemberView, NoiseSource, init_width_ensemble, noise_masks,
                             noise_source, set_regularization)
 from memjax.models import Network, build_network
+from memjax.results import RunDir
 from memjax.train import fit, make_train_epoch
 
 
@@ -106,17 +108,48 @@ def make_sweep(model: ModelConfig, train: TrainConfig, dataset: Dataset, split: 
 
 
 def run_epochs(sweep: Sweep, epochs: int, on_epoch: Callable[[int, dict], bool | None], *,
-               desc: str) -> int:
+               desc: str, run_dir: RunDir | None = None, history: dict | None = None,
+               on_restore: Callable[[], None] | None = None) -> int:
     """Train up to `epochs` epochs; after each, on_epoch(epoch, train_metrics) may return
-    True to stop early. Returns the number of epochs run."""
+    True to stop early. Returns the number of epochs run in all.
+
+    run_dir: checkpoint this phase (see experiments.common.train_ensemble) and, on resume,
+    restore sweep.state and `history` (the study's per-epoch records, name -> list, that
+    on_epoch appends to), then call on_restore() so the study can rebuild what it derives
+    from them. A phase that stopped early is not trained further on resume.
+    """
     from tqdm.auto import tqdm
 
-    done = 0
-    for _ in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, mininterval=1.0):
-        metrics = sweep.epoch()
-        done = int(sweep.state.epoch)
-        if on_epoch(done, metrics):
-            break
+    history = {} if history is None else history
+    checkpoints = (run_dir.checkpoints(desc, history)
+                   if run_dir is not None and jax.process_count() == 1 else None)
+    if checkpoints is not None and run_dir.resume:
+        restored = checkpoints.restore(sweep.state)
+        if restored is not None:
+            sweep.state, progress = restored
+            run_dir.restore_progress(progress, history)
+            if on_restore is not None:
+                on_restore()
+            print(f"memjax: {desc}: resumed from the checkpoint of epoch "
+                  f"{int(sweep.state.epoch)}/{epochs}", file=sys.stderr)
+    done = int(sweep.state.epoch)
+    try:
+        if history.get("stopped"):
+            return done
+        for _ in tqdm(range(done, epochs), desc=desc, unit="epoch", leave=False,
+                      mininterval=1.0):
+            metrics = sweep.epoch()
+            done = int(sweep.state.epoch)
+            stop = bool(on_epoch(done, metrics))
+            if stop:
+                history["stopped"] = [True]
+            if checkpoints is not None:
+                checkpoints.save(sweep.state, force=stop or done == epochs)
+            if stop:
+                break
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
     return done
 
 

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from memjax.cli import main
 
@@ -27,6 +28,30 @@ def test_csr_resumes_with_its_history(tmp_path):
     assert main([*ARGS, "--out", str(out), "--resume"]) == 0
     resumed = np.load(out / "results.npz")
     assert sorted(resumed.files) == sorted(clean)
+    for key in clean:
+        np.testing.assert_array_equal(resumed[key], clean[key], err_msg=key)
+    assert (out / "metrics.jsonl").read_text().splitlines() == lines
+
+
+@pytest.mark.parametrize("study", ["noise-curves", "convergence"])
+def test_sweep_resumes_from_its_previous_checkpoint(tmp_path, study):
+    """A sweep resumed from the checkpoint before its last one (as if killed just before
+    the last save) ends with the uninterrupted run's arrays and metrics.jsonl."""
+    out = tmp_path / "run"
+    args = ["run", study, "--preset", "smoke", "--out", str(out)]
+    assert main([*args, "--keep-checkpoints"]) == 0
+    clean = dict(np.load(out / "results.npz"))
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    last_phase = sorted((out / "checkpoints").iterdir())[-1]
+    steps = sorted((p for p in last_phase.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    assert len(steps) == 2, steps
+    shutil.rmtree(steps[-1])
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    (out / "results.npz").unlink()
+
+    assert main([*args, "--resume"]) == 0
+    resumed = np.load(out / "results.npz")
     for key in clean:
         np.testing.assert_array_equal(resumed[key], clean[key], err_msg=key)
     assert (out / "metrics.jsonl").read_text().splitlines() == lines
