@@ -3,7 +3,6 @@ config, and small figure helpers."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from typing import Any
 
@@ -74,17 +73,9 @@ def train_ensemble(model: ModelConfig, train: TrainConfig, dataset: Dataset, spl
                                    lr_halving_epochs=train.lr_halving_epochs,
                                    member_chunk=train.member_chunk,
                                    compute_dtype=train.compute_dtype)
-    # Checkpoints are a single-process feature for now: orbax's multi-host saving needs every
-    # process to write one shared directory, and only process 0 writes the run directory.
-    checkpoints = (run_dir.checkpoints(desc, history)
-                   if run_dir is not None and jax.process_count() == 1 else None)
-    if checkpoints is not None and run_dir.resume:
-        restored = checkpoints.restore(state)
-        if restored is not None:
-            state, progress = restored
-            run_dir.restore_progress(progress, history)
-            print(f"memjax: {desc}: resumed from the checkpoint of epoch {int(state.epoch)}"
-                  f"/{train.epochs}", file=sys.stderr)
+    checkpoints = None
+    if run_dir is not None:
+        checkpoints, state = run_dir.open_phase(desc, state, train.epochs, history)
     remaining = train.epochs - int(state.epoch)
     # Members split over every device (sharding.default_mesh), the data copied to each.
     mesh = default_mesh(train.members)

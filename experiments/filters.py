@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import jax
 import numpy as np
 
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_positive

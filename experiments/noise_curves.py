@@ -15,7 +15,6 @@ the CIFAR-10 CNN, `cnn=True`).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import jax

@@ -9,7 +9,6 @@ of the ensemble.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from typing import Any, Callable
 
@@ -24,7 +23,7 @@ from memjax.members import (MemberView, NoiseSource, init_width_ensemble, noise_
                             noise_source, set_regularization)
 from memjax.models import Network, build_network
 from memjax.results import RunDir
-from memjax.train import fit, make_train_epoch
+from memjax.train import make_train_epoch
 
 
 @dataclasses.dataclass
@@ -121,17 +120,12 @@ def run_epochs(sweep: Sweep, epochs: int, on_epoch: Callable[[int, dict], bool |
     from tqdm.auto import tqdm
 
     history = {} if history is None else history
-    checkpoints = (run_dir.checkpoints(desc, history)
-                   if run_dir is not None and jax.process_count() == 1 else None)
-    if checkpoints is not None and run_dir.resume:
-        restored = checkpoints.restore(sweep.state)
-        if restored is not None:
-            sweep.state, progress = restored
-            run_dir.restore_progress(progress, history)
-            if on_restore is not None:
-                on_restore()
-            print(f"memjax: {desc}: resumed from the checkpoint of epoch "
-                  f"{int(sweep.state.epoch)}/{epochs}", file=sys.stderr)
+    checkpoints = None
+    if run_dir is not None:
+        restored_from = int(sweep.state.epoch)
+        checkpoints, sweep.state = run_dir.open_phase(desc, sweep.state, epochs, history)
+        if on_restore is not None and int(sweep.state.epoch) != restored_from:
+            on_restore()
     done = int(sweep.state.epoch)
     try:
         if history.get("stopped"):

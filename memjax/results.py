@@ -194,6 +194,27 @@ class RunDir:
                                 host_state=lambda: {"metrics_records": self._cursor,
                                                     "history": json.loads(to_json(history or {}))})
 
+    def open_phase(self, phase: str, state, epochs: int, history: dict[str, list] | None = None):
+        """Checkpoints for the next training phase and the state to train from: on resume,
+        the phase's newest checkpoint (with `history` and the metrics cursor restored),
+        else `state` as given. Returns (PhaseCheckpoints or None, state).
+
+        Checkpoints are a single-process feature for now: orbax's multi-host saving needs
+        every process to write one shared directory, and only process 0 writes the run."""
+        import jax
+
+        if jax.process_count() > 1:
+            return None, state
+        checkpoints = self.checkpoints(phase, history)
+        if checkpoints is not None and self.resume:
+            restored = checkpoints.restore(state)
+            if restored is not None:
+                state, progress = restored
+                self.restore_progress(progress, history)
+                print(f"memjax: {phase}: resumed from the checkpoint of epoch "
+                      f"{int(state.epoch)}/{epochs}", file=sys.stderr)
+        return checkpoints, state
+
     def restore_progress(self, host_state: dict, history: dict[str, list] | None = None) -> None:
         """Continue from a restored checkpoint's host-side progress: its metrics cursor and,
         into `history` (in place), the per-epoch records the study had kept."""

@@ -9,7 +9,6 @@ import pytest
 from memjax.benchmarks import harness, roofline, throughput
 from memjax.cli import main
 from memjax.config import ModelConfig
-from memjax.errors import MemjaxError
 
 
 def test_forward_macs_by_hand():

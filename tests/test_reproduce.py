@@ -2,7 +2,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from memjax.cli import main
 from memjax.experiments import capacity, consistency, convergence, filters, noise_curves

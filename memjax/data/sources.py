@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from memjax.config import DataConfig, check_positive
-from memjax.data.dataset import Dataset, Split, downscale, make_split
+from memjax.data.dataset import Dataset, downscale, make_split
 from memjax.errors import MemjaxError
 
 # Validation taken from the end of the official training split (PAPER.md "Data").
