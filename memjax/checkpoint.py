@@ -16,7 +16,10 @@ reported, deleted, and the previous one is used.
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,6 +48,26 @@ def fingerprint(tree: Any) -> jax.Array:
         weight = jnp.arange(raw.shape[0], dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(2 * i + 1)
         total = total + jnp.sum(raw * weight, dtype=jnp.uint32)
     return total
+
+
+@contextmanager
+def _interrupts_deferred():
+    """Hold SIGTERM and Ctrl-C while orbax saves or waits for a save: an exception raised
+    inside it can leave its background writer waiting forever, so the process never ends.
+    A signal that arrives meanwhile ends the run right after, as KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+                for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if received:
+            raise KeyboardInterrupt(f"signal {received[0]}")
 
 
 class PhaseCheckpoints:
@@ -112,14 +135,16 @@ class PhaseCheckpoints:
             return False
         ocp = self._ocp
         host = {**self.host_state(), "_fingerprint": int(fingerprint(state))}
-        self._manager.save(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)), force=True)
+        with _interrupts_deferred():
+            self._manager.save(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)), force=True)
         return True
 
     def close(self) -> None:
         """Wait for the last save to be on disk and release the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        with _interrupts_deferred():
+            self._manager.wait_until_finished()
+            self._manager.close()
 
     def __enter__(self) -> "PhaseCheckpoints":
         return self
