@@ -126,3 +126,51 @@ def test_deterministic_and_clipped_on_a_network():
     assert float(a.points.min()) >= 0.0 and float(a.points.max()) <= 1.0
     assert np.abs(np.asarray(a.points) - xf).max() <= 0.2 + 1e-6
     assert 0 < float(critical_sample_ratio(a.critical).mean()) < 1
+
+
+def _reference_lass(apply, x, key, radius, step_size, noise_scale, iterations):
+    """The search as PAPER.md E5 states it, one iteration at a time on the host: the
+    gradient at the current point, a noisy sign step clipped to the box, then a separate
+    forward pass that checks the prediction. Independent of lass_search's fused loop."""
+    x = np.asarray(x, np.float32) / 255.0
+    n = x.shape[0]
+    predicted = np.argmax(apply(x), -1)
+    low, high = np.maximum(x - radius, 0.0), np.minimum(x + radius, 1.0)
+
+    def ce(p, label):
+        logits = apply(p)
+        return -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits), label[:, None], 1))
+
+    points, critical = x.copy(), np.zeros(n, bool)
+    its = np.zeros(n, np.int32)
+    for i in range(iterations):
+        if critical.all():
+            break
+        grad = np.asarray(jax.grad(ce)(points, predicted))
+        noise = np.stack([np.asarray(jax.random.normal(
+            jax.random.fold_in(jax.random.fold_in(key, e), i), x.shape[1:])) for e in range(n)])
+        proposal = np.clip(points + step_size * np.sign(grad) + noise_scale * noise, low, high)
+        flipped = np.argmax(apply(proposal), -1) != predicted
+        active = ~critical
+        points[active] = proposal[active]
+        its[active] = i + 1
+        critical |= active & flipped
+    return critical, points, its
+
+
+def test_lass_search_matches_the_step_by_step_reference():
+    network = build_network(ModelConfig(hidden=(32, 32)), 10)
+    state = init_ensemble(network, make_optimizer(), jnp.zeros((1, 6, 6, 1)), seed=0,
+                          member_ids=np.arange(1), learning_rate=0.1)
+    v = jax.tree_util.tree_map(lambda l: l[0], state.variables)
+    x = np.random.default_rng(1).integers(0, 256, (24, 6, 6, 1), dtype=np.uint8)
+    args = dict(radius=0.03, step_size=0.01, noise_scale=0.005)
+    key = jax.random.key(5)
+    found = jax.jit(lambda v, x: lass_search(network.apply, v, x, key, max_iterations=12,
+                                             **args))(v, x)
+    critical, points, its = _reference_lass(lambda p: network.apply(v, p), x, key,
+                                            iterations=12, **args)
+    assert 0 < critical.sum() < len(critical)  # some flip, some never do: both paths tested
+    np.testing.assert_array_equal(found.critical, critical)
+    np.testing.assert_array_equal(found.iterations, its)
+    np.testing.assert_allclose(found.points, points, atol=1e-6)

@@ -55,38 +55,45 @@ def lass_search(apply_fn: ApplyFn, member_variables, x: jax.Array, key: jax.Arra
     n = x.shape[0]
     ids = jnp.arange(n) if example_ids is None else example_ids
     example_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
-    predicted = jnp.argmax(apply_fn(member_variables, x), -1)
     low, high = x - radius, x + radius
     if clip is not None:
         low, high = jnp.maximum(low, clip[0]), jnp.minimum(high, clip[1])
 
-    def ascent_direction(points):
-        # Examples are independent: one backward pass of the summed loss.
-        def summed(p):
-            logits = apply_fn(member_variables, p)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, predicted).sum(), logits
-        grads, logits = jax.grad(summed, has_aux=True)(points)
-        return jnp.sign(grads), logits
+    def probe(points, label=None):
+        """(logits at points, label, sign of d CE(logits, label) / d points): one forward
+        and one backward pass. label None: the prediction at points."""
+        logits, pullback = jax.vjp(lambda p: apply_fn(member_variables, p), points)
+        label = jnp.argmax(logits, -1) if label is None else label
+        # examples are independent: the gradient of the summed loss is each one's own
+        d_logits = jax.grad(lambda l: optax.softmax_cross_entropy_with_integer_labels(
+            l, label).sum())(logits)
+        return logits, label, jnp.sign(pullback(d_logits)[0])
+
+    _, predicted, direction = probe(x)
 
     def cond(carry):
-        i, _, critical, _ = carry
+        i, _, _, critical, _ = carry
         return (i < max_iterations) & ~jnp.all(critical)
 
     def body(carry):
-        i, points, critical, iterations = carry
-        direction, _ = ascent_direction(points)
+        # The forward pass that checks a proposal is also the one the next step's gradient
+        # needs (an example still searching moves to its proposal), so an iteration costs
+        # one forward and one backward pass, not two forwards and a backward.
+        i, points, direction, critical, iterations = carry
         noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:]))(
             example_keys)
         proposal = jnp.clip(points + step_size * direction + noise_scale * noise, low, high)
-        flipped = jnp.argmax(apply_fn(member_variables, proposal), -1) != predicted
+        logits, _, next_direction = probe(proposal, predicted)
+        flipped = jnp.argmax(logits, -1) != predicted
         active = ~critical
         keep = active.reshape((n,) + (1,) * (x.ndim - 1))
         points = jnp.where(keep, proposal, points)
         iterations = jnp.where(active, i + 1, iterations)
-        return i + 1, points, critical | (active & flipped), iterations
+        # a decided example's direction is never used again
+        return i + 1, points, next_direction, critical | (active & flipped), iterations
 
-    init = (jnp.int32(0), x, jnp.zeros((n,), bool), jnp.zeros((n,), jnp.int32))
-    _, points, critical, iterations = jax.lax.while_loop(cond, body, init)
+    init = (jnp.int32(0), x, direction, jnp.zeros((n,), bool), jnp.zeros((n,), jnp.int32))
+    _, points, _, critical, iterations = jax.lax.while_loop(cond, body, init)
     return LassResult(critical, points, iterations)
 
 
