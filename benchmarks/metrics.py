@@ -1,13 +1,15 @@
-"""Throughput of the per-example metrics over an ensemble: one vmapped program over all
-members against a Python loop over members (each member's call jitted on its own).
+"""Throughput of the per-example metrics over an ensemble (issue 5, cases d and e): one
+vmapped program over all members against the same jitted function one member at a time,
+and a PyTorch per-model loop when torch imports.
 
     from memjax.benchmarks.metrics import CASES
-    rows = CASES["lass"]("cpu")   # or "gpu"; each row: case, impl, members, seconds, ...
+    rows = CASES["d_lass"]("cpu")   # or "gpu"; each row: case, impl, members, seconds, ...
 
-Sizes ("gpu", issue 5): loss sensitivity of 10k MNIST-shaped examples for 100 MLPs
-2 x 4096; LASS for 100 iterations on 1000 examples for 100 MLPs 2 x 4096 (radius 0, so
-no example is decided early and every iteration runs). "cpu": the same shapes shrunk to
-finish in seconds on 2 cores.
+Sizes ("gpu", issue 5): (d) LASS for 100 iterations on 1000 examples for 100 MLPs 2 x 4096
+(radius 0, so no example is decided early and every iteration runs); (e) loss sensitivity
+of 10k MNIST-shaped examples for 100 MLPs 2 x 4096. "cpu": the same shapes shrunk to finish
+in seconds on 2 cores. A model-example is one example's whole search (d) or gradient (e)
+under one member.
 """
 from __future__ import annotations
 
@@ -24,11 +26,15 @@ from memjax.metrics import lass, loss_sensitivity
 from memjax.models import build_network
 
 SIZES = {
-    "sensitivity": {"cpu": dict(members=8, examples=512, hidden=(256, 256), chunk=256),
-                    "gpu": dict(members=100, examples=10_000, hidden=(4096, 4096), chunk=1000)},
-    "lass": {"cpu": dict(members=8, examples=128, hidden=(256, 256), iterations=10),
-             "gpu": dict(members=100, examples=1000, hidden=(4096, 4096), iterations=100)},
+    "e_loss_sensitivity": {
+        "cpu": dict(members=8, examples=512, hidden=(256, 256), chunk=256, serial=2),
+        "gpu": dict(members=100, examples=10_000, hidden=(4096, 4096), chunk=1000, serial=5)},
+    "d_lass": {
+        "cpu": dict(members=8, examples=128, hidden=(256, 256), iterations=10, serial=2),
+        "gpu": dict(members=100, examples=1000, hidden=(4096, 4096), iterations=100, serial=5)},
 }
+# the benchmark's LASS settings (memjax.metrics.PAPER_LASS with radius 0)
+LASS_ARGS = dict(radius=0.0, step_size=0.25 / 255, noise_scale=0.2 / 255)
 
 
 def _ensemble(members: int, hidden: tuple[int, ...], examples: int):
@@ -57,57 +63,90 @@ def _macs(hidden: tuple[int, ...], inputs: int = 784, classes: int = 10) -> int:
     return sum(a * b for a, b in zip(widths[:-1], widths[1:]))
 
 
-def _rows(case: str, members: int, work: int, flops: float, timings: dict, note: str) -> list[dict]:
-    return [{"case": case, "impl": impl, "members": members, "seconds": seconds,
-             "model_examples_per_s": work / seconds, "tflops": flops / seconds / 1e12,
-             "note": note} for impl, seconds in timings.items()]
+def _rows(case: str, s: dict, flops_per_model_example: float, timings: dict,
+          note: str) -> list[dict]:
+    """Rows for the timed JAX implementations (timings: impl -> seconds)."""
+    rows = []
+    for impl, seconds in timings.items():
+        members = s["members"] if impl == "jax-ensemble" else s["serial"]
+        rows.append({"impl": impl, "members": members, "seconds": seconds,
+                     "model_examples_per_s": members * s["examples"] / seconds,
+                     "note": note if impl == "jax-ensemble" else
+                     f"{members} members timed, one after another"})
+    return [{"case": case, "flops_per_model_example": flops_per_model_example, **r}
+            for r in rows]
+
+
+def _torch_row(case: str, s: dict, flops_per_model_example: float, run) -> dict:
+    """The PyTorch loop's row: run(torch_baselines) -> seconds for s["serial"] members; or a
+    row that says why there is none."""
+    row = {"case": case, "flops_per_model_example": flops_per_model_example}
+    try:
+        from memjax.benchmarks import torch_baselines
+    except ImportError:
+        return {**row, "impl": "torch-*", "members": s["members"], "model_examples_per_s": None,
+                "seconds": None, "note": "PyTorch not installed: torch baselines skipped"}
+    try:
+        seconds = run(torch_baselines)
+    except Exception as e:  # reported, not raised: the JAX rows still count
+        return {**row, "impl": "torch-loop", "members": s["serial"],
+                "model_examples_per_s": None, "seconds": None,
+                "note": f"failed: {str(e).strip()[:200]}"}
+    finally:
+        torch_baselines.release_memory()
+    return {**row, "impl": "torch-loop", "members": s["serial"], "seconds": seconds,
+            "model_examples_per_s": s["serial"] * s["examples"] / seconds,
+            "note": f"{s['serial']} members timed, one after another"}
 
 
 def loss_sensitivity_case(preset: str) -> list[dict]:
-    s = SIZES["sensitivity"][preset]
+    s = SIZES["e_loss_sensitivity"][preset]
     network, variables, x, y = _ensemble(s["members"], s["hidden"], s["examples"])
     repeats = 3 if preset == "cpu" else 2
     members = [jax.tree_util.tree_map(lambda l, m=m: l[m:m + 1], variables)
-               for m in range(s["members"])]
+               for m in range(s["serial"])]
     timings = {
-        "vmap": _seconds(lambda: loss_sensitivity(network.apply, variables, x, y,
-                                                  chunk=s["chunk"]), repeats),
+        "jax-ensemble": _seconds(lambda: loss_sensitivity(network.apply, variables, x, y,
+                                                          chunk=s["chunk"]), repeats),
         # the same jitted function, one member at a time: what a per-seed script does
-        "loop": _seconds(lambda: [loss_sensitivity(network.apply, v, x, y, chunk=s["chunk"])
-                                  for v in members], repeats),
+        "jax-one-at-a-time": _seconds(lambda: [loss_sensitivity(
+            network.apply, v, x, y, chunk=s["chunk"]) for v in members], repeats),
     }
-    work = s["members"] * s["examples"]
-    # forward + backward to the input: ~3 matmul passes of 2 FLOPs per multiply-add
-    return _rows("loss_sensitivity", s["members"], work, 6.0 * _macs(s["hidden"]) * work,
-                 timings, f"{s['examples']} examples, MLP {s['hidden']}, chunk {s['chunk']}")
+    # forward + backward to the input: 2 matmul passes of 2 FLOPs per multiply-add
+    flops = 4.0 * _macs(s["hidden"])
+    return _rows("e_loss_sensitivity", s, flops, timings,
+                 f"{s['examples']} examples, MLP {s['hidden']}, chunk {s['chunk']}") + [
+        _torch_row("e_loss_sensitivity", s, flops, lambda tb: tb.sensitivity_loop(
+            s["hidden"], np.asarray(x), np.asarray(y), s["serial"], s["chunk"]))]
 
 
 def lass_case(preset: str) -> list[dict]:
-    s = SIZES["lass"][preset]
+    s = SIZES["d_lass"][preset]
     network, variables, x, _ = _ensemble(s["members"], s["hidden"], s["examples"])
     # radius 0: no example can flip, so every search runs all its iterations
-    args = dict(radius=0.0, step_size=0.25 / 255, noise_scale=0.2 / 255,
-                max_iterations=s["iterations"])
+    args = dict(LASS_ARGS, max_iterations=s["iterations"])
     key = jax.random.key(0)
     members = [jax.tree_util.tree_map(lambda l, m=m: l[m:m + 1], variables)
-               for m in range(s["members"])]
+               for m in range(s["serial"])]
     repeats = 2 if preset == "cpu" else 1
     timings = {
-        "vmap": _seconds(lambda: lass(network.apply, variables, x, key, **args).critical,
-                         repeats),
-        "loop": _seconds(lambda: [lass(network.apply, v, x, key, member_ids=jnp.array([m]),
-                                       **args).critical for m, v in enumerate(members)], repeats),
+        "jax-ensemble": _seconds(lambda: lass(network.apply, variables, x, key,
+                                              **args).critical, repeats),
+        "jax-one-at-a-time": _seconds(lambda: [lass(
+            network.apply, v, x, key, member_ids=jnp.array([m]), **args).critical
+            for m, v in enumerate(members)], repeats),
     }
-    work = s["members"] * s["examples"] * s["iterations"]
-    # per iteration: forward + backward (gradient sign) + forward (prediction check)
-    return _rows("lass", s["members"], work, 8.0 * _macs(s["hidden"]) * work, timings,
-                 f"{s['iterations']} iterations x {s['examples']} examples, MLP {s['hidden']}; "
-                 "model_examples_per_s counts example-iterations")
+    # one forward and one backward pass to the input per iteration, and one before the first
+    flops = 4.0 * _macs(s["hidden"]) * (s["iterations"] + 1)
+    return _rows("d_lass", s, flops, timings,
+                 f"{s['iterations']} iterations x {s['examples']} examples, MLP {s['hidden']}") + [
+        _torch_row("d_lass", s, flops, lambda tb: tb.lass_loop(
+            s["hidden"], np.asarray(x), s["serial"], s["iterations"], **LASS_ARGS))]
 
 
 CASES: dict[str, Callable[[str], list[dict]]] = {
-    "loss_sensitivity": loss_sensitivity_case,
-    "lass": lass_case,
+    "d_lass": lass_case,
+    "e_loss_sensitivity": loss_sensitivity_case,
 }
 
 

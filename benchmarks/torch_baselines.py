@@ -4,7 +4,9 @@
   torch-loop   one nn.Module and optimizer per member, trained one after another
   torch-func   torch.func ensemble: stack_module_state + vmap(grad(functional_call))
   torch-bmm    MLPs hand-batched with torch.baddbmm over a [members, in, out] weight stack
-Same models, batch, learning rate (0.01) and momentum as the JAX side; each member its own
+and, for benchmarks/metrics.py, per-model loops of LASS (`lass_loop`) and loss sensitivity
+(`sensitivity_loop`) that run the same algorithm as memjax.metrics.
+Training: same models, batch, learning rate (0.01) and momentum as the JAX side; each member its own
 data order from one device-resident uint8 copy; TF32 allowed (as JAX's default precision).
 """
 from __future__ import annotations
@@ -56,7 +58,11 @@ class CNN(nn.Module):
 def _model(case) -> nn.Module:
     if case.model.kind == "cnn":
         return CNN(case.image[2], case.model.conv_channels, case.image[0])
-    widths = (int(np.prod(case.image)),) + tuple(case.model.hidden) + (10,)
+    return _mlp(int(np.prod(case.image)), case.model.hidden)
+
+
+def _mlp(inputs: int, hidden, classes: int = 10) -> nn.Module:
+    widths = (inputs,) + tuple(hidden) + (classes,)
     layers: list[nn.Module] = [nn.Flatten()]
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
         layers.append(nn.Linear(a, b))
@@ -176,6 +182,71 @@ def bmm_ensemble(case, x, y) -> dict:
 
     seconds = _timed(run)
     return _row("torch-bmm", m, order.shape[1] * case.batch, seconds)
+
+
+def _frozen_mlps(hidden, inputs: int, count: int) -> list[nn.Module]:
+    """`count` MLPs in evaluation mode whose weights need no gradient (metrics differentiate
+    with respect to the input only)."""
+    dev = _device()
+    return [_mlp(inputs, hidden).to(dev).eval().requires_grad_(False) for _ in range(count)]
+
+
+def lass_loop(hidden, x: np.ndarray, members: int, iterations: int, *, radius: float,
+              step_size: float, noise_scale: float) -> float:
+    """Seconds for LASS (memjax.metrics.lass_search's algorithm: one forward and one backward
+    pass per iteration, the check of a proposal reusing the forward pass that gives the next
+    step's gradient) on `members` MLPs one after another, over all of x [N, H, W, C] uint8 at
+    once, for exactly `iterations` iterations (no early-stop check, which would cost a
+    device sync per iteration)."""
+    X = torch.from_numpy(np.array(x)).to(_device())
+    x0 = _prep(X).flatten(1)
+    low, high = (x0 - radius).clamp_(0.0, 1.0), (x0 + radius).clamp_(0.0, 1.0)
+    models = _frozen_mlps(hidden, x0.shape[1], members)
+
+    def probe(model, points, label=None):
+        points = points.detach().requires_grad_(True)
+        logits = model(points)
+        label = logits.argmax(-1) if label is None else label
+        grad, = torch.autograd.grad(F.cross_entropy(logits, label, reduction="sum"), points)
+        return logits.detach(), label, grad.sign()
+
+    def search(model, steps: int):
+        generator = torch.Generator(device=x0.device).manual_seed(0)
+        _, predicted, direction = probe(model, x0)
+        points, critical = x0.clone(), torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
+        for _ in range(steps):
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+            proposal = torch.minimum(torch.maximum(
+                points + step_size * direction + noise_scale * noise, low), high)
+            logits, _, direction = probe(model, proposal, predicted)
+            active = ~critical
+            points = torch.where(active[:, None], proposal, points)
+            critical |= active & (logits.argmax(-1) != predicted)
+        return critical
+
+    def run(warmup: bool):
+        for model in models[:1] if warmup else models:
+            search(model, 1 if warmup else iterations)
+
+    return _timed(run)
+
+
+def sensitivity_loop(hidden, x: np.ndarray, y: np.ndarray, members: int, chunk: int) -> float:
+    """Seconds for the L1 norm of every example's input gradient of its cross-entropy
+    (memjax.metrics.loss_sensitivity), on `members` MLPs one after another, `chunk`
+    examples per backward pass."""
+    X, Y = _data(x, y)
+    models = _frozen_mlps(hidden, int(np.prod(x.shape[1:])), members)
+
+    def run(warmup: bool):
+        for model in models[:1] if warmup else models:
+            for start in range(0, chunk if warmup else len(Y), chunk):
+                xb = _prep(X[start:start + chunk]).flatten(1).requires_grad_(True)
+                loss = F.cross_entropy(model(xb), Y[start:start + chunk], reduction="sum")
+                grad, = torch.autograd.grad(loss, xb)
+                grad.abs().sum(1)
+
+    return _timed(run)
 
 
 def release_memory() -> None:

@@ -76,3 +76,34 @@ def test_bench_command_writes_results(tmp_path, monkeypatch, capsys):
     assert "| a_mlp512 | jax-ensemble |" in next(tmp_path.glob("*.md")).read_text()
     assert main(["bench", "--preset", "tpu"]) == 2
     assert "unknown bench preset" in capsys.readouterr().err
+
+
+def test_metric_cases_time_ensemble_loop_and_report_targets(monkeypatch):
+    from memjax.benchmarks import metrics
+
+    monkeypatch.setitem(metrics.SIZES["d_lass"], "cpu",
+                        dict(members=3, examples=8, hidden=(8,), iterations=2, serial=1))
+    monkeypatch.setitem(metrics.SIZES["e_loss_sensitivity"], "cpu",
+                        dict(members=3, examples=8, hidden=(8,), chunk=4, serial=1))
+    rows = metrics.lass_case("cpu") + metrics.loss_sensitivity_case("cpu")
+    by = {(r["case"], r["impl"]): r for r in rows}
+    macs = 784 * 8 + 8 * 10
+    # a model-example is one example's whole search: 3 forward + backward passes here
+    assert by["d_lass", "jax-ensemble"]["flops_per_model_example"] == 4 * macs * 3
+    assert by["e_loss_sensitivity", "jax-ensemble"]["flops_per_model_example"] == 4 * macs
+    for case in ("d_lass", "e_loss_sensitivity"):
+        assert by[case, "jax-ensemble"]["members"] == 3
+        assert by[case, "jax-ensemble"]["model_examples_per_s"] > 0
+        assert by[case, "jax-one-at-a-time"]["members"] == 1
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert by["d_lass", "torch-*"]["note"].startswith("PyTorch not installed")
+    else:
+        assert by["d_lass", "torch-loop"]["model_examples_per_s"] > 0
+        assert by["e_loss_sensitivity", "torch-loop"]["model_examples_per_s"] > 0
+    gpu = harness.compare([{**r, "model_examples_per_s": 1.0} if r["impl"] == "torch-loop"
+                           else r for r in rows], "gpu")
+    if ("d_lass", "torch-loop") in by:
+        assert gpu["d_lass"]["target"] == ">= 5.0x torch-loop"
+        assert "target" not in gpu["e_loss_sensitivity"]
