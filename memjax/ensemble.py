@@ -30,7 +30,7 @@ class EnsembleState:
 
     learning_rate, weight_decay: [M] base hyperparameters per member.
     epoch: scalar int32, the number of epochs completed.
-    diverged: [M] bool, members whose loss or parameters became non-finite; their state is
+    diverged: [M] bool, members whose minibatch loss became non-finite; their state is
       frozen from that step on (see train.make_train_epoch) while the others train on.
     """
 

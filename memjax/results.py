@@ -229,8 +229,8 @@ class RunDir:
         ids = [int(i) for i in np.asarray(member_ids)[np.asarray(diverged, bool)]]
         if ids:
             self._diverged[phase] = ids
-            print(f"memjax: warning: {phase}: member(s) {ids} diverged (non-finite loss or "
-                  f"update) and were frozen", file=sys.stderr)
+            print(f"memjax: warning: {phase}: member(s) {ids} diverged (non-finite loss) "
+                  f"and were frozen", file=sys.stderr)
 
     def start(self, experiment: str, config: dict) -> None:
         previous = self.read_manifest()

@@ -46,9 +46,10 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
     over the epoch's minibatches as they were trained (weighted by examples, each member
     over its own).
 
-    A member whose minibatch loss or updated parameters (their global norm) are not finite
-    is flagged in state.diverged and frozen: its variables and optimizer state stay as they
-    were before that step, and every later update is masked, while the others train on.
+    A member whose minibatch loss is not finite is flagged in state.diverged and frozen:
+    that step is not taken and every later update is masked, while the others train on.
+    Its variables stay as they were before the first such step (if an update overflowed,
+    they are the non-finite result of that update, which made the next loss non-finite).
     """
 
     def member_epoch(variables, opt_state, member_id, lr, wd, diverged, view, epoch, seed, x,
@@ -97,9 +98,12 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
             n = jnp.sum(w)
             # One select decides the step: a batch without examples (past the end of a
             # smaller member's data) is no step, since momentum and weight decay would still
-            # move the parameters; a non-finite loss or parameter norm freezes the member
-            # (divergence isolation: one member's NaN never stops the others).
-            finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(params))
+            # move the parameters; a non-finite loss freezes the member (divergence
+            # isolation: one member's NaN never stops the others). Parameters that an update
+            # made non-finite give a non-finite loss at the next step, so the loss is the
+            # whole check: no extra pass over the parameters, which would cost as much
+            # memory traffic as the update itself (the step is bandwidth-bound).
+            finite = jnp.isfinite(loss)
             ok = ~frozen & (n > 0) & finite
             variables, opt_state = jax.tree.map(
                 lambda new, old: jnp.where(ok, new, old),
