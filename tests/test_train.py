@@ -145,3 +145,18 @@ def test_cnn_trains_with_and_without_batchnorm():
             state, m = epoch(state, 0, x, y)
         assert np.isfinite(m["train_loss"]).all()
         assert (m["train_loss"] < m0["train_loss"]).all()
+
+
+def test_compiled_epoch_does_not_copy_the_weights_each_step():
+    """The step is bandwidth-bound at the paper's sizes: XLA must update the weights in
+    place, not copy the ones the backward pass reads (see train._after_every_gradient)."""
+    import re
+
+    network = build_network(ModelConfig(hidden=(64, 64)), 10)
+    tx = make_optimizer()
+    state = init_ensemble(network, tx, jnp.zeros((1, 28, 28, 1)), seed=0,
+                          member_ids=np.arange(4), learning_rate=0.1)
+    x, y = jnp.zeros((64, 28, 28, 1), jnp.uint8), jnp.zeros(64, jnp.int32)
+    hlo = make_train_epoch(network, tx, batch_size=32).lower(state, 0, x, y).compile().as_text()
+    for shape in ("4,784,64", "4,64,64", "4,64,10"):
+        assert not re.findall(rf"f32\[{shape}\]\S* copy\(", hlo), shape
