@@ -65,10 +65,10 @@ for path in sorted(glob.glob(os.path.join(out, "bench", "*.json"))):
     r = json.load(open(path))
     print(f"bench {os.path.basename(path)}: {r['device']['kind']}, roofline "
           f"{r['roofline']['peak_tflops']:.1f} TFLOP/s, {r['roofline']['bandwidth_gbs']:.0f} GB/s")
-    print(f"{'case':16s} {'impl':18s} {'model-ex/s':>12s} {'TFLOP/s':>8s} {'roofline':>8s}  note")
+    print(f"{'case':18s} {'impl':18s} {'model-ex/s':>12s} {'TFLOP/s':>8s} {'roofline':>8s}  note")
     for row in r["rows"]:
         rate, tf, sh = (row.get(k) for k in ("model_examples_per_s", "tflops", "roofline_share"))
-        print(f"{row['case']:16s} {row['impl']:18s} {rate or 0:12,.0f} {tf or 0:8.2f} "
+        print(f"{row['case']:18s} {row['impl']:18s} {rate or 0:12,.0f} {tf or 0:8.2f} "
               f"{100 * (sh or 0):7.1f}%  {row.get('note', '')[:60]}")
     for case, c in r["comparison"].items():
         ratios = ", ".join(f"{v:.2f}{k}" for k, v in c.items() if k.startswith("x "))
