@@ -81,6 +81,7 @@ def compare(rows: list[dict], preset: str) -> dict:
             continue
         baselines = {
             "jax-one-at-a-time": _best(mine, lambda i: i == "jax-one-at-a-time"),
+            "plain-jax": _best(mine, lambda i: i == "plain-jax"),
             "torch-loop": _best(mine, lambda i: i == "torch-loop"),
             "best torch ensemble": _best(mine, lambda i: i.startswith("torch-") and i != "torch-loop"),
         }

@@ -8,6 +8,8 @@ synthetic device-resident uint8 data; e1: the consistency study's cpu preset (10
 2 x 256 on the embedded MNIST subset). Implementations, all timed in the same run:
   jax-ensemble        memjax's jitted epoch, members vmapped (planned chunks)
   jax-one-at-a-time   the same jitted epoch on one member at a time (a Python loop)
+  plain-jax           (MLPs) reference: a straightforward vmap + scan of plain SGD, without
+                      memjax's per-member features; what those features cost
   jax-lax.map / jax-chunk-K / jax-vmap   (CNN) one member at a time inside the program
                       (the planned default for convolutions), K members per vmap group,
                       one vmap over all members
@@ -18,6 +20,7 @@ steps so the whole benchmark fits in a few minutes of one H100.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -156,6 +159,45 @@ def jax_one_at_a_time_row(case: Case, x, y) -> dict:
             "note": f"{case.serial} members timed, one after another"}
 
 
+def plain_jax_row(case: Case, x, y) -> dict:
+    """Reference: the straightforward JAX ensemble (vmap over members of a lax.scan of plain
+    SGD steps, each member its own data order) with none of memjax's per-member features
+    (learning rates and weight decay as state, dataset-size and noise masks, divergence
+    isolation, planned chunks). The gap to jax-ensemble is what those features cost."""
+    import optax
+
+    network = build_network(case.model, 10)
+    params = _ensemble(case, np.arange(case.members), None)[0].variables["params"]
+    steps = len(y) // case.batch
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def epoch(params, key):
+        def member(p, k):
+            order = jax.random.permutation(k, steps * case.batch).reshape(steps, case.batch)
+
+            def step(p, idx):
+                def loss(p):
+                    logits = network.apply({"params": p}, x[idx].astype(np.float32) / 255)
+                    return optax.softmax_cross_entropy_with_integer_labels(logits, y[idx]).mean()
+
+                return jax.tree.map(lambda w, g: w - 0.01 * g, p, jax.grad(loss)(p)), None
+
+            return jax.lax.scan(step, p, order)[0]
+
+        return jax.vmap(member)(params, jax.random.split(key, case.members))
+
+    holder = [params]
+
+    def run():
+        holder[0] = epoch(holder[0], jax.random.key(0))
+        jax.block_until_ready(holder[0])
+
+    seconds = _timed(run)
+    return {"impl": "plain-jax", "members": case.members,
+            "model_examples_per_s": case.members * len(y) / seconds, "seconds": seconds,
+            "note": "reference: vmap + scan of plain SGD, no memjax features"}
+
+
 def run_case(name: str, preset: str) -> list[dict]:
     case = PRESETS[preset][name]
     x, y = synthetic_data(case.image, case.steps * case.batch)
@@ -174,6 +216,8 @@ def run_case(name: str, preset: str) -> list[dict]:
     for impl, chunk in variants:
         rows.append(_guarded(lambda: jax_ensemble_row(case, x, y, chunk, impl), impl, case))
     rows.append(_guarded(lambda: jax_one_at_a_time_row(case, x, y), "jax-one-at-a-time", case))
+    if case.model.kind == "mlp" and not case.momentum:
+        rows.append(_guarded(lambda: plain_jax_row(case, x, y), "plain-jax", case))
     rows += _torch_rows(case, np.asarray(x), np.asarray(y))
     for impl, chunk in last:
         rows.append(_guarded(lambda: jax_ensemble_row(case, x, y, chunk, impl), impl, case))

@@ -67,7 +67,8 @@ def test_bench_command_writes_results(tmp_path, monkeypatch, capsys):
     assert main(["bench", "--preset", "cpu", "--cases", "a_mlp512", "--out", str(tmp_path)]) == 0
     record = json.loads(next(tmp_path.glob("*.json")).read_text())
     impls = {r["impl"] for r in record["rows"]}
-    assert {"jax-ensemble", "jax-one-at-a-time"} <= impls
+    assert {"jax-ensemble", "jax-one-at-a-time", "plain-jax"} <= impls
+    assert "x plain-jax" in record["comparison"]["a_mlp512"]
     ensemble = next(r for r in record["rows"] if r["impl"] == "jax-ensemble")
     assert ensemble["model_examples_per_s"] > 0 and ensemble["tflops"] > 0
     assert np.isclose(ensemble["tflops"], ensemble["model_examples_per_s"]
