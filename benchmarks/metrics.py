@@ -1,6 +1,7 @@
 """Throughput of the per-example metrics over an ensemble (issue 5, cases d and e): one
 vmapped program over all members against the same jitted function one member at a time,
-and a PyTorch per-model loop when torch imports.
+and a PyTorch per-model loop when torch imports; plus the ensemble in bf16 compute
+(`jax-ensemble-bf16`, which the comparisons leave out: the targets are at TF32).
 
     from memjax.benchmarks.metrics import CASES
     rows = CASES["d_lass"]("cpu")   # or "gpu"; each row: case, impl, members, seconds, ...
@@ -33,6 +34,8 @@ SIZES = {
         "cpu": dict(members=8, examples=128, hidden=(256, 256), iterations=10, serial=2),
         "gpu": dict(members=100, examples=1000, hidden=(4096, 4096), iterations=100, serial=5)},
 }
+# the ensemble with compute_dtype="bfloat16" (its own row, outside the comparisons)
+BF16 = "jax-ensemble-bf16"
 # the benchmark's LASS settings (memjax.metrics.PAPER_LASS with radius 0)
 LASS_ARGS = dict(radius=0.0, step_size=0.25 / 255, noise_scale=0.2 / 255)
 
@@ -66,13 +69,13 @@ def _macs(hidden: tuple[int, ...], inputs: int = 784, classes: int = 10) -> int:
 def _rows(case: str, s: dict, flops_per_model_example: float, timings: dict,
           note: str) -> list[dict]:
     """Rows for the timed JAX implementations (timings: impl -> seconds)."""
+    notes = {"jax-ensemble": note, BF16: "bf16 compute: not counted against the TF32 targets"}
     rows = []
     for impl, seconds in timings.items():
-        members = s["members"] if impl == "jax-ensemble" else s["serial"]
+        members = s["serial"] if impl == "jax-one-at-a-time" else s["members"]
         rows.append({"impl": impl, "members": members, "seconds": seconds,
                      "model_examples_per_s": members * s["examples"] / seconds,
-                     "note": note if impl == "jax-ensemble" else
-                     f"{members} members timed, one after another"})
+                     "note": notes.get(impl, f"{members} members timed, one after another")})
     return [{"case": case, "flops_per_model_example": flops_per_model_example, **r}
             for r in rows]
 
@@ -111,6 +114,8 @@ def loss_sensitivity_case(preset: str) -> list[dict]:
         # the same jitted function, one member at a time: what a per-seed script does
         "jax-one-at-a-time": _seconds(lambda: [loss_sensitivity(
             network.apply, v, x, y, chunk=s["chunk"]) for v in members], repeats),
+        BF16: _seconds(lambda: loss_sensitivity(network.apply, variables, x, y, chunk=s["chunk"],
+                                                compute_dtype="bfloat16"), repeats),
     }
     # forward + backward to the input: 2 matmul passes of 2 FLOPs per multiply-add
     flops = 4.0 * _macs(s["hidden"])
@@ -135,6 +140,8 @@ def lass_case(preset: str) -> list[dict]:
         "jax-one-at-a-time": _seconds(lambda: [lass(
             network.apply, v, x, key, member_ids=jnp.array([m]), **args).critical
             for m, v in enumerate(members)], repeats),
+        BF16: _seconds(lambda: lass(network.apply, variables, x, key, compute_dtype="bfloat16",
+                                    **args).critical, repeats),
     }
     # one forward and one backward pass to the input per iteration, and one before the first
     flops = 4.0 * _macs(s["hidden"]) * (s["iterations"] + 1)

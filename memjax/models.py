@@ -167,3 +167,25 @@ def as_float(x: jax.Array) -> jax.Array:
     if x.dtype == jnp.uint8:
         return x.astype(jnp.float32) / 255.0
     return x.astype(jnp.float32)
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def computing_in(apply_fn: ApplyFn, dtype: str | None) -> ApplyFn:
+    """apply_fn with its matmuls in `dtype`: floating variables and the input cast to it,
+    logits returned as float32 (mixed precision for the metrics; gradients flow through the
+    casts back to float32). None or "float32": apply_fn itself."""
+    if dtype is None or dtype == "float32":
+        return apply_fn
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+
+    def cast(a):
+        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+    def apply(variables, x):
+        return apply_fn(jax.tree_util.tree_map(cast, variables), x.astype(dtype)).astype(
+            jnp.float32)
+
+    return apply

@@ -96,6 +96,7 @@ def test_metric_cases_time_ensemble_loop_and_report_targets(monkeypatch):
         assert by[case, "jax-ensemble"]["members"] == 3
         assert by[case, "jax-ensemble"]["model_examples_per_s"] > 0
         assert by[case, "jax-one-at-a-time"]["members"] == 1
+        assert by[case, "jax-ensemble-bf16"]["members"] == 3
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -105,6 +106,8 @@ def test_metric_cases_time_ensemble_loop_and_report_targets(monkeypatch):
         assert by["e_loss_sensitivity", "torch-loop"]["model_examples_per_s"] > 0
     gpu = harness.compare([{**r, "model_examples_per_s": 1.0} if r["impl"] == "torch-loop"
                            else r for r in rows], "gpu")
+    fast_bf16 = [{**r, "model_examples_per_s": 1e9} if "bf16" in r["impl"] else r for r in rows]
+    assert harness.compare(fast_bf16, "cpu")["d_lass"]["best_jax"] == "jax-ensemble"
     if ("d_lass", "torch-loop") in by:
         assert gpu["d_lass"]["target"] == ">= 5.0x torch-loop"
         assert "target" not in gpu["e_loss_sensitivity"]

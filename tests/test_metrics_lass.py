@@ -174,3 +174,15 @@ def test_lass_search_matches_the_step_by_step_reference():
     np.testing.assert_array_equal(found.critical, critical)
     np.testing.assert_array_equal(found.iterations, its)
     np.testing.assert_allclose(found.points, points, atol=1e-6)
+
+
+def test_bf16_search_decides_like_float32(problem):
+    """Examples at 0.4-0.7 and 1.3-2 radii from the boundary: far enough that bf16 forward
+    and backward passes must decide every one as float32 does."""
+    variables, xs, factors, radius = problem
+    args = dict(radius=radius, step_size=radius / 4, noise_scale=radius / 8,
+                max_iterations=30, clip=None)
+    found = lass(linear, variables, xs[0], jax.random.key(7), compute_dtype="bfloat16", **args)
+    np.testing.assert_array_equal(found.critical[0], factors < 1)
+    assert found.points.dtype == jnp.float32
+    assert np.abs(np.asarray(found.points[0]) - xs[0]).max() <= radius + 1e-6

@@ -19,7 +19,7 @@ import optax
 
 from memjax.ensemble import map_members
 from memjax.metrics._chunks import map_example_chunks
-from memjax.models import ApplyFn, as_float
+from memjax.models import ApplyFn, as_float, computing_in
 
 # The paper's values (alpha 0.25, beta 0.2, r 0.3 on the 0-255 scale; 100 iterations, the
 # authors' code), converted to [0, 1] pixels.
@@ -40,7 +40,8 @@ class LassResult(NamedTuple):
 def lass_search(apply_fn: ApplyFn, member_variables, x: jax.Array, key: jax.Array, *,
                 radius: float, step_size: float, noise_scale: float,
                 max_iterations: int = 100, clip: tuple[float, float] | None = (0.0, 1.0),
-                example_ids: jax.Array | None = None) -> LassResult:
+                example_ids: jax.Array | None = None,
+                compute_dtype: str | None = None) -> LassResult:
     """LASS for ONE member: pure, jittable and vmappable (usable inside a training step).
 
     apply_fn(member_variables, x[B, H, W, C]) -> logits [B, classes].
@@ -49,8 +50,11 @@ def lass_search(apply_fn: ApplyFn, member_variables, x: jax.Array, key: jax.Arra
     pixel range, or None. key: typed PRNG key; example n draws its noise at iteration i from
     fold_in(fold_in(key, example_ids[n]), i) (example_ids default arange(N)), so an
     example's search does not depend on which other examples share the batch.
+    compute_dtype "bfloat16": the network's forward and backward passes in bf16 (points,
+    steps and the box stay float32); None: float32.
     Returns LassResult([N] bool, [N, H, W, C] float32, [N] int32).
     """
+    apply_fn = computing_in(apply_fn, compute_dtype)
     x = as_float(x)
     n = x.shape[0]
     ids = jnp.arange(n) if example_ids is None else example_ids
@@ -98,11 +102,12 @@ def lass_search(apply_fn: ApplyFn, member_variables, x: jax.Array, key: jax.Arra
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "apply_fn", "max_iterations", "clip", "member_chunk", "chunk"))
+    "apply_fn", "max_iterations", "clip", "member_chunk", "chunk", "compute_dtype"))
 def lass(apply_fn: ApplyFn, variables, x: jax.Array, key: jax.Array, *, radius: float,
          step_size: float, noise_scale: float, max_iterations: int = 100,
          clip: tuple[float, float] | None = (0.0, 1.0), member_chunk: int | None = None,
-         chunk: int | None = None, member_ids: jax.Array | None = None) -> LassResult:
+         chunk: int | None = None, member_ids: jax.Array | None = None,
+         compute_dtype: str | None = None) -> LassResult:
     """LASS for every member of an ensemble and every example.
 
     variables: stacked [M, ...]; x: [N, H, W, C]; other arguments as `lass_search`.
@@ -125,7 +130,7 @@ def lass(apply_fn: ApplyFn, variables, x: jax.Array, key: jax.Array, *, radius: 
         search = functools.partial(
             lass_search, apply_fn, x=xb, radius=radius, step_size=step_size,
             noise_scale=noise_scale, max_iterations=max_iterations, clip=clip,
-            example_ids=example_ids)
+            example_ids=example_ids, compute_dtype=compute_dtype)
         return map_members(lambda v, k: search(v, key=k), member_chunk)(variables, keys)
 
     return LassResult(*map_example_chunks(on_chunk, (x, jnp.arange(n)), chunk))

@@ -16,7 +16,7 @@ import optax
 
 from memjax.ensemble import map_members
 from memjax.metrics._chunks import map_example_chunks
-from memjax.models import ApplyFn, as_float
+from memjax.models import ApplyFn, as_float, computing_in
 
 NORMS = {1: "L1", 2: "L2", float("inf"): "Linf"}
 
@@ -41,7 +41,10 @@ def _member_input_gradients(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.A
     return jax.grad(summed_loss)(as_float(x))
 
 
-def _over_ensemble(reduce: Callable, apply_fn, variables, x, y, chunk, member_chunk):
+def _over_ensemble(reduce: Callable, apply_fn, variables, x, y, chunk, member_chunk,
+                   compute_dtype):
+    apply_fn = computing_in(apply_fn, compute_dtype)
+
     def on_chunk(xb, yb):
         return map_members(lambda v: reduce(_member_input_gradients(apply_fn, v, xb, yb)),
                            member_chunk)(variables)
@@ -49,9 +52,11 @@ def _over_ensemble(reduce: Callable, apply_fn, variables, x, y, chunk, member_ch
     return map_example_chunks(on_chunk, (x, y), chunk)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "chunk", "member_chunk"))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "chunk", "member_chunk",
+                                             "compute_dtype"))
 def input_gradients(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array, *,
-                    chunk: int | None = None, member_chunk: int | None = None) -> jax.Array:
+                    chunk: int | None = None, member_chunk: int | None = None,
+                    compute_dtype: str | None = None) -> jax.Array:
     """Per-example input gradients of the cross-entropy loss, for every member.
 
     g[m, i] = d CE(f_m(x_i), y_i) / d x_i, in nats per unit pixel ([0, 1] pixel scale).
@@ -59,18 +64,22 @@ def input_gradients(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array, *,
     apply_fn(variables_of_one_member, x[B, H, W, C]) -> logits [B, classes] (`Network.apply`).
     variables: stacked [M, ...]. x: [N, H, W, C] uint8 (scaled by 1/255) or float in [0, 1];
     y: [N] int. chunk: examples per backward pass (None: all); member_chunk: members per
-    vmap group (None: all). Returns [M, N, H, W, C] float32.
+    vmap group (None: all); compute_dtype "bfloat16": forward and backward passes in bf16
+    (None: float32). Returns [M, N, H, W, C] float32.
 
     >>> import memjax.metrics as mm
     >>> g = mm.input_gradients(network.apply, state.variables, x, y, chunk=1024)  # doctest: +SKIP
     """
-    return _over_ensemble(lambda g: g, apply_fn, variables, x, y, chunk, member_chunk)
+    return _over_ensemble(lambda g: g, apply_fn, variables, x, y, chunk, member_chunk,
+                          compute_dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "ord", "chunk", "member_chunk"))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "ord", "chunk", "member_chunk",
+                                             "compute_dtype"))
 def loss_sensitivity(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array, *,
                      ord: float = 1, chunk: int | None = None,
-                     member_chunk: int | None = None) -> jax.Array:
+                     member_chunk: int | None = None,
+                     compute_dtype: str | None = None) -> jax.Array:
     """Instantaneous loss sensitivity ||d CE(f_m(x_i), y_i) / d x_i||_ord for every member
     and example (PAPER.md E2, first definition).
 
@@ -79,4 +88,4 @@ def loss_sensitivity(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array, *
     at once. Returns [M, N] float32 (nats per unit pixel).
     """
     return _over_ensemble(lambda g: per_example_norm(g, ord), apply_fn, variables, x, y,
-                          chunk, member_chunk)
+                          chunk, member_chunk, compute_dtype)
