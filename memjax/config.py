@@ -73,19 +73,21 @@ def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
-def override(config: Any, dotted: str, value: str) -> Any:
+def override(config: Any, dotted: str, value: str, *, _above: str = "") -> Any:
     """Return `config` with the field at `dotted` (e.g. `train.epochs`) set from a string."""
     head, _, rest = dotted.partition(".")
     names = {f.name: f for f in dataclasses.fields(config)}
     if head not in names:
-        raise MemjaxError(f"unknown setting {dotted!r}; known: {', '.join(sorted(names))}")
+        raise MemjaxError(f"unknown setting {_above + dotted!r}; known: "
+                          f"{', '.join(_above + n for n in sorted(names))}")
     current = getattr(config, head)
     if rest:
         if not dataclasses.is_dataclass(current):
-            raise MemjaxError(f"setting {head!r} has no field {rest!r}")
-        return dataclasses.replace(config, **{head: override(current, rest, value)})
+            raise MemjaxError(f"setting {_above + head!r} has no field {rest!r}")
+        return dataclasses.replace(
+            config, **{head: override(current, rest, value, _above=f"{_above}{head}.")})
     hint = typing.get_type_hints(type(config))[head]
-    return dataclasses.replace(config, **{head: _parse(value, hint, dotted)})
+    return dataclasses.replace(config, **{head: _parse(value, hint, _above + dotted)})
 
 
 def _parse(text: str, hint: Any, name: str) -> Any:
@@ -109,6 +111,32 @@ def _parse(text: str, hint: Any, name: str) -> Any:
     except ValueError:
         raise MemjaxError(f"{name}: cannot read {text!r} as {getattr(hint, '__name__', hint)}") from None
     raise MemjaxError(f"{name}: cannot be set from the command line")
+
+
+def env_number(name: str, kind: type = float, default: Any = None, *,
+               minimum: float | None = None, maximum: float | None = None) -> Any:
+    """Environment variable `name` as a number of type `kind` (unset or empty: `default`),
+    within [minimum, maximum]; a one-line error otherwise."""
+    import os
+
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+        if kind is int:
+            if value != int(value):
+                raise ValueError(text)
+            value = int(value)
+    except (ValueError, OverflowError):
+        raise MemjaxError(f"environment variable {name}={text!r} is not "
+                          f"{'an integer' if kind is int else 'a number'}") from None
+    if (minimum is not None and not value >= minimum) or (maximum is not None
+                                                          and not value <= maximum):
+        bounds = f"[{minimum if minimum is not None else '-inf'}, " \
+                 f"{maximum if maximum is not None else 'inf'}]"
+        raise MemjaxError(f"environment variable {name}={text!r} must be in {bounds}")
+    return value
 
 
 def check_positive(**values: int | None) -> None:
@@ -135,6 +163,7 @@ _POSITIVE = {"members", "epochs", "batch_size", "hidden", "conv_channels", "trai
              "widths", "sizes", "steps", "iterations", "max_iterations", "lr_halving_epochs"}
 _NONNEGATIVE = {"r", "radius", "weight_decay", "momentum", "alpha", "beta", "step_size",
                 "noise_std", "input_noise_std", "hidden_noise_std"}
+MAX_SEED = 2 ** 31 - 1  # seeds travel as int32 into jitted code
 KNOWN_DATASETS = ("embedded", "mnist", "cifar10")
 KNOWN_MODELS = ("mlp", "cnn")
 
@@ -146,8 +175,9 @@ def validate(config: Any, prefix: str = "") -> None:
     batch_size, hidden, ... and any `*_size`) must be positive; fractions (`*fraction*`,
     `*fractions`, `*rate*` of dropout) must lie in [0, 1]; radii (`r`, `radius`,
     `*_radius`), step sizes and regularizer strengths must be >= 0; the learning rate must
-    be positive; a data set name must be known and an `npz:PATH` file readable. Checks that
-    need the data (batch size against the number of examples) happen when it is loaded.
+    be positive and finite; seeds in [0, 2^31 - 1]; a data set name must be known and an
+    `npz:PATH` file readable. Checks that need the data (batch size against the number of
+    examples) happen when it is loaded.
     """
     for f in dataclasses.fields(config):
         name, value = f.name, getattr(config, f.name)
@@ -156,11 +186,16 @@ def validate(config: Any, prefix: str = "") -> None:
             validate(value, f"{label}.")
             continue
         values = value if isinstance(value, tuple) else (value,)
+        if value == () and (name in _POSITIVE or name.endswith("_sizes")):
+            raise MemjaxError(f"{label} needs at least one value")
         numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for v in numbers:
             if name in ("learning_rate", "learning_rates"):
-                if v <= 0:
-                    raise MemjaxError(f"{label} must be positive, got {v}")
+                if not 0 < v < float("inf"):
+                    raise MemjaxError(f"{label} must be a positive finite number, got {v}")
+            elif name.endswith("seed"):
+                if not 0 <= v <= MAX_SEED:
+                    raise MemjaxError(f"{label} must be an integer in [0, {MAX_SEED}], got {v}")
             elif name in _POSITIVE or name.endswith("_size") or name.endswith("_sizes"):
                 check_positive(**{label: v})
             elif "fraction" in name or name.endswith("_rate") or name.endswith("_rates") \

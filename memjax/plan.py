@@ -20,6 +20,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from memjax.config import env_number
+
 try:  # jax >= 0.4.33 moved the core types here
     from jax.extend.core import ClosedJaxpr, Jaxpr
 except ImportError:  # pragma: no cover
@@ -52,9 +54,11 @@ def device_memory_bytes(device: jax.Device | None = None) -> int:
 
 def memory_budget_bytes() -> int:
     """The bytes a planned computation may use on one device (see the module docstring)."""
-    if os.environ.get("MEMJAX_MEMORY_BYTES"):
-        return int(float(os.environ["MEMJAX_MEMORY_BYTES"]))
-    fraction = float(os.environ.get("MEMJAX_MEMORY_FRACTION", DEFAULT_FRACTION))
+    budget = env_number("MEMJAX_MEMORY_BYTES", int, minimum=1)
+    if budget is not None:
+        return budget
+    fraction = env_number("MEMJAX_MEMORY_FRACTION", float, DEFAULT_FRACTION, minimum=0.0,
+                          maximum=1.0)
     return int(fraction * device_memory_bytes())
 
 
@@ -131,7 +135,7 @@ def plan_member_chunk(fn: Callable, stacked: tuple, *, devices: int = 1,
     one = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), stacked)
     closed = jax.make_jaxpr(fn)(*one)
     if convolves(closed.jaxpr):
-        return min(local, int(os.environ.get("MEMJAX_CONV_CHUNK", CONV_CHUNK)))
+        return min(local, env_number("MEMJAX_CONV_CHUNK", int, CONV_CHUNK, minimum=1))
     state, temporary = _costs(closed)
     budget = memory_budget_bytes() if budget_bytes is None else budget_bytes
     # Arguments and results exist for every member at once (results replace donated

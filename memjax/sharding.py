@@ -18,6 +18,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from memjax.config import env_number
+from memjax.errors import MemjaxError
+
 AXIS = "members"
 
 
@@ -85,8 +88,15 @@ def initialize_distributed() -> bool:
         return False
     coordinator = os.environ.get("MEMJAX_COORDINATOR")
     if coordinator:
-        jax.distributed.initialize(coordinator, int(os.environ["MEMJAX_NUM_PROCESSES"]),
-                                   int(os.environ["MEMJAX_PROCESS_ID"]))
+        processes = env_number("MEMJAX_NUM_PROCESSES", int, minimum=1)
+        process_id = env_number("MEMJAX_PROCESS_ID", int, minimum=0)
+        if processes is None or process_id is None:
+            raise MemjaxError("MEMJAX_COORDINATOR needs MEMJAX_NUM_PROCESSES and "
+                              "MEMJAX_PROCESS_ID set too")
+        if process_id >= processes:
+            raise MemjaxError(f"MEMJAX_PROCESS_ID={process_id} must be below "
+                              f"MEMJAX_NUM_PROCESSES={processes}")
+        jax.distributed.initialize(coordinator, processes, process_id)
     elif os.environ.get("SLURM_NTASKS", "1") != "1" or os.environ.get("TPU_WORKER_HOSTNAMES",
                                                                         "").count(",") > 0:
         jax.distributed.initialize()
