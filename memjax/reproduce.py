@@ -18,7 +18,7 @@ from typing import Callable
 
 from memjax.config import override, to_dict
 from memjax.errors import MemjaxError
-from memjax.results import RunDir, atomic_path
+from memjax.results import RunDir, atomic_path, config_differences
 
 # PAPER.md, "Headline claims the tool must be able to show" (the claims, not the verdicts).
 CLAIMS = {
@@ -64,36 +64,62 @@ def preset_config(module, preset: str, data_dir: str | None):
 
 
 def reproduce(preset: str, out: str | Path, *, only: list[str] | None = None,
-              data_dir: str | None = None, log: Callable[[str], None] = print) -> tuple[Path, int]:
+              data_dir: str | None = None, overwrite: bool = False,
+              log: Callable[[str], None] = print) -> tuple[Path, int]:
     """Run the registered studies (or `only` those) at `preset` into out/<name>/ and write
-    out/report.md. A study that fails is recorded (manifest status failed, error in the
-    report) and the others still run. Returns (report path, number of failed studies)."""
+    out/report.md over every study in `out`. A study already finished there with the same
+    settings is kept; an unfinished one is resumed; one with other settings is refused
+    (before anything runs) unless `overwrite`, which runs every selected study afresh. A
+    study that fails is recorded (manifest status failed, error in the report) and the
+    others still run. Returns (report path, number of failed studies)."""
     out = Path(out)
     modules = registered()
     names = list(modules) if not only else only
     unknown = [n for n in names if n not in modules]
     if unknown:
         raise MemjaxError(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(modules)}")
+    if not names:
+        raise MemjaxError("--only names no study")
     configs = {n: preset_config(modules[n], preset, data_dir) for n in names}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MemjaxError(f"cannot write to {out}: {e.strerror or e}") from None
+    if not overwrite:
+        other = {n: d for n in names if (d := _other_settings(out / n, configs[n]))}
+        if other:
+            listed = "; ".join(f"{n} ({', '.join(d[:3])}{', ...' if len(d) > 3 else ''})"
+                               for n, d in other.items())
+            raise MemjaxError(f"{out} holds runs with other settings than the {preset} preset: "
+                              f"{listed}; pass --overwrite to run them again, or use another "
+                              f"--out")
     failed = 0
     for name in names:
         path = out / name
-        manifest = _manifest(path)
-        if manifest.get("status") == "finished":
-            log(f"{name}: finished earlier, kept ({path})")
+        if not overwrite and _manifest(path).get("status") == "finished":
+            log(f"{name}: finished earlier with the same settings, kept ({path})")
             continue
         log(f"{name}: running ({preset})")
         try:
-            run_experiment(name, modules[name], configs[name], RunDir(path, resume=True))
+            run_dir = RunDir(path, overwrite=overwrite, resume=not overwrite)
+            run_experiment(name, modules[name], configs[name], run_dir)
             log(f"{name}: finished in {_manifest(path).get('wall_time_s', 0):.0f} s")
         except Exception as e:  # recorded in the manifest; the other studies still run
             failed += 1
             log(f"{name}: FAILED: {type(e).__name__}: {e}")
             if not isinstance(e, MemjaxError):
                 log(traceback.format_exc())
-    report = write_report(out, preset, names)
+    report = write_report(out, preset, data_dir=data_dir)
     log(f"report: {report}")
     return report, failed
+
+
+def _other_settings(path: Path, config) -> list[str]:
+    """How the run in `path` (if any) differs from `config`; [] if no run or the same."""
+    manifest = _manifest(path)
+    if "config" not in manifest:
+        return []
+    return config_differences(manifest["config"], to_dict(config))
 
 
 def _manifest(path: Path) -> dict:
@@ -126,8 +152,11 @@ def verdict(lines: list[dict]) -> str:
     return f"mixed ({sum(votes)} of {len(votes)} measurements support it)"
 
 
-def write_report(out: Path, preset: str, names: list[str] | None = None) -> Path:
-    """Write out/report.md from the run directories under `out`."""
+def write_report(out: Path, preset: str, names: list[str] | None = None,
+                 data_dir: str | None = None) -> Path:
+    """Write out/report.md from the run directories under `out` (every registered study,
+    or `names`). A finished study whose settings are not the `preset` preset's is listed
+    as such and its evidence left out of the verdicts."""
     modules = registered()
     names = names or list(modules)
     sections, by_claim = [], {c: [] for c in CLAIMS}
@@ -135,6 +164,12 @@ def write_report(out: Path, preset: str, names: list[str] | None = None) -> Path
         path = out / name
         manifest = _manifest(path)
         status = manifest.get("status", "not run")
+        if status == "finished":
+            other = _other_settings(path, preset_config(modules[name], preset, data_dir))
+            if other:
+                status = (f"finished with other settings than the {preset} preset "
+                          f"({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}), so "
+                          "not counted here")
         lines, problem = ([], None)
         if status == "finished":
             lines, problem = study_evidence(name, modules[name], path)

@@ -13,6 +13,7 @@ checkpoint stores the cursor's position at its epoch.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -251,10 +252,8 @@ class RunDir:
         if previous.get("experiment") != experiment:
             raise MemjaxError(f"{self.path} holds a {previous.get('experiment')!r} run, "
                               f"not {experiment!r}; cannot resume it")
-        old = json.loads(to_json(previous.get("config")))
-        new = json.loads(to_json(config))
-        if old != new:
-            diff = sorted(_differences(old, new))
+        diff = config_differences(previous.get("config"), config)
+        if diff:
             raise MemjaxError(f"cannot resume {self.path} with a different config "
                               f"({', '.join(diff[:5])}); use the same settings or --overwrite")
         self._records_on_disk = _keep_whole_lines(self.path / "metrics.jsonl")
@@ -295,6 +294,16 @@ def _keep_whole_lines(path: Path) -> int:
         with atomic_path(path) as tmp:
             tmp.write_bytes(whole)
     return whole.count(b"\n")
+
+
+def config_differences(old: Any, new: Any) -> list[str]:
+    """`key: old -> new` for every setting that differs between two configs (dicts as in
+    manifest.json, or dataclasses), sorted; [] when they are the same."""
+    if dataclasses.is_dataclass(old):
+        old = dataclasses.asdict(old)
+    if dataclasses.is_dataclass(new):
+        new = dataclasses.asdict(new)
+    return sorted(_differences(json.loads(to_json(old)), json.loads(to_json(new))))
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -26,14 +26,46 @@ def test_reproduce_smoke_writes_report_and_skips_finished(tmp_path):
     assert "3. **" in text and "not tested by this run" in text  # no regularization study run
     stamp = (tmp_path / "filters" / "manifest.json").read_text()
     logs.clear()
-    reproduce("smoke", tmp_path, only=["filters"], log=logs.append)
-    assert any("finished earlier" in line for line in logs)
+    report, _ = reproduce("smoke", tmp_path, only=["filters"], log=logs.append)
+    assert any("finished earlier with the same settings" in line for line in logs)
     assert (tmp_path / "filters" / "manifest.json").read_text() == stamp
+    # the report still covers every study in the folder, not just the one asked for
+    assert f"peaked at epoch {v['peak_epoch']}" in report.read_text()
 
 
-def test_reproduce_cli_rejects_unknown_study(tmp_path, capsys):
+def test_reproduce_refuses_runs_with_other_settings(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    import pytest
+
+    from memjax.errors import MemjaxError
+    from memjax.reproduce import write_report
+
+    reproduce("smoke", tmp_path, only=["filters"], log=lambda _: None)
+    smoke = filters.PRESETS["smoke"]
+    other = dataclasses.replace(smoke, shown=smoke.shown + 1)
+    monkeypatch.setitem(filters.PRESETS, "smoke", other)
+    with pytest.raises(MemjaxError, match=r"other settings than the smoke preset: filters "
+                                          r"\(shown: 4 -> 5\); pass --overwrite"):
+        reproduce("smoke", tmp_path, only=["filters"], log=lambda _: None)
+    text = write_report(tmp_path, "smoke").read_text()
+    assert "finished with other settings than the smoke preset (shown: 4 -> 5)" in text
+    assert "filters, supports" not in text and "filters, does not support" not in text
+    reproduce("smoke", tmp_path, only=["filters"], overwrite=True, log=lambda _: None)
+    manifest = json.loads((tmp_path / "filters" / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["config"]["shown"] == 5
+
+
+def test_reproduce_cli_rejects_unknown_study_empty_list_and_unusable_out(tmp_path, capsys):
     assert main(["reproduce", "--preset", "smoke", "--out", str(tmp_path), "--only", "nope"]) == 2
     assert "unknown experiment" in capsys.readouterr().err
+    assert main(["reproduce", "--preset", "smoke", "--out", str(tmp_path), "--only", ","]) == 2
+    assert "--only names nothing" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["reproduce", "--preset", "smoke", "--out", str(afile), "--only", "csr"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"memjax: error: cannot write to {afile}")
 
 
 def test_verdicts():
