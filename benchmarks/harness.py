@@ -101,7 +101,9 @@ def compare(rows: list[dict], preset: str) -> dict:
 
 def run(preset: str, only: list[str] | None = None, out_dir: str | Path = "benchmarks/results",
         log=print) -> dict:
-    """Run the benchmark; returns the record written to <out_dir>/<date>-<device>.json."""
+    """Run the benchmark (every case, or `only` those); returns the record written to
+    <out_dir>/<date>-<device>[-<preset>][-<cases>].json and .md (-<preset> when the preset
+    is not the device's own, -<cases> when `only` limits the run)."""
     if preset not in PRESETS:
         raise MemjaxError(f"unknown bench preset {preset!r}; known: {', '.join(PRESETS)}")
     cases, notes = collect()
@@ -123,7 +125,11 @@ def run(preset: str, only: list[str] | None = None, out_dir: str | Path = "bench
 
     stem = f"{time.strftime('%Y-%m-%d', time.gmtime())}-{device_name()}"
     platform = "cpu" if jax.devices()[0].platform == "cpu" else "gpu"
-    stem = out_dir / (stem if platform == preset else f"{stem}-{preset}")
+    if platform != preset:
+        stem += f"-{preset}"
+    if only:  # a partial run never replaces the record of a whole one
+        stem += "-" + "+".join(name for name in cases if name in only)
+    stem = out_dir / stem
     rows: list[dict] = []
 
     def write() -> dict:

@@ -40,8 +40,9 @@ def build_config(module, args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from memjax.config import to_dict
     from memjax.reproduce import run_experiment
-    from memjax.results import RunDir
+    from memjax.results import RunDir, config_differences
     from memjax.sharding import initialize_distributed, is_writer
 
     several = initialize_distributed()
@@ -55,11 +56,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         import jax
 
         out = out / "hosts" / str(jax.process_index())
+    if args.resume and RunDir.status_of(out) is None:
+        print(f"memjax: no run in {out} to resume; starting a new one", file=sys.stderr)
     run_dir = RunDir(out, overwrite=args.overwrite, resume=args.resume,
                      checkpoint_every=args.checkpoint_every,
                      keep_checkpoints=args.keep_checkpoints)
     if args.resume and run_dir.finished and not args.overwrite:
-        print(f"{args.experiment}: {out} already holds a finished run; nothing to resume")
+        previous = run_dir.read_manifest()
+        if previous.get("experiment") != args.experiment:
+            raise MemjaxError(f"{out} holds a finished {previous.get('experiment')!r} run, "
+                              f"not {args.experiment!r}")
+        other = config_differences(previous.get("config"), to_dict(config))
+        if other:
+            raise MemjaxError(f"{out} holds a finished run with other settings "
+                              f"({', '.join(other[:5])}); nothing to resume (--overwrite "
+                              f"runs it again with the new ones)")
+        print(f"{args.experiment}: {out} already holds this finished run; nothing to resume")
         return 0
     result = run_experiment(args.experiment, module, config, run_dir)
     print(f"{args.experiment}: finished in {run_dir.read_manifest()['wall_time_s']:.1f} s -> {out}")
@@ -77,16 +89,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from memjax.experiments import EXPERIMENTS
 
+    import textwrap
+
     for name in EXPERIMENTS:
-        module = _experiment(name)
-        print(f"{name:14s} {module.__doc__.strip().splitlines()[0]}")
+        first = " ".join(_experiment(name).__doc__.strip().split("\n\n")[0].split())
+        print(textwrap.fill(first, 92, initial_indent=f"{name:15s}", subsequent_indent=" " * 15))
     return 0
+
+
+def _names(text: str | None, flag: str) -> list[str] | None:
+    """A comma-separated list of names (None when the flag was not given)."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise MemjaxError(f"{flag} names nothing; give comma-separated names or leave it out")
+    return names
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from memjax.benchmarks import harness
 
-    only = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else None
+    only = _names(args.cases, "--cases")
     record = harness.run(args.preset, only, args.out)
     print(harness.markdown(record), end="")
     print(f"bench: finished in {record['wall_s']:.1f} s -> {', '.join(record['files'])}")
@@ -96,8 +120,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from memjax.reproduce import reproduce
 
-    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
-    _, failed = reproduce(args.preset, args.out, only=only, data_dir=args.data_dir)
+    only = _names(args.only, "--only")
+    _, failed = reproduce(args.preset, args.out, only=only, data_dir=args.data_dir,
+                          overwrite=args.overwrite)
     return 1 if failed else 0
 
 
@@ -138,10 +163,13 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("reproduce", help="run every study, then write OUT/report.md")
     rep.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
     rep.add_argument("--out", required=True, help="folder for the studies and report.md; "
-                                                  "finished studies in it are not rerun")
+                                                  "studies finished in it with the same "
+                                                  "settings are not rerun")
     rep.add_argument("--data-dir", help="folder with mnist.npz / cifar10.npz "
                                         "(default: $MEMJAX_DATA_DIR)")
     rep.add_argument("--only", help="comma-separated studies (default: all)")
+    rep.add_argument("--overwrite", action="store_true",
+                     help="run the selected studies again even where OUT holds them")
     rep.set_defaults(func=cmd_reproduce)
     return p
 

@@ -75,8 +75,12 @@ def test_bench_command_writes_results(tmp_path, monkeypatch, capsys):
                       * 6 * (784 * 8 + 8 * 10) / 1e12)
     assert record["device"]["platform"] == "cpu" and "jax" in record["versions"]
     assert "| a_mlp512 | jax-ensemble |" in next(tmp_path.glob("*.md")).read_text()
+    # a run limited by --cases is named after them: it never replaces a whole run's record
+    assert next(tmp_path.glob("*.json")).name.endswith("-a_mlp512.json")
     assert main(["bench", "--preset", "tpu"]) == 2
     assert "unknown bench preset" in capsys.readouterr().err
+    assert main(["bench", "--cases", ","]) == 2
+    assert "--cases names nothing" in capsys.readouterr().err
 
 
 def test_metric_cases_time_ensemble_loop_and_report_targets(monkeypatch):

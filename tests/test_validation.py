@@ -34,11 +34,17 @@ def _error(capsys, argv) -> str:
     (SMOKE + ["--members", "0"], "train.members must be positive, got 0"),
     (SMOKE + ["--set", "train.epochs=0"], "train.epochs must be positive"),
     (SMOKE + ["--set", "train.batch_size=-1"], "train.batch_size must be positive"),
-    (SMOKE + ["--set", "train.learning_rate=0"], "train.learning_rate must be positive"),
+    (SMOKE + ["--set", "train.learning_rate=0"], "train.learning_rate must be a positive finite"),
+    (SMOKE + ["--set", "train.learning_rate=inf"], "train.learning_rate must be a positive finite"),
+    (SMOKE + ["--seed", "2147483648"], "train.seed must be an integer in [0, 2147483647]"),
+    (SMOKE + ["--seed", "-1"], "train.seed must be an integer in [0, 2147483647], got -1"),
+    (SMOKE + ["--set", "data.data_seed=-5"], "data.data_seed must be an integer in"),
+    (SMOKE + ["--set", "model.hidden="], "model.hidden needs at least one value"),
     (SMOKE + ["--set", "train.weight_decay=-1"], "train.weight_decay must be >= 0"),
     (SMOKE + ["--set", "model.kind=rnn"], "unknown model 'rnn'"),
-    (SMOKE + ["--set", "train.epochs=two"], "cannot read 'two' as int"),
+    (SMOKE + ["--set", "train.epochs=two"], "train.epochs: cannot read 'two' as int"),
     (SMOKE + ["--set", "nosuch=1"], "unknown setting 'nosuch'"),
+    (SMOKE + ["--set", "train.nosuch=1"], "unknown setting 'train.nosuch'"),
     (SMOKE + ["--dataset", "npz:/nonexistent/x.npz"], "/nonexistent/x.npz does not exist"),
     (SMOKE + ["--dataset", "mnist", "--data-dir", "/nonexistent"], "/nonexistent does not exist"),
     (SMOKE + ["--resume"], "--resume needs --out"),
@@ -95,12 +101,24 @@ def test_batch_larger_than_data(capsys, tmp_path):
 
 
 def test_finished_run_needs_overwrite(capsys, tmp_path):
-    (tmp_path / "manifest.json").write_text(json.dumps({"status": "finished"}))
+    from memjax.config import to_dict
+    from memjax.experiments import consistency
+    from memjax.results import to_json
+
+    config = json.loads(to_json(to_dict(consistency.PRESETS["smoke"])))
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"status": "finished", "experiment": "consistency", "config": config}))
     line = _error(capsys, SMOKE + ["--out", str(tmp_path)])
     assert "holds a finished run; pass --overwrite" in line
     assert RunDir(tmp_path, resume=True).finished
     assert main(SMOKE + ["--out", str(tmp_path), "--resume"]) == 0  # nothing left to do
     assert "nothing to resume" in capsys.readouterr().out
+    # --resume of a finished run with other settings, or of another study: refused
+    line = _error(capsys, SMOKE + ["--out", str(tmp_path), "--resume", "--members", "3"])
+    assert "holds a finished run with other settings (train.members: " in line
+    line = _error(capsys, ["run", "csr", "--preset", "smoke", "--out", str(tmp_path),
+                           "--resume"])
+    assert "holds a finished 'consistency' run, not 'csr'" in line
     run_dir = RunDir(tmp_path, overwrite=True)
     run_dir.start("consistency", {})
     assert run_dir.status == "running" and not run_dir.finished
@@ -141,3 +159,32 @@ def test_validate_applies_name_rules_to_any_study_config(change, message):
     with pytest.raises(MemjaxError) as e:
         validate(_LassConfig(**change))
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"MEMJAX_COORDINATOR": "host0:1234"},
+     "MEMJAX_COORDINATOR needs MEMJAX_NUM_PROCESSES and MEMJAX_PROCESS_ID set too"),
+    ({"MEMJAX_COORDINATOR": "host0:1234", "MEMJAX_NUM_PROCESSES": "two",
+      "MEMJAX_PROCESS_ID": "0"}, "MEMJAX_NUM_PROCESSES='two' is not an integer"),
+    ({"MEMJAX_COORDINATOR": "host0:1234", "MEMJAX_NUM_PROCESSES": "2",
+      "MEMJAX_PROCESS_ID": "2"}, "MEMJAX_PROCESS_ID=2 must be below MEMJAX_NUM_PROCESSES=2"),
+])
+def test_bad_distributed_environment_is_one_line(capsys, tmp_path, monkeypatch, env, message):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert message in _error(capsys, SMOKE + ["--out", str(tmp_path / "run")])
+
+
+def test_bad_memory_budget_variable_fails_the_run_in_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMJAX_MEMORY_FRACTION", "abc")
+    out = tmp_path / "never-started"
+    capsys.readouterr()
+    assert main(SMOKE + ["--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    # --resume where there is nothing to resume says so, then starts a new run
+    assert err[0] == f"memjax: no run in {out} to resume; starting a new one"
+    assert err[-1] == ("memjax: error: environment variable MEMJAX_MEMORY_FRACTION='abc' is "
+                       "not a number")
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+    monkeypatch.setenv("MEMJAX_MEMORY_FRACTION", "1.5")
+    assert "must be in [0.0, 1.0]" in _error(capsys, SMOKE + ["--out", str(tmp_path / "b")])
