@@ -15,6 +15,7 @@ Presets: smoke (seconds), cpu (4 members, 60 epochs, ~3 minutes on 2 cores), pap
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import jax
@@ -99,6 +100,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
     steps_per_epoch = order.shape[1] // tc.epochs
     arrays: dict[str, np.ndarray] = {}
     summary: dict[str, dict] = {}
+    seconds = model_examples = 0.0
     for condition in config.conditions:
         split, classes = _condition_split(dataset.train, condition, dataset.num_classes,
                                           config.data.data_seed)
@@ -112,8 +114,12 @@ def run(config: Config, run_dir: RunDir) -> dict:
         x, y = jax.device_put(split.x), jax.device_put(split.y)
         common = dict(learning_rate=lr, loss_on=config.loss_on,
                       cotangent_chunk=config.cotangent_chunk, member_chunk=tc.member_chunk)
+        started = time.perf_counter()
         result = unrolled_loss_sensitivity(network.apply, state.variables, x, y, order, weight,
                                            every=config.every, **common)
+        jax.block_until_ready(result.per_step)
+        seconds += time.perf_counter() - started
+        model_examples += float(np.sum(weight))  # every member's trained examples
         # g-bar_x over the chosen steps so far, at each chosen step: [M, K, N]
         k = result.per_step.shape[1]
         running = np.cumsum(np.asarray(result.per_step), 1) / np.arange(1, k + 1)[None, :, None]
@@ -156,7 +162,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
     run_dir.write_npz("results.npz", arrays)
     run_dir.write_json("summary.json", summary)
     _figures(arrays, config.conditions, run_dir)
-    return {"summary": summary}
+    # the unrolled trajectories: training steps with the backward pass through them
+    return {"summary": summary, "model_examples_per_second": model_examples / max(seconds, 1e-9)}
 
 
 def _figures(arrays: dict, conditions, run_dir: RunDir) -> None:
