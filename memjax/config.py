@@ -162,7 +162,7 @@ _POSITIVE = {"members", "epochs", "batch_size", "hidden", "conv_channels", "trai
              "validation_size", "downscale", "member_chunk", "eval_chunk", "tracked",
              "widths", "sizes", "steps", "iterations", "max_iterations", "lr_halving_epochs"}
 _NONNEGATIVE = {"r", "radius", "weight_decay", "momentum", "alpha", "beta", "step_size",
-                "noise_std", "input_noise_std", "hidden_noise_std"}
+                "noise_std", "input_noise_std", "hidden_noise_std", "keep_validation"}
 MAX_SEED = 2 ** 31 - 1  # seeds travel as int32 into jitted code
 KNOWN_DATASETS = ("embedded", "mnist", "cifar10")
 KNOWN_MODELS = ("mlp", "cnn")

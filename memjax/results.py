@@ -241,6 +241,9 @@ class RunDir:
         if self.resume and previous.get("status") in ("running", "failed"):
             self._resume_from(previous, experiment, config)
             return
+        if previous:  # a run was here (--overwrite): none of its outputs may outlive it
+            for stale in ["summary.json", "results.npz", *(f.name for f in self.path.glob("*.png"))]:
+                (self.path / stale).unlink(missing_ok=True)
         (self.path / "metrics.jsonl").unlink(missing_ok=True)
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         self._manifest = {"experiment": experiment, "status": "running", "config": config,

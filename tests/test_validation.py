@@ -119,9 +119,14 @@ def test_finished_run_needs_overwrite(capsys, tmp_path):
     line = _error(capsys, ["run", "csr", "--preset", "smoke", "--out", str(tmp_path),
                            "--resume"])
     assert "holds a finished 'consistency' run, not 'csr'" in line
+    for name in ("summary.json", "results.npz", "fig1_consistency.png", "notes.txt"):
+        (tmp_path / name).write_text("")
     run_dir = RunDir(tmp_path, overwrite=True)
-    run_dir.start("consistency", {})
+    run_dir.start("csr", {})
     assert run_dir.status == "running" and not run_dir.finished
+    # the replaced run's outputs are gone (a figure of another study must not linger);
+    # files memjax does not write stay
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["manifest.json", "notes.txt"]
 
 
 def test_unfinished_run_with_checkpoints_needs_resume_or_overwrite(capsys, tmp_path):
