@@ -249,6 +249,11 @@ class RunDir:
         self._manifest = {"experiment": experiment, "status": "running", "config": config,
                           "versions": versions(), "device": device_description(),
                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        # settings that come from the environment (MEMJAX_DATA_DIR above all) are part of
+        # what the run was
+        environment = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MEMJAX_")}
+        if environment:
+            self._manifest["environment"] = environment
         self.write_json("manifest.json", self._manifest)
 
     def _resume_from(self, previous: dict, experiment: str, config: dict) -> None:

@@ -33,3 +33,14 @@ def test_manifest_status_running_finished_failed(tmp_path):
     manifest = json.loads((tmp_path / "bad" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["error"] == "ValueError: no good"
     assert RunDir.status_of(tmp_path / "nothing") is None
+
+
+def test_manifest_records_memjax_environment(tmp_path, monkeypatch):
+    import json
+
+    from memjax.results import RunDir
+
+    monkeypatch.setenv("MEMJAX_DATA_DIR", "/data/here")
+    RunDir(tmp_path).start("consistency", {})
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["environment"]["MEMJAX_DATA_DIR"] == "/data/here"
