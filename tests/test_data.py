@@ -67,7 +67,7 @@ def test_npz_problems_are_named(fake_npz, bad, message):
 def test_unreadable_and_missing_files(tmp_path):
     broken = tmp_path / "broken.npz"
     broken.write_bytes(b"not a zip file")
-    with pytest.raises(MemjaxError, match="cannot read"):
+    with pytest.raises(MemjaxError, match="is not an .npz file"):
         load_dataset(DataConfig(f"npz:{broken}"))
     with pytest.raises(MemjaxError, match="does not exist"):
         load_dataset(DataConfig(f"npz:{tmp_path / 'absent.npz'}"))

@@ -89,7 +89,7 @@ def test_unreadable_npz(capsys, tmp_path):
     path = tmp_path / "broken.npz"
     path.write_bytes(b"this is not a zip archive")
     line = _error(capsys, SMOKE + ["--dataset", f"npz:{path}", "--out", str(tmp_path / "r")])
-    assert f"cannot read {path}" in line
+    assert f"{path} is not an .npz file" in line
 
 
 def test_batch_larger_than_data(capsys, tmp_path):

@@ -90,6 +90,8 @@ def read_npz(path: Path, image_shape: tuple[int, ...] | None = None) -> dict[str
     """Read and check an .npz with x_train, y_train, x_test, y_test (uint8 images, int labels)."""
     if not path.is_file():
         raise MemjaxError(f"data file {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise MemjaxError(f"{path} is not an .npz file (numpy.savez's zip of arrays)")
     try:
         with np.load(path, allow_pickle=False) as d:
             missing = [k for k in NPZ_KEYS if k not in d.files]
