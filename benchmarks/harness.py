@@ -131,6 +131,7 @@ def run(preset: str, only: list[str] | None = None, out_dir: str | Path = "bench
         stem += "-" + "+".join(name for name in cases if name in only)
     stem = out_dir / stem
     rows: list[dict] = []
+    case_wall: dict[str, float] = {}
 
     def write() -> dict:
         from memjax.results import atomic_path, to_json
@@ -141,6 +142,7 @@ def run(preset: str, only: list[str] | None = None, out_dir: str | Path = "bench
                                                "count": jax.device_count()},
                   "versions": _versions(), "roofline": peaks, "rows": rows,
                   "comparison": compare(rows, preset), "notes": notes,
+                  "case_wall_s": case_wall,
                   "wall_s": round(time.time() - started, 1)}
         for suffix, text in ((".json", to_json(record) + "\n"), (".md", markdown(record))):
             with atomic_path(stem.with_suffix(suffix)) as tmp:
@@ -154,12 +156,16 @@ def run(preset: str, only: list[str] | None = None, out_dir: str | Path = "bench
         if only and name not in only:
             continue
         log(f"case {name} ...")
+        case_started = time.time()
         try:
             got = fn(preset)
         except Exception as e:  # one broken case does not lose the others
             got = [{"case": name, "impl": "-", "members": None, "model_examples_per_s": None,
                     "seconds": None, "note": f"failed: {type(e).__name__}: {e}"[:300]}]
         rows += [_enrich(dict(r), peaks) for r in got]
+        # set-up, compilation and warm-up included: what a case costs on this device
+        case_wall[name] = round(time.time() - case_started, 1)
+        log(f"case {name}: {case_wall[name]:.0f} s")
         record = write()
     return record
 
