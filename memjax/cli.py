@@ -5,6 +5,7 @@ import argparse
 import importlib
 import signal
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -88,8 +89,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from memjax.experiments import EXPERIMENTS
-
-    import textwrap
 
     for name in EXPERIMENTS:
         first = " ".join(_experiment(name).__doc__.strip().split("\n\n")[0].split())
@@ -192,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("memjax: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

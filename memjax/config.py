@@ -6,6 +6,7 @@ Each study (experiments/) composes these into its own frozen config and defines 
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -117,8 +118,6 @@ def env_number(name: str, kind: type = float, default: Any = None, *,
                minimum: float | None = None, maximum: float | None = None) -> Any:
     """Environment variable `name` as a number of type `kind` (unset or empty: `default`),
     within [minimum, maximum]; a one-line error otherwise."""
-    import os
-
     text = os.environ.get(name, "").strip()
     if not text:
         return default
@@ -212,8 +211,6 @@ def validate(config: Any, prefix: str = "") -> None:
 
 
 def _check_data(config: DataConfig, prefix: str) -> None:
-    import os
-
     name = config.name
     if name.startswith("npz:"):
         path = name[4:]

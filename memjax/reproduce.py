@@ -78,8 +78,6 @@ def reproduce(preset: str, out: str | Path, *, only: list[str] | None = None,
     unknown = [n for n in names if n not in modules]
     if unknown:
         raise MemjaxError(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(modules)}")
-    if not names:
-        raise MemjaxError("--only names no study")
     configs = {n: preset_config(modules[n], preset, data_dir) for n in names}
     try:
         out.mkdir(parents=True, exist_ok=True)
