@@ -120,6 +120,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
             "csr_max_epoch_mean": float(csr.mean(1).max()),
             "validation_accuracy_last": float(arrays[f"validation_accuracy_{condition}"][-1].mean()),
             "train_accuracy_last": float(arrays[f"train_accuracy_{condition}"][-1].mean()),
+            # what was searched: `examples` caps it at the validation split's size
+            "examples_searched": int(validation.y.shape[0]),
         }
     arrays["epochs"] = np.arange(1, tc.epochs + 1)
     run_dir.write_npz("results.npz", arrays)

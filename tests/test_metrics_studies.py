@@ -57,5 +57,6 @@ def test_csr_study(tmp_path):
     assert arrays["csr_randY"].shape == (2, 2)  # [epochs, members]
     assert ((arrays["csr_randY"] >= 0) & (arrays["csr_randY"] <= 1)).all()
     assert (tmp_path / "fig9_csr.png").exists()
+    assert summary["randY"]["examples_searched"] == 16
     with pytest.raises(MemjaxError):
         csr.run(dataclasses.replace(config, radius=-1.0), RunDir(tmp_path / "b"))
