@@ -12,7 +12,8 @@ synthetic device-resident uint8 data; e1: the consistency study's cpu preset (10
                       memjax's per-member features; what those features cost
   jax-lax.map / jax-chunk-K / jax-vmap   (CNN) one member at a time inside the program
                       (the planned default for convolutions), K members per vmap group,
-                      one vmap over all members
+                      one vmap over all members; jax-lax.map-bf16 the first in bf16
+                      compute (reported, left out of the TF32 comparisons)
   torch-*             PyTorch baselines (benchmarks/torch_baselines.py) when torch imports
 Serial baselines time `serial` members and report their rate (the rate of a loop does not
 depend on how many members it runs). The gpu preset keeps 100 members and times fewer
@@ -114,17 +115,19 @@ def _once(fn) -> float:
     return time.perf_counter() - start
 
 
-def _ensemble(case: Case, member_ids, chunk):
+def _ensemble(case: Case, member_ids, chunk, compute_dtype="float32"):
     network = build_network(case.model, 10)
     tx = make_optimizer(case.momentum)
     state = init_ensemble(network, tx, np.zeros((1,) + case.image, np.float32), seed=0,
                           member_ids=np.asarray(member_ids), learning_rate=0.01)
-    return state, make_train_epoch(network, tx, batch_size=case.batch, member_chunk=chunk)
+    return state, make_train_epoch(network, tx, batch_size=case.batch, member_chunk=chunk,
+                                   compute_dtype=compute_dtype)
 
 
-def jax_ensemble_row(case: Case, x, y, chunk=None, impl="jax-ensemble", repeats=2) -> dict:
+def jax_ensemble_row(case: Case, x, y, chunk=None, impl="jax-ensemble", repeats=2,
+                     compute_dtype="float32") -> dict:
     """One epoch (= case.steps steps) of all members in one program."""
-    state, epoch = _ensemble(case, np.arange(case.members), chunk)
+    state, epoch = _ensemble(case, np.arange(case.members), chunk, compute_dtype)
     start = time.perf_counter()
     epoch = epoch.lower(state, 0, x, y).compile()
     compile_s = time.perf_counter() - start
@@ -218,6 +221,11 @@ def run_case(name: str, preset: str) -> list[dict]:
     rows.append(_guarded(lambda: jax_one_at_a_time_row(case, x, y), "jax-one-at-a-time", case))
     if case.model.kind == "mlp" and not case.momentum:
         rows.append(_guarded(lambda: plain_jax_row(case, x, y), "plain-jax", case))
+    if case.model.kind == "cnn":  # compute-bound: where bf16 may pay (not in the comparisons)
+        rows.append(_guarded(lambda: {**jax_ensemble_row(
+            case, x, y, 1, "jax-lax.map-bf16", compute_dtype="bfloat16"),
+            "note": "bf16 compute: not counted against the TF32 targets"},
+            "jax-lax.map-bf16", case))
     rows += _torch_rows(case, np.asarray(x), np.asarray(y))
     for impl, chunk in last:
         rows.append(_guarded(lambda: jax_ensemble_row(case, x, y, chunk, impl), impl, case))
