@@ -50,6 +50,7 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
     that step is not taken and every later update is masked, while the others train on.
     Its variables stay as they were before the first such step (if an update overflowed,
     they are the non-finite result of that update, which made the next loss non-finite).
+    A member whose parameters are not finite at the end of an epoch is flagged too.
     """
 
     def member_epoch(variables, opt_state, member_id, lr, wd, diverged, view, epoch, seed, x,
@@ -117,6 +118,10 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
         steps = order.shape[0]
         (variables, opt_state, diverged), (loss_sum, correct) = jax.lax.scan(
             step, (variables, opt_state, diverged), (jnp.arange(steps), order, weight))
+        # An update that overflowed on the epoch's last step has no next loss to show it:
+        # one look at the parameters per epoch flags it.
+        diverged = diverged | ~jax.tree.reduce(
+            jnp.logical_and, jax.tree.map(lambda p: jnp.isfinite(p).all(), variables["params"]))
         n = jnp.maximum(weight.sum(), 1.0)
         return variables, opt_state, diverged, {"train_loss": loss_sum.sum() / n,
                                                 "train_accuracy": correct.sum() / n,

@@ -153,3 +153,18 @@ def test_metrics_not_duplicated_on_resume(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["i"] for line in lines] == [0, 1, 2, 3, 4]
     assert len(json.loads((tmp_path / "manifest.json").read_text())["resumed"]) == 1
+
+
+def test_overflow_on_the_last_step_is_flagged(setup):
+    """An update that overflows on an epoch's last step has no next loss to reveal it; the
+    end-of-epoch check of the parameters must."""
+    d, network, _, _, _, _ = setup
+    tx = make_optimizer()
+    x, y = jnp.asarray(d.train.x[:64]), jnp.asarray(d.train.y[:64])
+    state = init_ensemble(network, tx, jnp.zeros((1, 28, 28, 1)), seed=5,
+                          member_ids=np.arange(2), learning_rate=np.array([0.1, 3e38]),
+                          weight_decay=10.0)
+    epoch = make_train_epoch(network, tx, batch_size=64)  # one step per epoch
+    state, metrics = epoch(state, 0, x, y)
+    assert np.asarray(state.diverged).tolist() == [False, True]
+    assert np.asarray(metrics["diverged"]).tolist() == [False, True]
