@@ -105,7 +105,7 @@ def _torch_row(case: str, s: dict, flops_per_model_example: float, run) -> dict:
 def loss_sensitivity_case(preset: str) -> list[dict]:
     s = SIZES["e_loss_sensitivity"][preset]
     network, variables, x, y = _ensemble(s["members"], s["hidden"], s["examples"])
-    repeats = 3 if preset == "cpu" else 2
+    repeats = 2  # as the PyTorch loop
     members = [jax.tree_util.tree_map(lambda l, m=m: l[m:m + 1], variables)
                for m in range(s["serial"])]
     timings = {
@@ -133,7 +133,7 @@ def lass_case(preset: str) -> list[dict]:
     key = jax.random.key(0)
     members = [jax.tree_util.tree_map(lambda l, m=m: l[m:m + 1], variables)
                for m in range(s["serial"])]
-    repeats = 2 if preset == "cpu" else 1
+    repeats = 2  # as the PyTorch loop
     timings = {
         "jax-ensemble": _seconds(lambda: lass(network.apply, variables, x, key,
                                               **args).critical, repeats),

@@ -41,9 +41,8 @@ def build_config(module, args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from memjax.config import to_dict
     from memjax.reproduce import run_experiment
-    from memjax.results import RunDir, config_differences
+    from memjax.results import RunDir, differences_from_run
     from memjax.sharding import initialize_distributed, is_writer
 
     several = initialize_distributed()
@@ -52,6 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     validate(config)
     if args.resume and not args.out:
         raise MemjaxError("--resume needs --out DIR, the run directory to continue")
+    if args.resume and args.overwrite:
+        raise MemjaxError("--resume and --overwrite contradict each other: continue the run "
+                          "in --out, or replace it")
     out = Path(args.out or f"runs/{args.experiment}-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     if several and not is_writer():  # process 0 writes the run; the others keep their logs apart
         import jax
@@ -67,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if previous.get("experiment") != args.experiment:
             raise MemjaxError(f"{out} holds a finished {previous.get('experiment')!r} run, "
                               f"not {args.experiment!r}")
-        other = config_differences(previous.get("config"), to_dict(config))
+        other = differences_from_run(previous, config)
         if other:
             raise MemjaxError(f"{out} holds a finished run with other settings "
                               f"({', '.join(other[:5])}); nothing to resume (--overwrite "

@@ -185,7 +185,8 @@ def validate(config: Any, prefix: str = "") -> None:
             validate(value, f"{label}.")
             continue
         values = value if isinstance(value, tuple) else (value,)
-        if value == () and (name in _POSITIVE or name.endswith("_sizes")):
+        if value == () and name != "hidden" and (name in _POSITIVE or name.endswith("_sizes")):
+            # (hidden=() is a linear model; an empty sweep list is a mistake)
             raise MemjaxError(f"{label} needs at least one value")
         numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for v in numbers:

@@ -18,7 +18,7 @@ from typing import Callable
 
 from memjax.config import override, to_dict
 from memjax.errors import MemjaxError
-from memjax.results import RunDir, atomic_path, config_differences
+from memjax.results import RunDir, atomic_path, differences_from_run
 
 # PAPER.md, "Headline claims the tool must be able to show" (the claims, not the verdicts).
 CLAIMS = {
@@ -117,7 +117,7 @@ def _other_settings(path: Path, config) -> list[str]:
     manifest = _manifest(path)
     if "config" not in manifest:
         return []
-    return config_differences(manifest["config"], to_dict(config))
+    return differences_from_run(manifest, config)
 
 
 def _manifest(path: Path) -> dict:

@@ -41,6 +41,8 @@ def _json_default(obj: Any) -> Any:
         return list(obj)
     if isinstance(obj, Path):
         return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
@@ -249,9 +251,10 @@ class RunDir:
         self._manifest = {"experiment": experiment, "status": "running", "config": config,
                           "versions": versions(), "device": device_description(),
                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        # settings that come from the environment (MEMJAX_DATA_DIR above all) are part of
-        # what the run was
-        environment = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MEMJAX_")}
+        # settings that come from the environment (MEMJAX_DATA_DIR above all) and relative
+        # paths are part of what the run was
+        self._manifest["cwd"] = os.getcwd()
+        environment = memjax_environment()
         if environment:
             self._manifest["environment"] = environment
         self.write_json("manifest.json", self._manifest)
@@ -260,7 +263,7 @@ class RunDir:
         if previous.get("experiment") != experiment:
             raise MemjaxError(f"{self.path} holds a {previous.get('experiment')!r} run, "
                               f"not {experiment!r}; cannot resume it")
-        diff = config_differences(previous.get("config"), config)
+        diff = differences_from_run(previous, config)
         if diff:
             raise MemjaxError(f"cannot resume {self.path} with a different config "
                               f"({', '.join(diff[:5])}); use the same settings or --overwrite")
@@ -304,14 +307,36 @@ def _keep_whole_lines(path: Path) -> int:
     return whole.count(b"\n")
 
 
-def config_differences(old: Any, new: Any) -> list[str]:
-    """`key: old -> new` for every setting that differs between two configs (dicts as in
-    manifest.json, or dataclasses), sorted; [] when they are the same."""
-    if dataclasses.is_dataclass(old):
-        old = dataclasses.asdict(old)
-    if dataclasses.is_dataclass(new):
-        new = dataclasses.asdict(new)
-    return sorted(_differences(json.loads(to_json(old)), json.loads(to_json(new))))
+def memjax_environment() -> dict[str, str]:
+    """This process's MEMJAX_* environment variables (MEMJAX_DATA_DIR above all)."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("MEMJAX_")}
+
+
+def differences_from_run(manifest: dict, config: Any) -> list[str]:
+    """`key: old -> new` for every setting in which `config` (a dataclass or dict, about to
+    run in this process) differs from the run that `manifest` (manifest.json) records;
+    sorted, [] when they are the same. Data folders are compared as the loader resolves
+    them (--data-dir, else MEMJAX_DATA_DIR; absolute; ignored where the data set reads
+    none), so the same data reached another way is the same setting."""
+    old = _as_loaded(json.loads(to_json(manifest.get("config"))), manifest.get("environment", {}),
+                     manifest.get("cwd", os.getcwd()))
+    new = _as_loaded(json.loads(to_json(config)), memjax_environment(), os.getcwd())
+    return sorted(_differences(old, new))
+
+
+def _as_loaded(config: Any, environment: dict, cwd: str) -> Any:
+    from memjax.data.sources import DATA_DIR_ENV, VALIDATION_SIZE
+
+    if not isinstance(config, dict):
+        return config
+    out = {k: _as_loaded(v, environment, cwd) for k, v in config.items()}
+    if "name" in out and "data_dir" in out:  # a DataConfig
+        folder = None
+        if out["name"] in VALIDATION_SIZE:  # the data sets read from a folder
+            folder = out["data_dir"] or environment.get(DATA_DIR_ENV)
+            folder = os.path.normpath(os.path.join(cwd, folder)) if folder else None
+        out["data_dir"] = folder
+    return out
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

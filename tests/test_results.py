@@ -44,3 +44,33 @@ def test_manifest_records_memjax_environment(tmp_path, monkeypatch):
     RunDir(tmp_path).start("consistency", {})
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["environment"]["MEMJAX_DATA_DIR"] == "/data/here"
+
+
+def test_data_folders_compare_as_the_loader_resolves_them(tmp_path, monkeypatch):
+    """The same folder reached by --data-dir, MEMJAX_DATA_DIR, a trailing slash or a relative
+    path is the same setting; another folder read through the environment is not; a data
+    set that reads no folder ignores it."""
+    import json
+
+    from memjax.config import DataConfig
+    from memjax.results import RunDir, differences_from_run
+
+    def recorded(data, run):
+        RunDir(tmp_path / run).start("consistency", {"data": data})
+        return json.loads((tmp_path / run / "manifest.json").read_text())
+
+    monkeypatch.delenv("MEMJAX_DATA_DIR", raising=False)
+    folder = tmp_path / "data"
+    by_flag = recorded(DataConfig(name="mnist", data_dir=str(folder)), "a")
+    monkeypatch.setenv("MEMJAX_DATA_DIR", f"{folder}/")
+    assert differences_from_run(by_flag, {"data": DataConfig(name="mnist")}) == []
+    monkeypatch.chdir(tmp_path)
+    assert differences_from_run(by_flag, {"data": DataConfig(name="mnist", data_dir="data")}) == []
+    by_env = recorded(DataConfig(name="mnist"), "b")
+    monkeypatch.setenv("MEMJAX_DATA_DIR", str(tmp_path / "other"))
+    assert differences_from_run(by_env, {"data": DataConfig(name="mnist")}) == [
+        f"data.data_dir: {str(folder)!r} -> {str(tmp_path / 'other')!r}"]
+    embedded = recorded(DataConfig(name="embedded", data_dir="/somewhere"), "c")
+    assert differences_from_run(embedded, {"data": DataConfig(name="embedded")}) == []
+    assert differences_from_run(embedded, {"data": DataConfig(name="embedded", train_size=5)}) \
+        == [f"data.train_size: {DataConfig().train_size!r} -> 5"]

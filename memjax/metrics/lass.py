@@ -51,7 +51,9 @@ def lass_search(apply_fn: ApplyFn, member_variables, x: jax.Array, key: jax.Arra
     fold_in(fold_in(key, example_ids[n]), i) (example_ids default arange(N)), so an
     example's search does not depend on which other examples share the batch.
     compute_dtype "bfloat16": the network's forward and backward passes in bf16 (points,
-    steps and the box stay float32); None: float32.
+    steps and the box stay float32); None: float32. The network then sees each point
+    rounded to bf16, whose spacing (up to 2^-8 = 0.0039 for pixels in [0.5, 1)) exceeds the
+    paper's radius (0.3/255 = 0.0012): use float32 for CSR at radii that small.
     Returns LassResult([N] bool, [N, H, W, C] float32, [N] int32).
     """
     apply_fn = computing_in(apply_fn, compute_dtype)
