@@ -18,6 +18,7 @@ OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 CHECK=${MEMJAX_CHECK:-gpu}
 PY=${PYTHON:-python3}
+case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac  # used from /tmp too
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
