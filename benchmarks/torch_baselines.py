@@ -195,42 +195,45 @@ def _frozen_mlps(hidden, inputs: int, count: int) -> list[nn.Module]:
     return [_mlp(inputs, hidden).to(dev).eval().requires_grad_(False) for _ in range(count)]
 
 
-def lass_loop(hidden, x: np.ndarray, members: int, iterations: int, *, radius: float,
-              step_size: float, noise_scale: float) -> float:
-    """Seconds for LASS (memjax.metrics.lass_search's algorithm: one forward and one backward
+def lass_search(model: nn.Module, x0: torch.Tensor, iterations: int, *, radius: float,
+                step_size: float, noise_scale: float, seed: int = 0):
+    """LASS on one model as memjax.metrics.lass_search runs it: one forward and one backward
     pass per iteration, the check of a proposal reusing the forward pass that gives the next
-    step's gradient) on `members` MLPs one after another, over all of x [N, H, W, C] uint8 at
-    once, for exactly `iterations` iterations (no early-stop check, which would cost a
-    device sync per iteration)."""
-    X = torch.from_numpy(np.array(x)).to(_device())
-    x0 = _prep(X).flatten(1)
-    low, high = (x0 - radius).clamp_(0.0, 1.0), (x0 + radius).clamp_(0.0, 1.0)
-    models = _frozen_mlps(hidden, x0.shape[1], members)
+    step's gradient; for exactly `iterations` iterations (no early-stop check, which would
+    cost a device sync per iteration; decided examples stay where they flipped).
+    x0: [N, D] in [0, 1]. Returns (critical [N] bool, points [N, D])."""
+    low, high = (x0 - radius).clamp(0.0, 1.0), (x0 + radius).clamp(0.0, 1.0)
 
-    def probe(model, points, label=None):
+    def probe(points, label=None):
         points = points.detach().requires_grad_(True)
         logits = model(points)
         label = logits.argmax(-1) if label is None else label
         grad, = torch.autograd.grad(F.cross_entropy(logits, label, reduction="sum"), points)
         return logits.detach(), label, grad.sign()
 
-    def search(model, steps: int):
-        generator = torch.Generator(device=x0.device).manual_seed(0)
-        _, predicted, direction = probe(model, x0)
-        points, critical = x0.clone(), torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
-        for _ in range(steps):
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-            proposal = torch.minimum(torch.maximum(
-                points + step_size * direction + noise_scale * noise, low), high)
-            logits, _, direction = probe(model, proposal, predicted)
-            active = ~critical
-            points = torch.where(active[:, None], proposal, points)
-            critical |= active & (logits.argmax(-1) != predicted)
-        return critical
+    generator = torch.Generator(device=x0.device).manual_seed(seed)
+    _, predicted, direction = probe(x0)
+    points, critical = x0.clone(), torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
+    for _ in range(iterations):
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        proposal = torch.minimum(torch.maximum(
+            points + step_size * direction + noise_scale * noise, low), high)
+        logits, _, direction = probe(proposal, predicted)
+        active = ~critical
+        points = torch.where(active[:, None], proposal, points)
+        critical |= active & (logits.argmax(-1) != predicted)
+    return critical, points
+
+
+def lass_loop(hidden, x: np.ndarray, members: int, iterations: int, **lass_args) -> float:
+    """Seconds for `lass_search` on `members` MLPs one after another, over all of
+    x [N, H, W, C] uint8 at once, `iterations` iterations each."""
+    x0 = _prep(torch.from_numpy(np.array(x)).to(_device())).flatten(1)
+    models = _frozen_mlps(hidden, x0.shape[1], members)
 
     def run(warmup: bool):
         for model in models[:1] if warmup else models:
-            search(model, 1 if warmup else iterations)
+            lass_search(model, x0, 1 if warmup else iterations, **lass_args)
 
     return _timed(run, repeats=2)  # best of 2, like the JAX rows beside it
 

@@ -115,3 +115,35 @@ def test_metric_cases_time_ensemble_loop_and_report_targets(monkeypatch):
     if ("d_lass", "torch-loop") in by:
         assert gpu["d_lass"]["target"] == ">= 5.0x torch-loop"
         assert "target" not in gpu["e_loss_sensitivity"]
+
+
+def test_torch_lass_baseline_runs_memjax_algorithm():
+    """The PyTorch LASS the benchmark times finds the same critical examples and points as
+    memjax.metrics.lass_search on the same weights (PGD: no noise, so both are exact)."""
+    torch = pytest.importorskip("torch")
+    import jax
+    import jax.numpy as jnp
+
+    from memjax.benchmarks import torch_baselines
+    from memjax.ensemble import init_ensemble, make_optimizer
+    from memjax.metrics import lass_search
+    from memjax.models import build_network
+
+    network = build_network(ModelConfig(hidden=(16,)), 10)
+    state = init_ensemble(network, make_optimizer(), jnp.zeros((1, 4, 4, 1)), seed=0,
+                          member_ids=np.arange(1), learning_rate=0.1)
+    v = jax.tree_util.tree_map(lambda l: l[0], state.variables)
+    model = torch_baselines._mlp(16, (16,))
+    with torch.no_grad():
+        for i, layer in enumerate(m for m in model if isinstance(m, torch.nn.Linear)):
+            layer.weight.copy_(torch.from_numpy(np.array(v["params"][f"Dense_{i}"]["kernel"]).T))
+            layer.bias.copy_(torch.from_numpy(np.array(v["params"][f"Dense_{i}"]["bias"])))
+    x = np.random.default_rng(2).integers(0, 256, (48, 4, 4, 1), dtype=np.uint8)
+    args = dict(radius=0.1, step_size=0.02, noise_scale=0.0)
+    found = lass_search(network.apply, v, x, jax.random.key(0), max_iterations=8, **args)
+    critical, points = torch_baselines.lass_search(
+        model, torch.from_numpy(x.reshape(48, 16) / 255.0).float(), 8, **args)
+    assert 0 < critical.sum() < 48  # both outcomes occur
+    np.testing.assert_array_equal(critical.numpy(), np.asarray(found.critical))
+    np.testing.assert_allclose(points.numpy(), np.asarray(found.points).reshape(48, 16),
+                               atol=1e-6)
