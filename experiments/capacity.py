@@ -21,7 +21,7 @@ import numpy as np
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import close, new_figure
+from memjax.experiments.common import new_figure
 from memjax.experiments.sweeps import grid, make_sweep, run_epochs, width_buckets
 from memjax.results import RunDir
 from memjax.train import evaluate
@@ -160,4 +160,3 @@ def _figure(summary: dict, widths, run_dir: RunDir) -> None:
         ax.set_title(f"Capacity, {k} (Fig. 5)")
         ax.legend(fontsize=8)
     run_dir.save_figure(fig, "fig5_capacity.png")
-    close(fig)

@@ -108,9 +108,3 @@ def new_figure(ncols: int = 1, width: float = 5.0, height: float = 3.6):
 
     fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
     return fig, axes[0]
-
-
-def close(fig) -> None:
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)

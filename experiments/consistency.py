@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import jax
 import numpy as np
 
-from memjax.experiments.common import close, new_figure, train_ensemble
+from memjax.experiments.common import new_figure, train_ensemble
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive,
                            validate)
 from memjax.data import load_dataset, with_noise
@@ -122,7 +122,6 @@ def _figure(arrays: dict, conditions, members: int, run_dir: RunDir) -> None:
     ax.set_title("Per-example misclassification after one epoch (Fig. 1)")
     ax.legend(fontsize=8)
     run_dir.save_figure(fig, "fig1_consistency.png")
-    close(fig)
 
 
 def evidence(summary: dict) -> list[dict]:

@@ -23,7 +23,7 @@ from memjax import convergence
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import close, new_figure
+from memjax.experiments.common import new_figure
 from memjax.experiments.sweeps import grid, make_sweep, run_epochs, width_buckets
 from memjax.members import member_accuracy, size_masks
 from memjax.results import RunDir
@@ -208,4 +208,3 @@ def _figure(summary: dict, run_dir: RunDir) -> None:
                      f"(^ censored at {summary['cap']})", fontsize=10)
         ax.legend(fontsize=8)
     run_dir.save_figure(fig, "fig6_convergence.png")
-    close(fig)

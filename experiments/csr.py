@@ -23,7 +23,7 @@ from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, 
 from memjax.data import load_dataset, with_noise
 from memjax.ensemble import ATTACK
 from memjax.errors import MemjaxError
-from memjax.experiments.common import close, new_figure, train_ensemble
+from memjax.experiments.common import new_figure, train_ensemble
 from memjax.metrics import PAPER_LASS, critical_sample_ratio, lass
 from memjax.models import build_network
 from memjax.results import RunDir
@@ -150,7 +150,6 @@ def _figure(arrays: dict, conditions, run_dir: RunDir) -> None:
     axes[1].set_ylabel("accuracy")
     axes[1].legend(fontsize=7)
     run_dir.save_figure(fig, "fig9_csr.png")
-    close(fig)
 
 
 def evidence(summary: dict) -> list[dict]:

@@ -21,7 +21,7 @@ import numpy as np
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_positive
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import close, new_figure
+from memjax.experiments.common import new_figure
 from memjax.experiments.sweeps import make_sweep, run_epochs
 from memjax.members import member_accuracy
 from memjax.results import RunDir
@@ -123,7 +123,6 @@ def _figure(final: np.ndarray, data: np.ndarray, shown: int, run_dir: RunDir) ->
         ax.set_title(f"first-layer filters, {d} (Fig. 2)")
         ax.axis("off")
     run_dir.save_figure(fig, "fig2_filters.png")
-    close(fig)
 
 
 def evidence(summary: dict) -> list[dict]:

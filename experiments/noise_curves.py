@@ -23,7 +23,7 @@ import numpy as np
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
 from memjax.data import Dataset, load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import close, new_figure
+from memjax.experiments.common import new_figure
 from memjax.experiments.sweeps import Sweep, first_epoch_at_least, grid, make_sweep, run_epochs
 from memjax.ensemble import ATTACK
 from memjax.members import member_accuracy
@@ -194,7 +194,6 @@ def _figure(summary: dict, run_dir: RunDir) -> None:
         ax.set_title(f"{part.upper()}, {k} (Figs. 7-8)")
         ax.legend(fontsize=8)
     run_dir.save_figure(fig, "fig7_noise_curves.png")
-    close(fig)
     fig, axes = new_figure(ncols=max(len(panels), 1), width=4.5)
     for ax, (part, k) in zip(axes, panels):
         for i, v in enumerate(x for x in summary.values()
@@ -207,4 +206,3 @@ def _figure(summary: dict, run_dir: RunDir) -> None:
         ax.set_title(f"{part.upper()}, {k}: CSR (Figs. 7-8)")
         ax.legend(fontsize=8)
     run_dir.save_figure(fig, "fig8_noise_csr.png")
-    close(fig)

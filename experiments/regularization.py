@@ -27,7 +27,7 @@ import numpy as np
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_positive
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import close, new_figure
+from memjax.experiments.common import new_figure
 from memjax.experiments.sweeps import make_sweep, run_epochs
 from memjax.members import member_accuracy
 from memjax.models import REGULARIZERS
@@ -200,7 +200,6 @@ def _figures(summary: dict, run_dir: RunDir) -> None:
     ax.set_title("Regularizers vs memorization (Fig. 10)")
     ax.legend(fontsize=8)
     run_dir.save_figure(fig, "fig10_regularization.png")
-    close(fig)
     fig, axes = new_figure(ncols=len(regs), width=3.2)
     for ax, reg in zip(axes, regs):
         ps = [p for p in points.values() if p["regularizer"] == reg]
@@ -213,4 +212,3 @@ def _figures(summary: dict, run_dir: RunDir) -> None:
         ax.legend(fontsize=7)
     axes[0].set_ylabel("training loss (solid randY, dashed real)")
     run_dir.save_figure(fig, "fig11_training_loss.png")
-    close(fig)

@@ -26,7 +26,7 @@ from memjax.data import load_dataset, with_noise
 from memjax.data.dataset import Split
 from memjax.ensemble import init_ensemble, make_optimizer
 from memjax.errors import MemjaxError
-from memjax.experiments.common import check_train, close, new_figure
+from memjax.experiments.common import check_train, new_figure
 from memjax.metrics import gini, loss_sensitivity, trainer_order, unrolled_loss_sensitivity
 from memjax.models import build_network
 from memjax.results import RunDir
@@ -182,7 +182,6 @@ def _figures(arrays: dict, conditions, run_dir: RunDir) -> None:
         ax.set_title(f"Loss sensitivity concentration ({title})")
         ax.legend(fontsize=8)
     run_dir.save_figure(fig, "fig3_gini.png")
-    close(fig)
     names = [c for c in conditions if f"per_class_{c}" in arrays]
     if not names:
         return
@@ -194,7 +193,6 @@ def _figures(arrays: dict, conditions, run_dir: RunDir) -> None:
         ax.set_ylabel("class i of the loss term")
         fig.colorbar(image, ax=ax, fraction=0.046)
     run_dir.save_figure(fig, "fig4_per_class.png")
-    close(fig)
 
 
 def evidence(summary: dict) -> list[dict]:

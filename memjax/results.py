@@ -165,8 +165,14 @@ class RunDir:
                 np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
 
     def save_figure(self, fig, name: str) -> None:
-        with atomic_path(self.path / name) as tmp:
-            fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(name).suffix[1:])
+        """Write a matplotlib figure to `name` (atomically) and close it."""
+        import matplotlib.pyplot as plt
+
+        try:
+            with atomic_path(self.path / name) as tmp:
+                fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(name).suffix[1:])
+        finally:
+            plt.close(fig)
 
     def log_metrics(self, record: dict[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl (values copied to the host by the caller).
