@@ -5,8 +5,8 @@
 The paper's setting: MLPs with 2 x 16 hidden units trained by SGD on 1000 MNIST digits
 downscaled to 14 x 14, on real data, random inputs (randX) and random labels (randY), and
 again with one class per example (real and randX, 1000 classes). For every training input x,
-g_x^t = ||dL_t/dx||_1 of the training loss at step t, through the whole trajectory;
-g-bar_x is its mean over the steps so far. On real data a subset of examples dominates
+g_x^t = ||dL_t/dx||_1 of the training loss at step t, through the whole trajectory (x acts
+on L_t only through the steps that trained on it); g-bar_x is its mean over the steps so far. On real data a subset of examples dominates
 (the Gini coefficient of g-bar_x over examples climbs as training proceeds); on noise all
 examples matter alike (low Gini). Also: the 10 x 10 per-class matrices g-bar_{i,j}, and the
 instantaneous sensitivity ||dl_i/dx_i||_1 at the end of training with its Gini.
@@ -39,10 +39,11 @@ CONDITIONS = {"real": ("real", False), "randX": ("randX", False), "randY": ("ran
 
 @dataclass(frozen=True)
 class Config:
-    """every: SGD steps between the chosen steps t (g_x^t is computed at t = 0, every, ...).
-    class_matrix_every: the same for the per-class matrix (each chosen step costs 11
-    backward sweeps there, so it is sampled more sparsely). loss_on: `full` (L_t on every
-    training example at theta_t) or `batch` (on the step-t minibatch).
+    """every: SGD steps between the chosen steps t (g_x^t is computed at t = every,
+    2 every, ...). class_matrix_every: the same for the per-class matrix (each chosen step
+    costs 11 backward sweeps there, so it is sampled more sparsely). loss_on: `full` (L_t on
+    every training example at theta_t) or `batch` (on the step-t minibatch). direct: also
+    count x's own term in L_t (not the paper's definition; chosen steps then start at t = 0).
     per_example_learning_rate: SGD rate of the one-class-per-example conditions (a 1000-way
     read-out from 16 units barely moves at the 10-class rate; None: train.learning_rate)."""
 
@@ -53,6 +54,7 @@ class Config:
     every: int = 60
     class_matrix_every: int = 200
     loss_on: str = "full"
+    direct: bool = False
     per_example_learning_rate: float | None = 0.5
     conditions: tuple[str, ...] = tuple(CONDITIONS)
     cotangent_chunk: int = 64
@@ -98,6 +100,12 @@ def run(config: Config, run_dir: RunDir) -> dict:
     order, weight = trainer_order(tc.seed, members, num_examples=n, batch_size=tc.batch_size,
                                   epochs=tc.epochs, shared_order=tc.shared_order)
     steps_per_epoch = order.shape[1] // tc.epochs
+    if not config.direct:
+        for name in ("every", "class_matrix_every"):
+            if getattr(config, name) >= order.shape[1]:
+                raise MemjaxError(
+                    f"{name}={getattr(config, name)} leaves no chosen step: training takes "
+                    f"{order.shape[1]} SGD steps and the first chosen step is t = {name}")
     arrays: dict[str, np.ndarray] = {}
     summary: dict[str, dict] = {}
     seconds = model_examples = 0.0
@@ -112,7 +120,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
                               np.float32), seed=tc.seed, member_ids=members,
                               learning_rate=lr)
         x, y = jax.device_put(split.x), jax.device_put(split.y)
-        common = dict(learning_rate=lr, loss_on=config.loss_on,
+        common = dict(learning_rate=lr, loss_on=config.loss_on, direct=config.direct,
                       cotangent_chunk=config.cotangent_chunk, member_chunk=tc.member_chunk)
         started = time.perf_counter()
         result = unrolled_loss_sensitivity(network.apply, state.variables, x, y, order, weight,

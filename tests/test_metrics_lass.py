@@ -186,3 +186,21 @@ def test_bf16_search_decides_like_float32(problem):
     np.testing.assert_array_equal(found.critical[0], factors < 1)
     assert found.points.dtype == jnp.float32
     assert np.abs(np.asarray(found.points[0]) - xs[0]).max() <= radius + 1e-6
+
+
+def test_inputs_outside_the_clip_range_stay_within_the_radius():
+    """Unclipped Gaussian inputs (randX) have pixels outside [0, 1]: each point stays within
+    radius of x, and inside [0, 1] where x is."""
+    network = build_network(ModelConfig(hidden=(16,)), 10)
+    state = init_ensemble(network, make_optimizer(), jnp.zeros((1, 6, 6, 1)), seed=0,
+                          member_ids=np.arange(2), learning_rate=0.1)
+    x = np.random.default_rng(0).normal(0.5, 0.6, (30, 6, 6, 1)).astype(np.float32)
+    assert (x < 0).any() and (x > 1).any()
+    r = 0.05
+    found = lass(network.apply, state.variables, x, jax.random.key(0), radius=r,
+                 step_size=0.02, noise_scale=0.01, max_iterations=20)
+    points = np.asarray(found.points)
+    assert np.abs(points - x).max() <= r + 1e-6
+    inside = (x >= 0) & (x <= 1)
+    assert (points[:, inside] >= -1e-7).all() and (points[:, inside] <= 1 + 1e-7).all()
+    assert (points != x).any()  # the search moved

@@ -25,7 +25,8 @@ def test_sensitivity_study(tmp_path):
         train=TrainConfig(members=2, epochs=2, batch_size=20, learning_rate=0.2),
         every=2, class_matrix_every=3, conditions=("randY",))
     out, arrays, summary = _run(sensitivity, config, tmp_path)
-    assert arrays["gini_randY"].shape == (2, 3)  # 6 steps, every 2
+    assert arrays["gini_randY"].shape == (2, 2)  # 6 steps, every 2: t = 2, 4
+    np.testing.assert_array_equal(arrays["steps"], [2, 4])
     assert arrays["per_class_randY"].shape == (2, 10, 10)
     assert arrays["gbar_randY"].shape == (2, 60)
     np.testing.assert_allclose(summary["randY"]["gini_gbar_final"], arrays["gini_randY"][:, -1].mean(),
@@ -36,6 +37,8 @@ def test_sensitivity_study(tmp_path):
     with pytest.raises(MemjaxError):
         sensitivity.run(dataclasses.replace(config, train=dataclasses.replace(
             config.train, momentum=0.9)), RunDir(tmp_path / "c"))
+    with pytest.raises(MemjaxError, match="class_matrix_every=6 leaves no chosen step"):
+        sensitivity.run(dataclasses.replace(config, class_matrix_every=6), RunDir(tmp_path / "d"))
 
 
 def test_one_class_per_example_labels():

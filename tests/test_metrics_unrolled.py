@@ -36,13 +36,15 @@ def problem():
     return {"params": params}, x, y, order, weight
 
 
-def _reference_losses(params, x, y, order, weight, lr, loss_on):
-    """SGD unrolled as a Python loop (float64 under enable_x64); returns L_t^(i) for every
-    step t and class i: [T, C]. order, weight: host arrays [T, B]."""
+def _reference_losses(params, x, y, order, weight, lr, loss_on, x_loss=None):
+    """SGD unrolled as a Python loop (float64 under enable_x64) on inputs x; returns L_t^(i)
+    for every step t and class i, evaluated on x_loss (default x): [T, C]. order, weight:
+    host arrays [T, B]."""
+    x_loss = x if x_loss is None else x_loss
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
 
-    def class_terms(p, idx, w):
-        logits = apply_fn({"params": p}, x[idx])
+    def class_terms(p, idx, w, inputs=x):
+        logits = apply_fn({"params": p}, inputs[idx])
         ce = -jax.nn.log_softmax(logits)[jnp.arange(len(idx)), y[idx]] * w
         return jnp.stack([jnp.where(y[idx] == c, ce, 0.0).sum() for c in range(C)]) / max(
             w.sum(), 1.0)
@@ -50,22 +52,27 @@ def _reference_losses(params, x, y, order, weight, lr, loss_on):
     out = []
     for t in range(len(order)):
         if loss_on == "batch":
-            out.append(class_terms(params, order[t], weight[t]))
+            out.append(class_terms(params, order[t], weight[t], x_loss))
         else:
-            out.append(class_terms(params, np.arange(N), np.ones(N)))
+            out.append(class_terms(params, np.arange(N), np.ones(N), x_loss))
         g = jax.grad(lambda p: class_terms(p, order[t], weight[t]).sum())(params)
         params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, g)
     return jnp.stack(out)
 
 
-@pytest.mark.parametrize("loss_on", ["batch", "full"])
-def test_matches_finite_differences_through_retraining(problem, loss_on):
+@pytest.mark.parametrize("loss_on,direct", [("batch", False), ("full", False),
+                                            ("batch", True), ("full", True)])
+def test_matches_finite_differences_through_retraining(problem, loss_on, direct):
+    """direct=False (the paper's g_x^t): perturb x where SGD trains on it, evaluate L_t on
+    the unperturbed inputs; direct=True: perturb x everywhere."""
     variables, x, y, order, weight = problem
     result = unrolled_loss_sensitivity(apply_fn, variables, x, y, order, weight,
                                        learning_rate=LR, every=2, loss_on=loss_on,
-                                       num_classes=C, cotangent_chunk=2)
-    assert result.per_step.shape == (2, 3, N) and result.per_class.shape == (2, C, C)
-    np.testing.assert_array_equal(result.steps, [0, 2, 4])
+                                       direct=direct, num_classes=C, cotangent_chunk=2)
+    first = 0 if direct else 2
+    k = len(range(first, T, 2))
+    assert result.per_step.shape == (2, k, N) and result.per_class.shape == (2, C, C)
+    np.testing.assert_array_equal(result.steps, np.arange(first, T, 2))
     eps = 1e-6
     with jax.enable_x64():
         for m in range(2):
@@ -73,11 +80,12 @@ def test_matches_finite_differences_through_retraining(problem, loss_on):
             base = np.asarray(x, np.float64).reshape(N, D)
             # every single-coordinate perturbation, each one a full retraining
             shifts = np.eye(N * D).reshape(N * D, N, D) * eps
+            fixed = None if direct else jnp.asarray(base.reshape(x.shape))
             retrain = jax.jit(jax.vmap(lambda xs: _reference_losses(
-                pm, xs.reshape(x.shape), y, order[m], weight[m], LR, loss_on)))
+                pm, xs.reshape(x.shape), y, order[m], weight[m], LR, loss_on, fixed)))
             fd = (retrain(base + shifts) - retrain(base - shifts)) / (2 * eps)  # [N*D, T, C]
             jac = np.moveaxis(np.asarray(fd).reshape(N, D, T, C), (0, 1), (2, 3))  # [T, C, N, D]
-            chosen = jac[::2]  # t = 0, 2, 4
+            chosen = jac[first::2]  # t = 0, 2, 4 (direct) or 2, 4
             per_step = np.abs(chosen.sum(1)).sum(-1)  # ||dL_t/dx||_1: [K, N]
             np.testing.assert_allclose(result.per_step[m], per_step, rtol=2e-3, atol=1e-5)
             np.testing.assert_allclose(result.mean[m], per_step.mean(0), rtol=2e-3, atol=1e-5)
@@ -86,9 +94,37 @@ def test_matches_finite_differences_through_retraining(problem, loss_on):
             np.testing.assert_allclose(result.per_class[m], per_class, rtol=2e-3, atol=1e-5)
             losses = _reference_losses(pm, jnp.asarray(base.reshape(x.shape)), y, order[m],
                                        weight[m], LR, loss_on)
-            np.testing.assert_allclose(result.losses[m], np.asarray(losses)[::2].sum(1), rtol=1e-4)
-    # the trajectory really carries x's influence: examples outside batch 0 still matter later
-    assert (result.per_step[:, 2] > 0).all()
+            np.testing.assert_allclose(result.losses[m], np.asarray(losses)[first::2].sum(1),
+                                       rtol=1e-4)
+    # the trajectory carries x's influence: an example trained on before t = 4 matters then
+    for m in range(2):
+        trained = np.isin(np.arange(N), order[m, :4][weight[m, :4] > 0])
+        assert (np.asarray(result.per_step[m, -1])[trained] > 0).all()
+
+
+def test_without_the_direct_term_untrained_examples_have_no_sensitivity(problem):
+    """An example no step before t trained on cannot influence theta_t: g_x^t = 0 exactly,
+    while the direct term (direct=True, loss on all examples) makes it positive."""
+    variables, x, y, order, weight = problem
+    order = order.copy()
+    order[:, :2] = np.array([[0, 1], [2, 3]])  # steps 0-1 train only on examples 0-3
+    weight = np.ones_like(weight)
+    paper, with_direct = (unrolled_loss_sensitivity(
+        apply_fn, variables, x, y, order, weight, learning_rate=LR, every=2, direct=d)
+        for d in (False, True))
+    assert paper.per_step[:, 0, 4:].max() == 0.0 and paper.per_step[:, 0, :4].min() > 0
+    assert with_direct.per_step[:, 1, 4:].min() > 0
+    # the same trajectory either way
+    for a, b in zip(jax.tree_util.tree_leaves(paper.params),
+                    jax.tree_util.tree_leaves(with_direct.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_grid_without_chosen_steps_is_an_error(problem):
+    variables, x, y, order, weight = problem
+    with pytest.raises(ValueError, match="no chosen step"):
+        unrolled_loss_sensitivity(apply_fn, variables, x, y, order, weight, learning_rate=LR,
+                                  every=T)
 
 
 def test_trajectory_equals_the_ensemble_trainer():
@@ -115,4 +151,4 @@ def test_trajectory_equals_the_ensemble_trainer():
     for a, b in zip(jax.tree_util.tree_leaves(result.params),
                     jax.tree_util.tree_leaves(state.variables["params"])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    assert result.per_step.shape == (2, 2, 40)  # T = 6 steps, every 3 -> t = 0, 3
+    assert result.per_step.shape == (2, 1, 40)  # T = 6 steps, every 3 -> t = 3

@@ -47,7 +47,9 @@ def lass_search(apply_fn: ApplyFn, member_variables, x: jax.Array, key: jax.Arra
     apply_fn(member_variables, x[B, H, W, C]) -> logits [B, classes].
     x: [N, H, W, C] uint8 or float in [0, 1]; radius, step_size, noise_scale in the same
     pixel units as x after scaling (use PAPER_LASS for the paper's values). clip: valid
-    pixel range, or None. key: typed PRNG key; example n draws its noise at iteration i from
+    pixel range, or None; the box is [x - radius, x + radius] cut to that range, and never
+    cut past x itself (a pixel outside the range, as in unclipped Gaussian randX inputs,
+    keeps a box around its own value, so no point is ever farther than radius from x). key: typed PRNG key; example n draws its noise at iteration i from
     fold_in(fold_in(key, example_ids[n]), i) (example_ids default arange(N)), so an
     example's search does not depend on which other examples share the batch.
     compute_dtype "bfloat16": the network's forward and backward passes in bf16 (points,
@@ -63,7 +65,8 @@ def lass_search(apply_fn: ApplyFn, member_variables, x: jax.Array, key: jax.Arra
     example_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
     low, high = x - radius, x + radius
     if clip is not None:
-        low, high = jnp.maximum(low, clip[0]), jnp.minimum(high, clip[1])
+        low = jnp.minimum(jnp.maximum(low, clip[0]), x)
+        high = jnp.maximum(jnp.minimum(high, clip[1]), x)
 
     def probe(points, label=None):
         """(logits at points, label, sign of d CE(logits, label) / d points): one forward

@@ -1,7 +1,8 @@
 """The paper's loss sensitivity (PAPER.md E2): g_x^t = ||dL_t/dx||_1, the gradient of the
 step-t training loss with respect to every training input x, through the whole unrolled SGD
-trajectory theta_0 -> theta_t (x influences theta_t through every step that trained on it,
-and L_t directly when it is in the loss).
+trajectory theta_0 -> theta_t: x acts on L_t through every step that trained on it. By
+default (the paper's definition) that is all: L_t is evaluated with x held fixed, so an
+example's own term in L_t adds nothing; `direct=True` adds that direct term.
 
 One forward pass records the losses L_t at the chosen steps; reverse mode through the
 lax.scan then gives dL_t/dx for all inputs at once, one backward sweep per chosen step
@@ -61,8 +62,12 @@ def trainer_order(seed: int, member_ids: jax.Array, *, num_examples: int, batch_
     return jax.vmap(member)(jnp.asarray(member_ids))
 
 
-def _one_member(apply_fn, variables, order, weight, lr, x, y, *, every, loss_on, ord,
+def _one_member(apply_fn, variables, order, weight, lr, x, y, *, every, loss_on, direct, ord,
                 num_classes, cotangent_chunk):
+    # Without the direct term g_x^0 is 0 (nothing has trained yet): the grid starts at `every`.
+    skip = 0 if direct else every
+    head = (order[:skip], weight[:skip])
+    order, weight = order[skip:], weight[skip:]
     steps, batch = order.shape
     k = -(-steps // every)
     pad = k * every - steps
@@ -80,6 +85,8 @@ def _one_member(apply_fn, variables, order, weight, lr, x, y, *, every, loss_on,
         return by_class / jnp.maximum(w.sum(), 1.0)
 
     def losses(xs):
+        seen = xs if direct else jax.lax.stop_gradient(xs)  # the inputs L_t is evaluated on
+
         @jax.checkpoint
         def sgd_step(params, inputs):
             idx, w = inputs
@@ -90,13 +97,14 @@ def _one_member(apply_fn, variables, order, weight, lr, x, y, *, every, loss_on,
         def segment(params, inputs):
             idx, w = inputs  # [every, batch]: L_t at theta_t, then `every` SGD steps
             if loss_on == "batch":
-                loss = class_terms(params, xs, idx[0], w[0])
+                loss = class_terms(params, seen, idx[0], w[0])
             else:
-                loss = class_terms(params, xs, jnp.arange(y.shape[0]), jnp.ones(y.shape[0]))
+                loss = class_terms(params, seen, jnp.arange(y.shape[0]), jnp.ones(y.shape[0]))
             params, _ = jax.lax.scan(sgd_step, params, (idx, w))
             return params, loss
 
-        params, loss = jax.lax.scan(segment, variables["params"], (order, weight))
+        params, _ = jax.lax.scan(sgd_step, variables["params"], head)
+        params, loss = jax.lax.scan(segment, params, (order, weight))
         return loss, params  # [K, classes]
 
     loss, vjp, params = jax.vjp(losses, as_float(x), has_aux=True)
@@ -125,11 +133,12 @@ def _one_member(apply_fn, variables, order, weight, lr, x, y, *, every, loss_on,
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "apply_fn", "every", "loss_on", "ord", "num_classes", "cotangent_chunk", "member_chunk"))
+    "apply_fn", "every", "loss_on", "direct", "ord", "num_classes", "cotangent_chunk",
+    "member_chunk"))
 def unrolled_loss_sensitivity(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array,
                               order: jax.Array, weight: jax.Array | None = None, *,
                               learning_rate: float | jax.Array, every: int = 1,
-                              loss_on: str = "full", ord: float = 1,
+                              loss_on: str = "full", direct: bool = False, ord: float = 1,
                               num_classes: int | None = None, cotangent_chunk: int = 16,
                               member_chunk: int | None = None) -> UnrolledSensitivity:
     """Loss sensitivity through the unrolled SGD trajectory, for every member.
@@ -137,12 +146,14 @@ def unrolled_loss_sensitivity(apply_fn: ApplyFn, variables, x: jax.Array, y: jax
     Each member m trains from variables[m] by plain SGD (no momentum or weight decay) on
     minibatches order[m, s] (weights weight[m, s]): theta_{s+1} = theta_s - lr * grad of the
     weighted mean cross-entropy of batch s, exactly as `memjax.train.make_train_epoch` does.
-    At the chosen steps t = 0, every, 2 * every, ... (< T), L_t is the training loss at
+    At the chosen steps t = every, 2 * every, ... (< T), L_t is the training loss at
     theta_t: on all N examples (loss_on="full", the default) or on batch t only
-    (loss_on="batch": the loss SGD takes at step t; x outside batch t then acts only
-    through the trajectory), and
+    (loss_on="batch": the loss SGD takes at step t), and
         g_x^t = || dL_t / dx ||_ord   for every training input x,
-    the derivative taken through theta_t's dependence on x along the trajectory.
+    the derivative taken through theta_t's dependence on x along the trajectory (PAPER.md
+    E2: x acts on L_t only as an earlier training example). direct=True also counts x's
+    own term in L_t (the instantaneous dl(x)/dx, weighted as in L_t); the chosen steps then
+    start at t = 0, where that term is all there is.
 
     apply_fn: `Network.apply` of a model without mutable state or dropout (the paper's MLP).
     variables: stacked [M, ...]; only variables["params"] are trained.
@@ -152,16 +163,22 @@ def unrolled_loss_sensitivity(apply_fn: ApplyFn, variables, x: jax.Array, y: jax
     num_classes: set to also return the per-class matrix (PAPER.md's g-bar_{i,j}); it
     costs num_classes more backward sweeps. cotangent_chunk: chosen steps differentiated
     together (memory: cotangent_chunk x N x H x W x C floats per member).
-    Returns an UnrolledSensitivity ([M, K, N] per step, [M, N] mean, ...), K = ceil(T / every).
+    Returns an UnrolledSensitivity ([M, K, N] per step, [M, N] mean, ...), K = the number of
+    chosen steps: ceil((T - every) / every), or ceil(T / every) with direct=True.
     """
     if loss_on not in LOSS_ON:
         raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
+    first = 0 if direct else every
+    if order.shape[1] <= first:
+        raise ValueError(f"no chosen step: the trajectory has {order.shape[1]} steps and "
+                         f"the first chosen step is t = every = {every}")
     m = order.shape[0]
     weight = jnp.ones(order.shape, jnp.float32) if weight is None else weight
     lr = jnp.broadcast_to(jnp.asarray(learning_rate, jnp.float32), (m,))
     fn = functools.partial(_one_member, apply_fn, x=x, y=y, every=every, loss_on=loss_on,
-                           ord=ord, num_classes=num_classes, cotangent_chunk=cotangent_chunk)
+                           direct=direct, ord=ord, num_classes=num_classes,
+                           cotangent_chunk=cotangent_chunk)
     per_step, per_class, losses, params = map_members(
         lambda v, o, w, l: fn(v, o, w, l), member_chunk)(variables, order, weight, lr)
-    steps = jnp.arange(0, order.shape[1], every)
+    steps = jnp.arange(first, order.shape[1], every)
     return UnrolledSensitivity(per_step, per_step.mean(1), per_class, steps, losses, params)
