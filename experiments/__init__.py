@@ -1,5 +1,6 @@
 """The studies of PAPER.md, one thin module each: a frozen `Config`, its `PRESETS`
-(smoke / cpu / paper), `run(config, run_dir) -> dict` and `evidence(summary) -> list` (the
+(smoke / cpu / paper), `check(config)` (what the config alone shows wrong, raised as
+MemjaxError before anything runs; `run` calls it too), `run(config, run_dir) -> dict` and `evidence(summary) -> list` (the
 lines `memjax reproduce` puts under PAPER.md's claims). Installed as memjax.experiments."""
 
 # name on the command line -> module in this package

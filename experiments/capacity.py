@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import jax
 import numpy as np
 
-from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
+from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_fraction, check_nonnegative,
+                           check_positive)
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import new_figure
@@ -56,14 +57,20 @@ def conditions(config: Config) -> list[tuple[str, float]]:
     return [("real", 0.0)] + [(k, p) for k in config.noise_kinds for p in config.noise_levels]
 
 
-def run(config: Config, run_dir: RunDir) -> dict:
+def check(config: Config) -> None:
+    """The checks the config alone allows, before anything runs (MemjaxError)."""
     for p in config.noise_levels:
         check_fraction("noise level", p)
     check_positive(members=config.train.members, epochs=config.train.epochs)
+    check_nonnegative("tolerance", config.tolerance)
     if set(config.noise_kinds) - {"randX", "randY"}:
         raise MemjaxError(f"noise kinds must be randX or randY, got {config.noise_kinds}")
     if not config.widths or max(config.widths) > max(config.model.hidden):
         raise MemjaxError(f"widths must be in 1..{max(config.model.hidden)} (model.hidden)")
+
+
+def run(config: Config, run_dir: RunDir) -> dict:
+    check(config)
     dataset = load_dataset(config.data)
     conds = conditions(config)
     cells = grid(cond=list(range(len(conds))), width=list(config.widths),
@@ -115,8 +122,8 @@ def summarize(conds, width_axis, kind, level, widths, best, tolerance) -> dict:
     for k, p in conds:
         curve = [float(best[(kind == k) & np.isclose(level, p) & (widths == w)].mean())
                  for w in width_axis]
-        top = max(curve)
-        needed = next(w for w, a in zip(width_axis, curve) if a >= top - tolerance)
+        top = float(np.nanmax(curve))  # (NaN: a width whose every member diverged)
+        needed = next((w for w, a in zip(width_axis, curve) if a >= top - tolerance), None)
         out[f"{k}_{p:g}"] = {"kind": k, "level": p, "best_validation_accuracy": curve,
                              "widths": list(width_axis), "max": top,
                              "width_to_reach_best": needed, "tolerance": tolerance}

@@ -21,6 +21,7 @@ from memjax.experiments.common import new_figure, train_ensemble
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive,
                            validate)
 from memjax.data import load_dataset, with_noise
+from memjax.data.noise import INPUT_NOISE_STATS
 from memjax.errors import MemjaxError
 from memjax.metrics.consistency import (binomial_reference, class_binomial_reference,
                                         misclassification_rate)
@@ -50,13 +51,21 @@ PRESETS = {
 }
 
 
-def run(config: Config, run_dir: RunDir) -> dict:
+def check(config: Config) -> None:
+    """The checks the config alone allows, before anything runs (MemjaxError)."""
     validate(config)
     check_fraction("noise fraction", config.noise_fraction)
     check_positive(tracked=config.tracked)
     unknown = set(config.conditions) - set(CONDITIONS)
     if unknown:
         raise MemjaxError(f"unknown condition(s) {sorted(unknown)}; known: {', '.join(CONDITIONS)}")
+    if config.input_noise_stats not in INPUT_NOISE_STATS:
+        raise MemjaxError(f"input_noise_stats must be one of {', '.join(INPUT_NOISE_STATS)}, "
+                          f"got {config.input_noise_stats!r}")
+
+
+def run(config: Config, run_dir: RunDir) -> dict:
+    check(config)
     dataset = load_dataset(config.data)
     n = len(dataset.train)
     if config.tracked > n:

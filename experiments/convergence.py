@@ -56,11 +56,16 @@ PRESETS = {
 }
 
 
-def run(config: Config, run_dir: RunDir) -> dict:
+def check(config: Config) -> None:
+    """The checks the config alone allows, before anything runs (MemjaxError)."""
     for p in config.noise_levels:
         check_fraction("noise level", p)
     check_fraction("threshold", config.threshold)
     check_positive(members=config.train.members, epochs=config.train.epochs)
+
+
+def run(config: Config, run_dir: RunDir) -> dict:
+    check(config)
     dataset = load_dataset(config.data)
     n = len(dataset.train)
     if max(config.widths + (config.width_for_sizes,)) > max(config.model.hidden):

@@ -64,7 +64,8 @@ PRESETS = {
 }
 
 
-def run(config: Config, run_dir: RunDir) -> dict:
+def check(config: Config) -> None:
+    """The checks the config alone allows, before anything runs (MemjaxError)."""
     check_fraction("noise fraction", config.noise_fraction)
     check_positive(examples=config.examples, max_iterations=config.max_iterations,
                    lass_chunk=config.lass_chunk)
@@ -73,7 +74,14 @@ def run(config: Config, run_dir: RunDir) -> dict:
     unknown = set(config.conditions) - set(CONDITIONS)
     if unknown:
         raise MemjaxError(f"unknown condition(s) {sorted(unknown)}; known: {', '.join(CONDITIONS)}")
+
+
+def run(config: Config, run_dir: RunDir) -> dict:
+    check(config)
     dataset = load_dataset(config.data)
+    if config.examples is not None and config.examples > len(dataset.validation):
+        raise MemjaxError(f"examples={config.examples} is more than the "
+                          f"{len(dataset.validation)} validation images (None: all of them)")
     validation = dataset.validation.take(config.examples)
     x_val, y_val = jax.device_put(validation.x), jax.device_put(validation.y)
     tc = config.train
@@ -120,7 +128,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
             "csr_max_epoch_mean": float(csr.mean(1).max()),
             "validation_accuracy_last": float(arrays[f"validation_accuracy_{condition}"][-1].mean()),
             "train_accuracy_last": float(arrays[f"train_accuracy_{condition}"][-1].mean()),
-            # what was searched: `examples` caps it at the validation split's size
+            # what was searched (examples None: the whole validation split)
             "examples_searched": int(validation.y.shape[0]),
         }
     arrays["epochs"] = np.arange(1, tc.epochs + 1)

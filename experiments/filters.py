@@ -61,10 +61,15 @@ def adjacent_correlation(delta: np.ndarray) -> np.ndarray:
     return np.asarray(out)
 
 
-def run(config: Config, run_dir: RunDir) -> dict:
+def check(config: Config) -> None:
+    """The checks the config alone allows, before anything runs (MemjaxError)."""
     check_positive(members=config.train.members, epochs=config.train.epochs, shown=config.shown)
     if config.model.kind != "cnn":
         raise MemjaxError("filters needs model.kind=cnn")
+
+
+def run(config: Config, run_dir: RunDir) -> dict:
+    check(config)
     dataset = load_dataset(config.data)
     reps = config.train.members
     data = np.array(["real"] * reps + ["randY"] * reps)

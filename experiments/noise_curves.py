@@ -81,17 +81,28 @@ def epoch_evaluation(sweep: Sweep, dataset: Dataset, validation: tuple[jax.Array
             "validation_csr": np.asarray(critical_sample_ratio(found.critical))}
 
 
-def run(config: Config, run_dir: RunDir) -> dict:
+def _parts(config: Config) -> list[tuple]:
+    parts = [("mlp", config.data, config.model, config.train)]
+    if config.cnn:
+        parts.append(("cnn", config.cnn_data, config.cnn_model, config.cnn_train))
+    return parts
+
+
+def check(config: Config) -> None:
+    """The checks the config alone allows, before anything runs (MemjaxError)."""
     for p in config.noise_levels:
         check_fraction("noise level", p)
     if set(config.noise_kinds) - {"randX", "randY"}:
         raise MemjaxError(f"noise kinds must be randX or randY, got {config.noise_kinds}")
-    parts = [("mlp", config.data, config.model, config.train)]
-    if config.cnn:
-        parts.append(("cnn", config.cnn_data, config.cnn_model, config.cnn_train))
-    summary, arrays, seconds, examples = {}, {}, 0.0, 0.0
-    for name, data, model, train in parts:
+    check_positive(csr_examples=config.csr_examples)
+    for _, _, _, train in _parts(config):
         check_positive(members=train.members, epochs=train.epochs)
+
+
+def run(config: Config, run_dir: RunDir) -> dict:
+    check(config)
+    summary, arrays, seconds, examples = {}, {}, 0.0, 0.0
+    for name, data, model, train in _parts(config):
         s, a, sweep = _run_part(name, data, model, train, config, run_dir)
         summary.update(s)
         arrays.update(a)
@@ -105,6 +116,10 @@ def run(config: Config, run_dir: RunDir) -> dict:
 
 def _run_part(name, data, model, train, config, run_dir):
     dataset = load_dataset(data)
+    if config.csr_examples is not None and config.csr_examples > len(dataset.validation):
+        raise MemjaxError(f"csr_examples={config.csr_examples} is more than the "
+                          f"{len(dataset.validation)} validation images of the {name} part "
+                          f"(None: all of them)")
     conds = [("real", 0.0)] + [(k, p) for k in config.noise_kinds for p in config.noise_levels]
     cells = grid(cond=list(range(len(conds))), repeat=list(range(train.members)))
     kind = np.array([conds[c][0] for c in cells["cond"]])

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import jax
 import numpy as np
 
-from memjax.config import DataConfig, ModelConfig, TrainConfig, check_positive
+from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import new_figure
@@ -94,8 +94,16 @@ def members(config: Config) -> dict[str, np.ndarray]:
     return out
 
 
-def run(config: Config, run_dir: RunDir) -> dict:
+def check(config: Config) -> None:
+    """The checks the config alone allows, before anything runs (MemjaxError)."""
     check_positive(members=config.train.members, epochs=config.train.epochs)
+    for w in config.adversarial_weight:
+        check_fraction("adversarial_weight", w)
+    members(config)
+
+
+def run(config: Config, run_dir: RunDir) -> dict:
+    check(config)
     rows = members(config)
     dataset = load_dataset(config.data)
     sweep = make_sweep(config.model, config.train, dataset, dataset.train,

@@ -81,7 +81,8 @@ def _condition_split(train: Split, condition: str, num_classes: int, seed: int) 
     return split, num_classes
 
 
-def run(config: Config, run_dir: RunDir) -> dict:
+def check(config: Config) -> None:
+    """The checks the config alone allows, before anything runs (MemjaxError)."""
     check_positive(every=config.every, class_matrix_every=config.class_matrix_every,
                    cotangent_chunk=config.cotangent_chunk)
     unknown = set(config.conditions) - set(CONDITIONS)
@@ -92,6 +93,10 @@ def run(config: Config, run_dir: RunDir) -> dict:
     if config.train.momentum or config.train.weight_decay or config.train.lr_halving_epochs:
         raise MemjaxError("the unrolled trajectory is plain SGD: momentum, weight decay and "
                           "learning-rate halving must be off")
+
+
+def run(config: Config, run_dir: RunDir) -> dict:
+    check(config)
     dataset = load_dataset(config.data)
     n = len(dataset.train)
     tc = config.train

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from memjax.config import override, validate
+from memjax.config import override
 from memjax.errors import MemjaxError
 
 
@@ -41,14 +41,14 @@ def build_config(module, args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from memjax.reproduce import run_experiment
+    from memjax.reproduce import check_config, run_experiment
     from memjax.results import RunDir, differences_from_run
     from memjax.sharding import initialize_distributed, is_writer
 
     several = initialize_distributed()
     module = _experiment(args.experiment)
     config = build_config(module, args)
-    validate(config)
+    check_config(module, config)
     if args.resume and not args.out:
         raise MemjaxError("--resume needs --out DIR, the run directory to continue")
     if args.resume and args.overwrite:

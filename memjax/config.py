@@ -6,6 +6,7 @@ Each study (experiments/) composes these into its own frozen config and defines 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass
@@ -173,9 +174,9 @@ def validate(config: Any, prefix: str = "") -> None:
     Applies everywhere in the (nested) config: counts and widths (members, epochs,
     batch_size, hidden, ... and any `*_size`) must be positive; fractions (`*fraction*`,
     `*fractions`, `*rate*` of dropout) must lie in [0, 1]; radii (`r`, `radius`,
-    `*_radius`), step sizes and regularizer strengths must be >= 0; the learning rate must
-    be positive and finite; seeds in [0, 2^31 - 1]; a data set name must be known and an
-    `npz:PATH` file readable. Checks that need the data (batch size against the number of
+    `*_radius`), step sizes and regularizer strengths must be >= 0; every number must be
+    finite; the learning rate positive; momentum in [0, 1); seeds in [0, 2^31 - 1]; a data
+    set name must be known and an `npz:PATH` file readable. Checks that need the data (batch size against the number of
     examples) happen when it is loaded.
     """
     for f in dataclasses.fields(config):
@@ -190,9 +191,14 @@ def validate(config: Any, prefix: str = "") -> None:
             raise MemjaxError(f"{label} needs at least one value")
         numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for v in numbers:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise MemjaxError(f"{label} must be a finite number, got {v}")
             if name in ("learning_rate", "learning_rates"):
-                if not 0 < v < float("inf"):
-                    raise MemjaxError(f"{label} must be a positive finite number, got {v}")
+                if not v > 0:
+                    raise MemjaxError(f"{label} must be positive, got {v}")
+            elif name == "momentum":
+                if not 0 <= v < 1:
+                    raise MemjaxError(f"{label} must be in [0, 1), got {v}")
             elif name.endswith("seed"):
                 if not 0 <= v <= MAX_SEED:
                     raise MemjaxError(f"{label} must be an integer in [0, {MAX_SEED}], got {v}")
@@ -203,8 +209,6 @@ def validate(config: Any, prefix: str = "") -> None:
                 check_fraction(label, v)
             elif name in _NONNEGATIVE or name.endswith("radius") or name.endswith("_std"):
                 check_nonnegative(label, v)
-            if isinstance(v, float) and v != v:
-                raise MemjaxError(f"{label} must be a number, got NaN")
     if isinstance(config, DataConfig):
         _check_data(config, prefix)
     if isinstance(config, ModelConfig) and config.kind not in KNOWN_MODELS:
@@ -215,6 +219,9 @@ def _check_data(config: DataConfig, prefix: str) -> None:
     name = config.name
     if name.startswith("npz:"):
         path = name[4:]
+        if os.path.isdir(path):
+            raise MemjaxError(f"data file {path} is a directory; npz:PATH names an .npz file "
+                              f"(for a folder of <name>.npz files use --data-dir)")
         if not os.path.isfile(path):
             raise MemjaxError(f"data file {path} does not exist")
         if not os.access(path, os.R_OK):
@@ -222,4 +229,5 @@ def _check_data(config: DataConfig, prefix: str) -> None:
     elif name not in KNOWN_DATASETS:
         raise MemjaxError(f"unknown dataset {name!r}; use embedded, mnist, cifar10 or npz:PATH")
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
-        raise MemjaxError(f"data directory {config.data_dir} does not exist")
+        what = "is a file, not a directory" if os.path.exists(config.data_dir) else "does not exist"
+        raise MemjaxError(f"data directory {config.data_dir} {what}")

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from memjax.config import override, to_dict
+from memjax.config import override, to_dict, validate
 from memjax.errors import MemjaxError
 from memjax.results import RunDir, atomic_path, differences_from_run
 
@@ -35,6 +35,13 @@ def registered() -> dict[str, object]:
 
     return {name: importlib.import_module(f"memjax.experiments.{module}")
             for name, module in EXPERIMENTS.items()}
+
+
+def check_config(module, config) -> None:
+    """Everything the config alone shows wrong (memjax.config.validate and the study's own
+    `check`), before a run directory is made or anything trained."""
+    validate(config)
+    module.check(config)
 
 
 def run_experiment(name: str, module, config, run_dir: RunDir) -> dict:
@@ -79,6 +86,8 @@ def reproduce(preset: str, out: str | Path, *, only: list[str] | None = None,
     if unknown:
         raise MemjaxError(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(modules)}")
     configs = {n: preset_config(modules[n], preset, data_dir) for n in names}
+    for n in names:
+        check_config(modules[n], configs[n])
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

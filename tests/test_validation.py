@@ -34,8 +34,23 @@ def _error(capsys, argv) -> str:
     (SMOKE + ["--members", "0"], "train.members must be positive, got 0"),
     (SMOKE + ["--set", "train.epochs=0"], "train.epochs must be positive"),
     (SMOKE + ["--set", "train.batch_size=-1"], "train.batch_size must be positive"),
-    (SMOKE + ["--set", "train.learning_rate=0"], "train.learning_rate must be a positive finite"),
-    (SMOKE + ["--set", "train.learning_rate=inf"], "train.learning_rate must be a positive finite"),
+    (SMOKE + ["--set", "train.learning_rate=0"], "train.learning_rate must be positive, got 0"),
+    (SMOKE + ["--set", "train.learning_rate=inf"], "train.learning_rate must be a finite number"),
+    (SMOKE + ["--set", "train.weight_decay=inf"], "train.weight_decay must be a finite number"),
+    (SMOKE + ["--set", "train.momentum=1"], "train.momentum must be in [0, 1), got 1.0"),
+    (SMOKE + ["--set", "input_noise_stats=foo"], "input_noise_stats must be one of per_pixel"),
+    (["run", "capacity", "--preset", "smoke", "--set", "tolerance=-1"],
+     "tolerance must be >= 0"),
+    (["run", "noise-curves", "--preset", "smoke", "--set", "csr_examples=0"],
+     "csr_examples must be positive"),
+    (["run", "regularization", "--preset", "smoke", "--set", "adversarial_weight=2",
+      "--set", "adversarial_dropout=0.5"], "adversarial_weight must be in [0, 1], got 2.0"),
+    (["run", "regularization", "--preset", "smoke", "--set", "adversarial_weight=0.5,0.5"],
+     "adversarial_weight and adversarial_dropout must pair up"),
+    (["run", "filters", "--preset", "smoke", "--set", "model.kind=mlp"], "needs model.kind=cnn"),
+    (["run", "sensitivity", "--preset", "smoke", "--set", "loss_on=all"], "loss_on must be"),
+    (["run", "csr", "--preset", "smoke", "--set", "conditions=real,nope"], "unknown condition"),
+    (SMOKE + ["--dataset", "npz:/"], "data file / is a directory"),
     (SMOKE + ["--seed", "2147483648"], "train.seed must be an integer in [0, 2147483647]"),
     (SMOKE + ["--seed", "-1"], "train.seed must be an integer in [0, 2147483647], got -1"),
     (SMOKE + ["--set", "data.data_seed=-5"], "data.data_seed must be an integer in"),
@@ -55,6 +70,31 @@ def test_bad_setting_is_one_line_before_anything_runs(capsys, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert message in _error(capsys, args)
     assert not (tmp_path / "runs").exists()  # refused before a run directory was made
+
+
+def test_data_dir_that_is_a_file(capsys, tmp_path):
+    (tmp_path / "f").write_text("")
+    assert "is a file, not a directory" in _error(
+        capsys, SMOKE + ["--dataset", "mnist", "--data-dir", str(tmp_path / "f")])
+
+
+@pytest.mark.parametrize("args, message", [
+    (SMOKE + ["--set", "data.downscale=3"], "downscale 3 does not divide embedded's 28 x 28"),
+    (["run", "csr", "--preset", "smoke", "--set", "examples=100000"],
+     "examples=100000 is more than the"),
+])
+def test_bad_setting_for_the_data_is_one_line(capsys, tmp_path, args, message):
+    assert message in _error(capsys, args + ["--out", str(tmp_path / "run")])
+
+
+def test_npz_labels_that_skip_classes_are_noted(capsys, tmp_path):
+    from memjax.data.sources import read_npz
+
+    x = np.zeros((4, 2, 2), np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.array([0, 255, 255, 0]), x_test=x,
+             y_test=np.zeros(4, int))
+    read_npz(tmp_path / "d.npz")
+    assert "2 distinct labels but the largest is 255, so models get 256" in capsys.readouterr().err
 
 
 def test_unwritable_output_directory(capsys, tmp_path):
@@ -159,7 +199,8 @@ class _LassConfig:
     ({"radius": -0.1}, "radius must be >= 0, got -0.1"),
     ({"max_iterations": 0}, "max_iterations must be positive"),
     ({"noise_fractions": (0.2, 1.2)}, "noise_fractions must be in [0, 1], got 1.2"),
-    ({"radius": float("nan")}, "radius must be a number"),
+    ({"radius": float("nan")}, "radius must be a finite number, got nan"),
+    ({"step_size": float("inf")}, "step_size must be a finite number, got inf"),
 ])
 def test_validate_applies_name_rules_to_any_study_config(change, message):
     validate(_LassConfig())

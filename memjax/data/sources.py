@@ -9,6 +9,7 @@ before falling back to `tfds.load`.
 from __future__ import annotations
 
 import os
+import sys
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -47,10 +48,13 @@ def load_dataset(config: DataConfig) -> Dataset:
         if size is not None and size > available:
             raise MemjaxError(f"{split_name} size {size} is larger than the {available} "
                               f"examples {name} has")
+    h, w = dataset.train.x.shape[1:3]
+    if h % config.downscale or w % config.downscale:
+        raise MemjaxError(f"downscale {config.downscale} does not divide {name}'s {h} x {w} "
+                          f"images (it average-pools {config.downscale} x {config.downscale} "
+                          f"blocks)")
     train = downscale(dataset.train.take(config.train_size), config.downscale)
     validation = downscale(dataset.validation.take(config.validation_size), config.downscale)
-    if train.x.shape[1] == 0:
-        raise MemjaxError(f"downscale {config.downscale} is too large for {name}'s images")
     return Dataset(dataset.name, train, validation, dataset.num_classes)
 
 
@@ -113,6 +117,11 @@ def read_npz(path: Path, image_shape: tuple[int, ...] | None = None) -> dict[str
                               f"got {y.dtype} {y.shape}")
         if y.size and y.min() < 0:
             raise MemjaxError(f"{path}: y_{part} has negative labels")
+        if part == "train" and y.size and len(np.unique(y)) < int(y.max()) + 1:
+            # the class count is the largest label + 1: labels 3, 7, 255 make 256 classes
+            print(f"memjax: note: {path}: y_train holds {len(np.unique(y))} distinct labels "
+                  f"but the largest is {int(y.max())}, so models get {int(y.max()) + 1} "
+                  f"classes; labels are class indices 0..K-1", file=sys.stderr)
         shape = x.shape[1:] if x.ndim == 4 else x.shape[1:] + (1,)
         if image_shape is not None and shape != image_shape:
             raise MemjaxError(f"{path}: x_{part} images are {shape}, expected {image_shape}")
