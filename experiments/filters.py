@@ -30,7 +30,7 @@ from memjax.results import RunDir
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=lambda: DataConfig(name="cifar10"))
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(kind="cnn"))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(kind="cnn", batchnorm=True))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         members=1, epochs=50, momentum=0.9, lr_halving_epochs=15))
     shown: int = 64  # filters drawn per member

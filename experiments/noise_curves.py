@@ -44,7 +44,7 @@ class Config:
     # The CIFAR-10 CNN part (Fig. 8), run after the MLP part when cnn=True.
     cnn: bool = False
     cnn_data: DataConfig = field(default_factory=lambda: DataConfig(name="cifar10"))
-    cnn_model: ModelConfig = field(default_factory=lambda: ModelConfig(kind="cnn"))
+    cnn_model: ModelConfig = field(default_factory=lambda: ModelConfig(kind="cnn", batchnorm=True))
     cnn_train: TrainConfig = PAPER_CNN_TRAIN
     high_train_accuracy: float = 0.9  # "training accuracy gets high"
     csr_examples: int | None = 1000  # validation images searched by LASS each epoch

@@ -94,7 +94,11 @@ class PaperCNN(nn.Module):
     regularized: bool = False  # input regularizers after the crop, hidden ones after dense ReLUs
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False,
+                 example_mask: jax.Array | None = None) -> jax.Array:
+        """example_mask: [batch] bool, the rows BatchNorm's training statistics count (the
+        trainer's zero-weight rows, padding and examples outside a member's subset, must
+        not shift them); None: all rows."""
         c = self.crop
         if c:
             x = x[:, c:-c, c:-c, :]
@@ -102,10 +106,17 @@ class PaperCNN(nn.Module):
         if regularize is not None:
             x = regularize(x, "input", train)
 
+        if example_mask is not None:
+            # a batch without counted rows is no step (the trainer discards it); keep its
+            # statistics finite
+            example_mask = example_mask | ~example_mask.any()
+
         def norm(h):
             if not self.batchnorm:
                 return h
-            return nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+            mask = None if example_mask is None or not train else \
+                example_mask.reshape((-1,) + (1,) * (h.ndim - 1))
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9)(h, mask=mask)
 
         for _ in range(2):
             x = nn.relu(norm(nn.Conv(self.channels, (5, 5), padding="SAME")(x)))
@@ -132,15 +143,19 @@ class Network:
         """Evaluation-mode logits [batch, classes] for x: [batch, H, W, C] in [0, 1]."""
         return self.module.apply(variables, x, train=False)
 
-    def apply_train(self, variables: Variables, x: jax.Array,
-                    rng: jax.Array) -> tuple[jax.Array, Variables]:
+    def apply_train(self, variables: Variables, x: jax.Array, rng: jax.Array,
+                    example_mask: jax.Array | None = None) -> tuple[jax.Array, Variables]:
         """Training-mode logits and the updated non-parameter collections (BN statistics);
-        rng drives stochastic layers (dropout)."""
+        rng drives stochastic layers (dropout). example_mask: [batch] bool, the rows that
+        count in BatchNorm's statistics (None: all)."""
         mutable = [k for k in variables if k != "params"]
         rngs = {"dropout": rng}
         if not mutable:
             return self.module.apply(variables, x, train=True, rngs=rngs), {}
-        logits, updates = self.module.apply(variables, x, train=True, rngs=rngs, mutable=mutable)
+        counted = example_mask is not None and "batch_stats" in variables
+        extra = {"example_mask": example_mask} if counted else {}
+        logits, updates = self.module.apply(variables, x, train=True, rngs=rngs, mutable=mutable,
+                                            **extra)
         return logits, dict(updates)
 
 

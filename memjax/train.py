@@ -78,7 +78,7 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
                     xc = xb.astype(compute_dtype)
                     pc = jax.tree_util.tree_map(lambda p: p.astype(compute_dtype), params)
                 logits, updates = network.apply_train(
-                    {**variables, "params": pc}, xc, jax.random.fold_in(dropout_key, t))
+                    {**variables, "params": pc}, xc, jax.random.fold_in(dropout_key, t), w > 0)
                 logits = logits.astype(jnp.float32)
                 losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
                 if view.adversarial_weight is not None:
@@ -86,7 +86,7 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
                     x_adv = jax.lax.stop_gradient(
                         adversarial_examples(network.apply, current, xb, yb, search_key))
                     adv_logits, updates = network.apply_train(
-                        {**current, **updates}, x_adv, drop_key)
+                        {**current, **updates}, x_adv, drop_key, w > 0)
                     a = view.adversarial_weight
                     losses = (1 - a) * losses + a * optax.softmax_cross_entropy_with_integer_labels(
                         adv_logits, yb)

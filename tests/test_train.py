@@ -147,6 +147,41 @@ def test_cnn_trains_with_and_without_batchnorm():
         assert (m["train_loss"] < m0["train_loss"]).all()
 
 
+def test_batchnorm_statistics_count_only_the_weighted_rows():
+    """The last batch is padded with zero-weight rows: BatchNorm's batch statistics (and so
+    the loss, the gradient and the running averages) must be those of the real rows alone.
+    Reference: each member's steps by hand on just its weighted rows."""
+    from memjax.metrics import trainer_order
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 256, (40, 12, 12, 3), dtype=np.uint8))
+    y = jnp.asarray(rng.integers(0, 10, 40).astype(np.int32))
+    network = build_network(ModelConfig(kind="cnn", batchnorm=True, conv_channels=4), 10)
+    tx = make_optimizer()
+    state = init_ensemble(network, tx, jnp.zeros((1, 12, 12, 3)), seed=3,
+                          member_ids=np.arange(2), learning_rate=0.05)
+    start = state.variables
+    trained, _ = make_train_epoch(network, tx, batch_size=32)(state, 3, x, y)
+    order, weight = trainer_order(3, np.arange(2), num_examples=40, batch_size=32, epochs=1)
+    assert (np.asarray(weight)[:, -1] == 0).any()  # the padded last batch
+
+    def loss_fn(params, variables, xb, yb):
+        logits, updates = network.module.apply({**variables, "params": params}, as_float(xb),
+                                               train=True, mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), updates
+
+    for m in range(2):
+        variables = jax.tree_util.tree_map(lambda a: a[m], start)
+        for idx, w in zip(np.asarray(order[m]), np.asarray(weight[m])):
+            rows = idx[w > 0]
+            grads, updates = jax.grad(loss_fn, has_aux=True)(variables["params"], variables,
+                                                             x[rows], y[rows])
+            params = jax.tree_util.tree_map(lambda p, g: p - 0.05 * g, variables["params"], grads)
+            variables = {**variables, **updates, "params": params}
+        _leaves_close(jax.tree_util.tree_map(lambda a: a[m], trained.variables), variables,
+                      rtol=2e-4, atol=2e-5)
+
+
 def test_compiled_epoch_does_not_copy_the_weights_each_step():
     """The step is bandwidth-bound at the paper's sizes: XLA must update the weights in
     place, not copy the ones the backward pass reads (see train._after_every_gradient)."""
