@@ -84,7 +84,7 @@ def make_sweep(model: ModelConfig, train: TrainConfig, dataset: Dataset, split: 
         state = state.replace(variables=set_regularization(state.variables, **strengths))
     n = len(split)
     to_mask = lambda f: None if f is None or not np.any(f) else jax.device_put(
-        noise_masks(f, n, data_seed))
+        noise_masks(f, n, data_seed, example_mask))
     view = MemberView(
         example_mask=None if example_mask is None else jax.device_put(example_mask),
         input_noise_mask=to_mask(input_noise), label_noise_mask=to_mask(label_noise),

@@ -80,13 +80,24 @@ def _nested(fractions_or_sizes: np.ndarray, n: int, seed: int, stream: int,
     return rank[None, :] < counts[:, None]
 
 
-def noise_masks(fractions: np.ndarray, num_examples: int, data_seed: int) -> np.ndarray:
-    """[M, N] bool: member m sees round(fractions[m] * N) examples noised; the sets are
-    nested (a member with more noise sees a superset), chosen by the data seed."""
+def noise_masks(fractions: np.ndarray, num_examples: int, data_seed: int,
+                example_mask: np.ndarray | None = None) -> np.ndarray:
+    """[M, N] bool: member m sees round(fractions[m] * n_m) of its n_m training examples
+    noised (example_mask [M, N]: a member's own examples; None: all N). The examples are
+    taken in one order fixed by the data seed, so the sets are nested: among members with
+    the same examples, more noise means a superset."""
     fractions = np.asarray(fractions, np.float64)
     if fractions.size and (fractions.min() < 0 or fractions.max() > 1):
         raise MemjaxError(f"noise fractions must be in [0, 1], got {fractions.tolist()}")
-    return _nested(fractions, num_examples, data_seed, _NOISE_ORDER_STREAM, True)
+    if example_mask is None:
+        return _nested(fractions, num_examples, data_seed, _NOISE_ORDER_STREAM, True)
+    example_mask = np.asarray(example_mask, bool)
+    by_rank = np.random.default_rng([data_seed, _NOISE_ORDER_STREAM]).permutation(num_examples)
+    # each example's place among its member's own examples, in that order
+    place = np.empty(example_mask.shape, np.int64)
+    place[:, by_rank] = np.cumsum(example_mask[:, by_rank], 1) - 1
+    counts = np.rint(fractions * example_mask.sum(1)).astype(np.int64)
+    return example_mask & (place < counts[:, None])
 
 
 def size_masks(sizes: np.ndarray, num_examples: int, data_seed: int) -> np.ndarray:

@@ -74,6 +74,22 @@ def test_size_masks_are_nested_and_sized():
         size_masks(np.array([101]), 100, 0)
 
 
+def test_noise_fractions_are_of_each_members_own_examples():
+    """With dataset-size masks, a member at noise p has exactly round(p * n) of its own n
+    examples noised (not p of all N, which gives p only on average), nested in p."""
+    sizes = np.array([250, 250, 250, 500, 500, 1000])
+    levels = np.array([0.2, 0.4, 0.8, 0.2, 0.4, 0.4])
+    own = size_masks(sizes, 1000, data_seed=2)
+    masks = noise_masks(levels, 1000, 2, own)
+    assert not (masks & ~own).any()
+    assert masks.sum(1).tolist() == np.rint(levels * sizes).astype(int).tolist()
+    assert (masks[0] <= masks[1]).all() and (masks[1] <= masks[2]).all()
+    assert (masks[3] <= masks[4]).all()
+    # with every example its own, the same sets as without example masks
+    np.testing.assert_array_equal(noise_masks(levels, 1000, 2, np.ones((6, 1000), bool)),
+                                  noise_masks(levels, 1000, 2))
+
+
 def test_epoch_order_with_example_mask_visits_own_examples_once():
     mask = jnp.zeros(100, bool).at[jnp.arange(3, 100, 4)].set(True)
     order, weight = epoch_order(jax.random.key(0), 100, 8, mask)
