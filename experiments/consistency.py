@@ -22,6 +22,7 @@ from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_fraction,
                            validate)
 from memjax.data import load_dataset, with_noise
 from memjax.data.noise import INPUT_NOISE_STATS
+from memjax.ensemble import NOISE, study_key
 from memjax.errors import MemjaxError
 from memjax.metrics.consistency import (binomial_reference, class_binomial_reference,
                                         misclassification_rate)
@@ -90,7 +91,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
                            chunk=config.train.eval_chunk, member_chunk=config.train.member_chunk)["correct"]
         rate = misclassification_rate(correct)
         mean_error = float(rate.mean())
-        key = jax.random.fold_in(jax.random.key(config.train.seed), i)
+        key = jax.random.fold_in(study_key(config.train.seed, NOISE), i)
         reference = binomial_reference(key, mean_error, members=members,
                                        num_examples=config.tracked)
         class_reference = class_binomial_reference(

@@ -21,7 +21,7 @@ import numpy as np
 
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
 from memjax.data import load_dataset, with_noise
-from memjax.ensemble import ATTACK
+from memjax.ensemble import ATTACK, study_key
 from memjax.errors import MemjaxError
 from memjax.experiments.common import new_figure, train_ensemble
 from memjax.metrics import PAPER_LASS, critical_sample_ratio, lass
@@ -102,8 +102,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
 
         def on_epoch(epoch, state, metrics, condition=condition, history=history,
                      c_index=c_index):
-            key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
-                jax.random.key(tc.seed), ATTACK), c_index), epoch)
+            key = jax.random.fold_in(jax.random.fold_in(study_key(tc.seed, ATTACK), c_index),
+                                     epoch)
             found = lass(apply_fn, state.variables, x_val, key, **search)
             csr = np.asarray(critical_sample_ratio(found.critical))
             accuracy = np.asarray(evaluate(apply_fn, state.variables, x_val, y_val,

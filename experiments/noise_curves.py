@@ -25,7 +25,7 @@ from memjax.data import Dataset, load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import new_figure
 from memjax.experiments.sweeps import Sweep, first_epoch_at_least, grid, make_sweep, run_epochs
-from memjax.ensemble import ATTACK
+from memjax.ensemble import ATTACK, study_key
 from memjax.members import member_accuracy
 from memjax.metrics import PAPER_LASS, critical_sample_ratio, lass
 from memjax.results import RunDir
@@ -73,7 +73,7 @@ def epoch_evaluation(sweep: Sweep, dataset: Dataset, validation: tuple[jax.Array
     own = member_accuracy(sweep.network.apply, variables, sweep.x, sweep.y,
                           sweep.view, sweep.noise, **kw)["accuracy"]
     val = evaluate(sweep.network.apply, variables, *validation, **kw)["correct"]
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(train.seed), ATTACK), epoch)
+    key = jax.random.fold_in(study_key(train.seed, ATTACK), epoch)
     found = lass(sweep.network.apply, variables, validation[0][:config.csr_examples], key,
                  **{**PAPER_LASS, "max_iterations": config.csr_iterations},
                  member_chunk=train.member_chunk, member_ids=sweep.state.member_ids)

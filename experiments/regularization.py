@@ -138,15 +138,27 @@ def run(config: Config, run_dir: RunDir) -> dict:
             "model_examples_per_second": sweep.model_examples / max(sweep.seconds, 1e-9)}
 
 
+def _label(point: dict, sep: str = " ") -> str:
+    """`dropout 0.5`, `dropout+adversarial 0.3 w 0.5` (sep "=": the summary's keys)."""
+    text = f"{point['regularizer']}{sep}{point['strength']:g}"
+    if point["regularizer"] == "dropout+adversarial":
+        text += f",w{sep}{point['adversarial_weight']:g}" if sep == "=" else \
+            f" w {point['adversarial_weight']:g}"
+    return text
+
+
 def summarize(rows: dict, curves: dict, keep_validation: float) -> dict:
     """Per (regularizer, strength): final randY training accuracy, best real validation
     accuracy (means over seeds) and the mean training-loss curves."""
     points = {}
-    for reg, s in dict.fromkeys(zip(rows["regularizer"].tolist(), rows["strength"].tolist())):
-        sel = (rows["regularizer"] == reg) & np.isclose(rows["strength"], s)
+    for reg, s, w in dict.fromkeys(zip(rows["regularizer"].tolist(), rows["strength"].tolist(),
+                                       rows["adversarial_weight"].tolist())):
+        sel = ((rows["regularizer"] == reg) & np.isclose(rows["strength"], s)
+               & np.isclose(rows["adversarial_weight"], w))
         real, rand = sel & (rows["data"] == "real"), sel & (rows["data"] == "randY")
-        points[f"{reg}={s:g}"] = {
-            "regularizer": reg, "strength": s,
+        point = {"regularizer": reg, "strength": s, "adversarial_weight": w}
+        points[_label(point, "=")] = {
+            **point,
             "final_randY_train_accuracy": float(curves["train_accuracy"][-1, rand].mean()),
             "best_real_validation_accuracy": float(curves["validation_accuracy"][:, real].max(0).mean()),
             "train_loss_real": curves["train_loss"][:, real].mean(1).tolist(),
@@ -178,16 +190,16 @@ def evidence(summary: dict) -> list[dict]:
     ranked = sorted(best.values(), key=lambda p: p["final_randY_train_accuracy"])
     top = ranked[0]
     dropout_like = top["regularizer"] in ("dropout", "dropout+adversarial")
-    others = "; ".join(f"{p['regularizer']} {p['strength']:g}: "
-                       f"{p['final_randY_train_accuracy']:.3f}" for p in ranked[1:])
+    others = "; ".join(f"{_label(p)}: {p['final_randY_train_accuracy']:.3f}"
+                       for p in ranked[1:])
     return [{"claim": 3, "supports": bool(dropout_like and top["final_randY_train_accuracy"]
                                           < base["final_randY_train_accuracy"]), "text": (
         f"regularization: without a regularizer final randY training accuracy is "
         f"{base['final_randY_train_accuracy']:.3f} (best validation "
         f"{base['best_real_validation_accuracy']:.3f}); keeping validation within {keep:.0%}, "
-        f"{top['regularizer']} {top['strength']:g} lowers it most, to "
-        f"{top['final_randY_train_accuracy']:.3f} (validation "
-        f"{top['best_real_validation_accuracy']:.3f}); then {others or 'none'}")}]
+        f"{_label(top)} lowers it most, to {top['final_randY_train_accuracy']:.3f} (validation "
+        f"{top['best_real_validation_accuracy']:.3f}); the other regularizers that keep "
+        f"validation, at their lowest: {others or 'none'}")}]
 
 
 def _figures(summary: dict, run_dir: RunDir) -> None:
@@ -201,7 +213,7 @@ def _figures(summary: dict, run_dir: RunDir) -> None:
                 ls="-" if len(ps) > 1 else "", color=f"C{i}", label=reg, ms=10 if reg == "none" else 5)
         for p in ps:
             if reg != "none":
-                ax.annotate(f"{p['strength']:g}", (p["best_real_validation_accuracy"],
+                ax.annotate(_label(p)[len(reg) + 1:], (p["best_real_validation_accuracy"],
                                                    p["final_randY_train_accuracy"]), fontsize=6)
     ax.set_xlabel("best validation accuracy (real data)")
     ax.set_ylabel("final training accuracy (randY)")
@@ -213,7 +225,7 @@ def _figures(summary: dict, run_dir: RunDir) -> None:
         ps = [p for p in points.values() if p["regularizer"] == reg]
         for i, p in enumerate(ps):
             epochs = range(1, len(p["train_loss_randY"]) + 1)
-            ax.plot(epochs, p["train_loss_randY"], color=f"C{i}", label=f"{p['strength']:g}")
+            ax.plot(epochs, p["train_loss_randY"], color=f"C{i}", label=_label(p)[len(reg) + 1:])
             ax.plot(epochs, p["train_loss_real"], color=f"C{i}", ls="--", lw=1)
         ax.set_title(reg)
         ax.set_xlabel("epoch")

@@ -114,7 +114,11 @@ def run(config: Config, run_dir: RunDir) -> dict:
     arrays: dict[str, np.ndarray] = {}
     summary: dict[str, dict] = {}
     seconds = model_examples = 0.0
-    for condition in config.conditions:
+    from tqdm.auto import tqdm
+
+    # one compiled computation per condition (the unrolled trajectory and its backward pass)
+    for condition in tqdm(config.conditions, desc="sensitivity", unit="condition", leave=False,
+                          mininterval=0):
         split, classes = _condition_split(dataset.train, condition, dataset.num_classes,
                                           config.data.data_seed)
         network = build_network(config.model, classes)

@@ -79,15 +79,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     result = run_experiment(args.experiment, module, config, run_dir)
     print(f"{args.experiment}: finished in {run_dir.read_manifest()['wall_time_s']:.1f} s -> {out}")
-    for key, value in result.items():
-        if isinstance(value, dict):
-            for name, entry in value.items():
-                shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                  for k, v in entry.items()) if isinstance(entry, dict) else entry
-                print(f"  {name}: {shown}")
-        else:
-            print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    _print_summary(result)
     return 0
+
+
+def _print_summary(result: dict) -> None:
+    """The scalars of a study's summary, one line per condition or sweep point (curves and
+    per-member lists are in the run directory)."""
+    def show(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    def line(name, entry):
+        if isinstance(entry, dict):
+            entry = ", ".join(f"{k}={show(v)}" for k, v in entry.items()
+                              if isinstance(v, (int, float, str)) or v is None)
+        print(f"  {name}: {show(entry)}")
+
+    for key, value in result.items():
+        if not isinstance(value, dict):
+            line(key, value)
+            continue
+        for name, entry in value.items():
+            if isinstance(entry, dict) and entry and all(isinstance(e, dict) for e in entry.values()):
+                for sub, e in entry.items():  # a level of sweep points
+                    line(sub, e)
+            elif not isinstance(entry, list):
+                line(name, entry)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -2,7 +2,9 @@
 
 Key handling: member key = fold_in(root, member_id), so member i's randomness never depends
 on how many members run beside it; one stream per purpose = fold_in(member_key, PURPOSE);
-inside a scan, fold_in(stream, step).
+inside a scan, fold_in(stream, step). Streams that belong to no member (a LASS search over
+the whole ensemble, a reference draw) come from `study_key`, under a root that no member id
+reaches.
 """
 from __future__ import annotations
 
@@ -17,6 +19,13 @@ import optax
 from memjax.models import Network, Variables
 
 INIT, DATA, DROPOUT, ATTACK, NOISE = range(5)
+_STUDY = 2 ** 32 - 1  # fold_in(root, _STUDY): above every member id
+
+
+def study_key(seed: int, purpose: int) -> jax.Array:
+    """A typed key for a study-level stream (purpose: ATTACK, NOISE, ...) that no member's
+    key or stream can equal: fold_in(fold_in(key(seed), 2^32 - 1), purpose)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _STUDY), purpose)
 
 
 def member_keys(root: jax.Array, member_ids: jax.Array) -> jax.Array:

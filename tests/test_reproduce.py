@@ -121,6 +121,23 @@ def test_capacity_and_convergence_evidence_follow_the_data():
     assert "> 50 (censored)" in lines[1]["text"] and "x1.5" in lines[1]["text"]
 
 
+def test_regularization_points_keep_adversarial_pairs_apart():
+    """Two dropout + adversarial pairs with the same dropout and different weights w are
+    two points, each the mean over its own members."""
+    rows = {"regularizer": np.array(["none", "dropout+adversarial", "dropout+adversarial"] * 2),
+            "strength": np.array([0.0, 0.3, 0.3] * 2), "adversarial_weight": np.array(
+                [0.0, 0.2, 0.7] * 2), "data": np.array(["real"] * 3 + ["randY"] * 3)}
+    curves = {"train_accuracy": np.array([[0.9, 0.5, 0.1, 0.8, 0.4, 0.2]]),
+              "validation_accuracy": np.array([[0.9, 0.9, 0.9, 0.0, 0.0, 0.0]]),
+              "train_loss": np.ones((1, 6))}
+    points = regularization.summarize(rows, curves, 0.02)["points"]
+    assert sorted(points) == ["dropout+adversarial=0.3,w=0.2", "dropout+adversarial=0.3,w=0.7",
+                              "none=0"]
+    assert points["dropout+adversarial=0.3,w=0.7"]["final_randY_train_accuracy"] == 0.2
+    (line,) = regularization.evidence(regularization.summarize(rows, curves, 0.02))
+    assert "dropout+adversarial 0.3 w 0.7 lowers it most, to 0.200" in line["text"]
+
+
 def test_regularization_filters_consistency_evidence():
     p = lambda r, s, tr, va: {"regularizer": r, "strength": s, "final_randY_train_accuracy": tr,
                               "best_real_validation_accuracy": va}
