@@ -80,3 +80,22 @@ def test_consistency_metrics_against_counts():
     np.testing.assert_array_equal(
         class_binomial_reference(jax.random.key(0), rate, labels, members=10, num_classes=2),
         [0.0, 0.0, 1.0, 1.0])
+
+
+def test_noisy_labels_are_the_ones_judged(tmp_path):
+    """randY members that memorized their random labels are correct on them: the study
+    judges a condition's examples by that condition's labels, not the clean ones."""
+    from memjax.config import DataConfig, ModelConfig, TrainConfig
+    from memjax.experiments import consistency
+    from memjax.results import RunDir
+
+    config = consistency.Config(DataConfig(train_size=128, validation_size=16),
+                                ModelConfig(hidden=(256,)),
+                                TrainConfig(members=2, epochs=40, batch_size=16,
+                                            learning_rate=0.1),
+                                tracked=128, conditions=("randY",))
+    run_dir = RunDir(tmp_path)
+    run_dir.start("consistency", {})
+    consistency.run(config, run_dir)
+    results = np.load(tmp_path / "results.npz")
+    assert results["correct_randY"].mean() > 0.8  # about 0.1 against the clean labels

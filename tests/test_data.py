@@ -44,7 +44,7 @@ def test_npz_path_source(fake_npz):
 
 
 def test_tfds_source_offline_with_mocks(tmp_path, monkeypatch):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # a dependency of memjax: never skipped
     monkeypatch.delenv("MEMJAX_DATA_DIR", raising=False)
     with tfds.testing.mock_data(num_examples=10_050):
         d = load_dataset(DataConfig("mnist"))
@@ -93,6 +93,14 @@ def test_label_noise_fraction_is_exact_and_deterministic(fraction):
     c = random_labels(train, fraction, 10, seed=4)
     if 0 < fraction < 1:
         assert not np.array_equal(a.noisy, c.noisy)
+
+
+def test_random_labels_are_uniform_over_every_class():
+    train = load_dataset(DataConfig(train_size=10_000)).train
+    counts = np.bincount(random_labels(train, 1.0, 10, seed=0).y, minlength=11)
+    assert counts[10] == 0
+    # each class 1000 +- 5 standard deviations of Binomial(10000, 0.1)
+    assert (np.abs(counts[:10] - 1000) < 5 * 30).all(), counts
 
 
 def test_input_noise_matches_per_pixel_statistics():

@@ -9,8 +9,8 @@ from memjax.config import DataConfig, ModelConfig
 from memjax.data import load_dataset
 from memjax.ensemble import init_ensemble, make_optimizer, member_keys
 from memjax.errors import MemjaxError
-from memjax.members import (MemberView, init_width_ensemble, member_accuracy, narrow_params,
-                            noise_masks, noise_source, size_masks)
+from memjax.members import (MemberView, NoiseSource, init_width_ensemble, member_accuracy,
+                            narrow_params, noise_masks, noise_source, size_masks)
 from memjax.models import as_float, build_network
 from memjax.train import epoch_order, make_train_epoch
 
@@ -131,6 +131,45 @@ def test_dataset_size_member_matches_reference_sgd_on_its_examples(data):
         params = jax.tree_util.tree_map(lambda p, v: p - 0.05 * v, params, velocity)
     _close(_member(state.variables["params"], 0), params, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(metrics["train_accuracy"][0], correct / 40, rtol=1e-6)
+
+
+def test_member_batch_mixes_noise_per_example_index():
+    """Masks are indexed by example (idx), not by position in the batch."""
+    from memjax.members import member_batch
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 2, 2, 1), dtype=np.uint8)
+    y = rng.integers(0, 10, 20).astype(np.int32)
+    noise = NoiseSource(rng.uniform(size=(20, 2, 2, 1)).astype(np.float16),
+                        rng.integers(0, 10, 20).astype(np.int32))
+    inputs, labels = rng.uniform(size=20) < 0.5, rng.uniform(size=20) < 0.5
+    idx = np.array([7, 3, 19, 0, 12, 5])
+    xb, yb = member_batch(jnp.asarray(x), jnp.asarray(y), noise,
+                          MemberView(input_noise_mask=inputs, label_noise_mask=labels),
+                          jnp.asarray(idx))
+    want_x = np.where(inputs[idx, None, None, None], noise.x[idx].astype(np.float32),
+                      x[idx] / 255.0)
+    np.testing.assert_allclose(xb, want_x, rtol=1e-6)
+    np.testing.assert_array_equal(yb, np.where(labels[idx], noise.y[idx], y[idx]))
+
+
+def test_member_accuracy_is_over_own_examples_and_labels(data):
+    d, x, y = data
+    network = build_network(ModelConfig(hidden=(8,)), 10)
+    state = init_ensemble(network, make_optimizer(), EXAMPLE, seed=0,
+                          member_ids=np.arange(2), learning_rate=0.1)
+    own = np.asarray(size_masks(np.array([40, 160]), 160, data_seed=0))
+    noise = noise_source(d.train, 10, data_seed=0)
+    labels = np.zeros((2, 160), bool)
+    labels[0, :80] = True
+    out = member_accuracy(network.apply, state.variables, x, y,
+                          MemberView(example_mask=own, label_noise_mask=labels),
+                          NoiseSource(y=jnp.asarray(noise.y)))
+    for m in range(2):
+        pred = np.argmax(network.apply(_member(state.variables, m), as_float(x)), -1)
+        target = np.where(labels[m], noise.y, np.asarray(y))
+        np.testing.assert_allclose(out["accuracy"][m], np.mean((pred == target)[own[m]]),
+                                   rtol=1e-6)
 
 
 def test_noise_masks_nested_and_deterministic():

@@ -85,6 +85,14 @@ def test_per_member_dropout_changes_only_its_member(data):
     state, metrics = make_train_epoch(network, tx, batch_size=16)(state, 0, x, y)
     k = np.asarray(state.variables["params"]["Dense_0"]["kernel"])
     assert not np.allclose(k[0], k[1])
+    # the dropout-0 member trained exactly as the same member of an unregularized network
+    plain = build_network(ModelConfig(hidden=(8,)), 10)
+    alone = init_ensemble(plain, tx, EXAMPLE, seed=0, member_ids=np.array([0]),
+                          learning_rate=0.1)
+    alone, _ = make_train_epoch(plain, tx, batch_size=16)(alone, 0, x, y)
+    for u, v in zip(jax.tree_util.tree_leaves(state.variables["params"]),
+                    jax.tree_util.tree_leaves(alone.variables["params"])):
+        np.testing.assert_allclose(u[0], v[0], rtol=1e-5, atol=1e-6)
     with pytest.raises(MemjaxError, match="must be in"):
         set_regularization(state.variables, dropout=1.0)
 
