@@ -3,6 +3,7 @@ config, and small figure helpers."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from typing import Any
 
@@ -95,7 +96,9 @@ def train_ensemble(model: ModelConfig, train: TrainConfig, dataset: Dataset, spl
     seconds = time.perf_counter() - start
     if run_dir is not None:
         diverged, ids = to_host((state.diverged, state.member_ids))
-        run_dir.record_divergence(desc, np.asarray(diverged), np.asarray(ids))
+        # named by the phase, without the progress bar's "(i/n)" counter
+        phase = re.sub(r" \(\d+/\d+\)$", "", desc)
+        run_dir.record_divergence(phase, np.asarray(diverged), np.asarray(ids))
     return TrainedEnsemble(network, state, seconds,
                            train.members * len(split) * max(remaining, 0))
 
@@ -106,5 +109,6 @@ def new_figure(ncols: int = 1, width: float = 5.0, height: float = 3.6):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False,
+                             layout="constrained")  # colorbars and labels never overlap
     return fig, axes[0]

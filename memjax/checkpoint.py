@@ -16,6 +16,7 @@ reported, deleted, and the previous one is used.
 """
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -28,6 +29,18 @@ import numpy as np
 import jax.numpy as jnp
 
 from memjax.ensemble import EnsembleState
+
+
+class _QuietMetadataWarnings(logging.Filter):
+    """orbax warns through absl when a step folder lacks _CHECKPOINT_METADATA (seen on
+    resuming a killed run) and goes on without that file; memjax checks every restored state
+    against its own checksum, so the line is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Metadata file does not exist")
+
+
+logging.getLogger("absl").addFilter(_QuietMetadataWarnings())
 
 
 @jax.jit

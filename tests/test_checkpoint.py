@@ -125,7 +125,7 @@ def test_divergence_reported_in_summary_and_manifest(tmp_path):
     run_dir = RunDir(tmp_path / "run")
     run_dir.start("test", {})
     trained = train_ensemble(ModelConfig(hidden=(8,)), TrainConfig(members=3, batch_size=64),
-                             d, d.train, desc="real", run_dir=run_dir,
+                             d, d.train, desc="real (1/3)", run_dir=run_dir,
                              learning_rate=np.array([0.05, 0.05, 1e30]))
     assert np.asarray(trained.state.diverged).tolist() == [False, False, True]
     run_dir.write_json("summary.json", {"real": {"mean_error": 0.5}})

@@ -86,6 +86,9 @@ def _named(name: str, data_dir: str | None) -> Dataset:
         if local.exists():
             arrays = read_npz(local, image_shape=IMAGE_SHAPE[name])
             return _split_official_train(name, arrays["x_train"], arrays["y_train"])
+        print(f"memjax: note: no {name}.npz in {data_dir}; loading {name} through "
+              f"tensorflow-datasets, with {data_dir} as its data directory (it downloads "
+              f"there if it has no copy)", file=sys.stderr)
     x, y = _tfds_train(name, data_dir)
     return _split_official_train(name, x, y)
 
