@@ -11,15 +11,19 @@ run bit-for-bit.
 
 orbax writes a checkpoint to a temporary folder and renames it when complete, so a
 process killed mid-save leaves no partial checkpoint behind. A checkpoint damaged later
-(unreadable, or its contents no longer matching the checksum stored beside them) is
-reported, deleted, and the previous one is used.
+(unreadable, or its contents or host records no longer matching the checksums stored beside
+them) is reported and moved aside, and the previous one is used; checkpoints that none can
+be restored into the given state's shapes are kept, and restoring them is an error.
 """
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import signal
 import sys
 import threading
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +33,29 @@ import numpy as np
 import jax.numpy as jnp
 
 from memjax.ensemble import EnsembleState
+from memjax.errors import MemjaxError
+
+
+def _checksum(host: dict) -> int:
+    return zlib.crc32(json.dumps(host, sort_keys=True).encode())
+
+
+def _damage(state: EnsembleState, host: dict, step: int) -> str | None:
+    """What is wrong with a restored checkpoint (popping memjax's checksums from host), or
+    None."""
+    stored, stored_host = host.pop("_fingerprint", None), host.pop("_host_checksum", None)
+    if stored is None or stored_host is None:
+        return "no checksum stored with it"
+    if int(state.epoch) != step:
+        return f"holds epoch {int(state.epoch)}"
+    if int(fingerprint(state)) != stored or _checksum(host) != stored_host:
+        return "contents do not match their checksum"
+    return None
+
+
+def _one_line(error: Exception) -> str:
+    message = str(error).splitlines()[0][:200] if str(error) else ""
+    return f"{type(error).__name__}: {message}"
 
 
 class _QuietMetadataWarnings(logging.Filter):
@@ -109,32 +136,51 @@ class PhaseCheckpoints:
         """The newest readable checkpoint as (state, host_state), or None when there is none.
 
         like: a state of the same structure (e.g. freshly initialized); its shapes, dtypes
-        and shardings say how to place the restored arrays. A checkpoint that cannot be
-        read is reported on stderr and deleted, and the one before it is tried.
+        and shardings say how to place the restored arrays. A newer checkpoint that cannot
+        be read is reported on stderr and moved aside (`<epoch>.unreadable`, kept on disk)
+        once an older one restores. If none restores and any failure was not damage (its
+        checksum, the one memjax stores with it, never got checked: e.g. arrays of other
+        shapes after a change of model or of memjax), nothing is moved and MemjaxError
+        says so; if every one is damaged, they are moved aside and None is returned.
         """
         ocp = self._ocp
         abstract = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), like)
+        failed: list[tuple[int, Exception, bool]] = []  # (step, error, damaged)
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()))
-                state, host = restored.state, dict(restored.host or {})
-                if int(state.epoch) != step:
-                    raise ValueError(f"holds epoch {int(state.epoch)}")
-                stored = host.pop("_fingerprint", None)
-                if stored is not None and int(fingerprint(state)) != stored:
-                    raise ValueError("contents do not match their checksum")
-                # Uncommitted copies, so the state can go wherever the caller's mesh says.
-                state = jax.tree.map(lambda a: jax.device_put(np.asarray(a)), state)
-                return state, host
-            except Exception as e:  # any damage: report it, drop it, use the one before
-                message = str(e).splitlines()[0][:200] if str(e) else ""
-                print(f"memjax: checkpoint {self.directory / str(step)} is unreadable "
-                      f"({type(e).__name__}: {message}); deleting it and resuming from the "
-                      f"previous one", file=sys.stderr)
-                self._manager.delete(step)
+            except Exception as e:  # unreadable, or not a state like `like`
+                failed.append((step, e, False))
+                continue
+            state, host = restored.state, dict(restored.host or {})
+            problem = _damage(state, host, step)
+            if problem:
+                failed.append((step, ValueError(problem), True))
+                continue
+            # Uncommitted copies, so the state can go wherever the caller's mesh says.
+            state = jax.tree.map(lambda a: jax.device_put(np.asarray(a)), state)
+            self._set_aside(failed, "resuming from epoch " + str(step))
+            return state, host
+        if any(not damaged for _, _, damaged in failed):
+            step, error, _ = next(f for f in failed if not f[2])
+            raise MemjaxError(
+                f"cannot restore the checkpoints in {self.directory} (epoch {step}: "
+                f"{_one_line(error)}); they are kept. If the model's settings or memjax "
+                f"changed since they were written, start over with --overwrite")
+        self._set_aside(failed, "starting this phase over")
         return None
+
+    def _set_aside(self, failed: list[tuple[int, Exception, bool]], then: str) -> None:
+        for step, error, _ in failed:
+            aside = self.directory / f"{step}.unreadable"
+            print(f"memjax: checkpoint {self.directory / str(step)} is unreadable "
+                  f"({_one_line(error)}); moved to {aside.name}, {then}", file=sys.stderr)
+            shutil.rmtree(aside, ignore_errors=True)
+            (self.directory / str(step)).rename(aside)
+        if failed:
+            self._manager.reload()
 
     def save(self, state: EnsembleState, *, force: bool = False) -> bool:
         """Save `state` as checkpoint `state.epoch` if the interval (or force) says so.
@@ -147,7 +193,8 @@ class PhaseCheckpoints:
         if epoch in self._manager.all_steps():
             return False
         ocp = self._ocp
-        host = {**self.host_state(), "_fingerprint": int(fingerprint(state))}
+        host = self.host_state()
+        host = {**host, "_fingerprint": int(fingerprint(state)), "_host_checksum": _checksum(host)}
         with _interrupts_deferred():
             self._manager.save(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)), force=True)

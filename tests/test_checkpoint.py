@@ -11,6 +11,7 @@ from memjax.checkpoint import PhaseCheckpoints
 from memjax.config import DataConfig, ModelConfig, TrainConfig
 from memjax.data import load_dataset
 from memjax.ensemble import init_ensemble, make_optimizer
+from memjax.errors import MemjaxError
 from memjax.experiments.common import train_ensemble
 from memjax.models import build_network
 from memjax.results import RunDir
@@ -64,10 +65,11 @@ def test_corrupt_latest_checkpoint_resumes_from_previous(setup, tmp_path, capsys
     with PhaseCheckpoints(tmp_path / "phase") as ckpt:
         restored, host = ckpt.restore(_fresh(setup))
     err = capsys.readouterr().err
-    assert "checkpoint" in err and "unreadable" in err and "previous" in err
+    assert "checkpoint" in err and "unreadable" in err and "resuming from epoch 1" in err
     assert int(restored.epoch) == 1 and host == {"n": 7}
     _assert_identical(restored, first)
     assert not (tmp_path / "phase" / "2").exists()
+    assert (tmp_path / "phase" / "2.unreadable" / "state").is_dir()  # kept, out of the way
 
 
 def test_checkpoint_whose_contents_changed_is_rejected(setup, tmp_path, capsys):
@@ -84,6 +86,35 @@ def test_checkpoint_whose_contents_changed_is_rejected(setup, tmp_path, capsys):
         restored, _ = ckpt.restore(_fresh(setup))
     assert "do not match their checksum" in capsys.readouterr().err
     assert int(restored.epoch) == 1
+
+
+def test_changed_host_records_are_damage(setup, tmp_path, capsys):
+    _, _, _, epoch, x, y = setup
+    with PhaseCheckpoints(tmp_path / "phase", host_state=lambda: {"lines": 3}) as ckpt:
+        state = fit(_fresh(setup), epoch, 5, x, y, 1, checkpoints=ckpt)
+        fit(state, epoch, 5, x, y, 1, checkpoints=ckpt)
+    host = tmp_path / "phase" / "2" / "host" / "metadata"
+    host.write_text(json.dumps({**json.loads(host.read_text()), "lines": 4}))
+    with PhaseCheckpoints(tmp_path / "phase") as ckpt:
+        restored, records = ckpt.restore(_fresh(setup))
+    assert "do not match their checksum" in capsys.readouterr().err
+    assert int(restored.epoch) == 1 and records == {"lines": 3}
+
+
+def test_checkpoints_of_another_model_are_kept_and_refused(setup, tmp_path):
+    """A state of other shapes (the model changed, or memjax did, between the kill and
+    --resume) is not damage: nothing is deleted and the error says what to do."""
+    _, _, tx, epoch, x, y = setup
+    with PhaseCheckpoints(tmp_path / "phase") as ckpt:
+        state = fit(_fresh(setup), epoch, 5, x, y, 1, checkpoints=ckpt)
+        fit(state, epoch, 5, x, y, 1, checkpoints=ckpt)
+    wider = init_ensemble(build_network(ModelConfig(hidden=(16,)), 10), tx,
+                          jnp.zeros((1, 28, 28, 1)), seed=5, member_ids=np.arange(3),
+                          learning_rate=0.05)
+    with PhaseCheckpoints(tmp_path / "phase") as ckpt:
+        with pytest.raises(MemjaxError, match="they are kept.*--overwrite"):
+            ckpt.restore(wider)
+    assert sorted(p.name for p in (tmp_path / "phase").iterdir()) == ["1", "2"]
 
 
 def test_fingerprint_sees_every_bit():
