@@ -80,6 +80,17 @@ def forward_macs(model: ModelConfig, image: tuple[int, int, int], classes: int =
     return macs + h * w * k * 384 + 384 * 192 + 192 * classes
 
 
+def first_layer(model: ModelConfig, image: tuple[int, int, int],
+                classes: int = 10) -> tuple[int, int]:
+    """(multiply-accumulates per example, weights) of the first layer, the one whose input
+    needs no gradient."""
+    if model.kind == "mlp":
+        width = model.hidden[0] if model.hidden else classes
+        return math.prod(image) * width, math.prod(image) * width
+    h, w, c = image[0] - 4, image[1] - 4, image[2]
+    return h * w * 25 * c * model.conv_channels, 25 * c * model.conv_channels
+
+
 def parameter_count(model: ModelConfig, image: tuple[int, int, int], classes: int = 10) -> int:
     network = build_network(model, classes)
     shapes = jax.eval_shape(network.init, jax.random.key(0), np.zeros((1,) + image, np.float32))
@@ -87,14 +98,17 @@ def parameter_count(model: ModelConfig, image: tuple[int, int, int], classes: in
 
 
 def training_costs(case: Case) -> dict[str, float]:
-    """FLOPs per model-example (forward 2 x MACs, backward twice that) and bytes moved per
-    model-example: parameters read forward and backward, gradient written, parameters and
-    gradient read and parameters written by SGD (momentum: its buffer read and written),
-    spread over the batch; activations are left out (they stay on chip for the MLPs)."""
+    """FLOPs per model-example: forward 2 x MACs, backward twice that, less the first
+    layer's input gradient, which nobody computes (6 x MACs - 2 x first-layer MACs). Bytes
+    moved per model-example: every weight read by the forward and the backward pass (the
+    first layer's only by the forward), its gradient written and read back, and the update
+    written (momentum: its buffer read and written too), spread over the batch; activations
+    are left out (they stay on chip for the MLPs)."""
     params = parameter_count(case.model, case.image)
+    first_macs, first_weights = first_layer(case.model, case.image)
     passes = 5 + (2 if case.momentum else 0)
-    return {"flops_per_model_example": 6 * forward_macs(case.model, case.image),
-            "bytes_per_model_example": 4 * passes * params / case.batch}
+    return {"flops_per_model_example": 6 * forward_macs(case.model, case.image) - 2 * first_macs,
+            "bytes_per_model_example": 4 * (passes * params - first_weights) / case.batch}
 
 
 def synthetic_data(image, examples: int, seed: int = 0, classes: int = 10):
@@ -204,12 +218,14 @@ def plain_jax_row(case: Case, x, y) -> dict:
 def run_case(name: str, preset: str) -> list[dict]:
     case = PRESETS[preset][name]
     x, y = synthetic_data(case.image, case.steps * case.batch)
+    # PyTorch first: it hands its cached memory back after each baseline, while JAX's memory
+    # pool keeps what its largest program took, which left torch.func's CNN ensemble out of
+    # memory on an H100 when it ran after the JAX rows.
+    rows = _torch_rows(case, x, y)
     x, y = jax.device_put(x), jax.device_put(y)
-    rows = []
     if case.model.kind == "cnn":
-        # The planned default for convolutions is lax.map (memjax.plan.CONV_CHUNK). vmap,
-        # the likeliest to run out of memory (and to leave JAX's memory pool grown), runs
-        # after the PyTorch baselines.
+        # The planned default for convolutions is lax.map (memjax.plan.CONV_CHUNK); vmap,
+        # the likeliest to run out of memory, runs last.
         variants = [("jax-lax.map", 1)]
         if 1 < case.members // 4 < case.members:
             variants.append((f"jax-chunk-{case.members // 4}", case.members // 4))
@@ -226,7 +242,6 @@ def run_case(name: str, preset: str) -> list[dict]:
             case, x, y, 1, "jax-lax.map-bf16", compute_dtype="bfloat16"),
             "note": "bf16 compute: not counted against the TF32 targets"},
             "jax-lax.map-bf16", case))
-    rows += _torch_rows(case, np.asarray(x), np.asarray(y))
     for impl, chunk in last:
         rows.append(_guarded(lambda: jax_ensemble_row(case, x, y, chunk, impl), impl, case))
     costs = training_costs(case)

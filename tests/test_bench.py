@@ -21,6 +21,15 @@ def test_forward_macs_by_hand():
     assert throughput.forward_macs(cnn, (32, 32, 3)) == expected
 
 
+def test_training_costs_leave_out_the_first_layers_input_gradient():
+    case = throughput.Case(ModelConfig(hidden=(512, 512)), (28, 28, 1), 100, 6, 5)
+    costs = throughput.training_costs(case)
+    macs = 784 * 512 + 512 * 512 + 512 * 10
+    assert costs["flops_per_model_example"] == 6 * macs - 2 * 784 * 512
+    params = macs + 512 + 512 + 10
+    assert costs["bytes_per_model_example"] == 4 * (5 * params - 784 * 512) / 128
+
+
 def test_parameter_count_matches_the_layers():
     cnn = ModelConfig(kind="cnn", conv_channels=8)
     expected = (5 * 5 * 3 * 8 + 8) + (5 * 5 * 8 * 8 + 8) + (7 * 7 * 8 * 384 + 384) \
@@ -72,7 +81,7 @@ def test_bench_command_writes_results(tmp_path, monkeypatch, capsys):
     ensemble = next(r for r in record["rows"] if r["impl"] == "jax-ensemble")
     assert ensemble["model_examples_per_s"] > 0 and ensemble["tflops"] > 0
     assert np.isclose(ensemble["tflops"], ensemble["model_examples_per_s"]
-                      * 6 * (784 * 8 + 8 * 10) / 1e12)
+                      * (6 * (784 * 8 + 8 * 10) - 2 * 784 * 8) / 1e12)
     assert record["device"]["platform"] == "cpu" and "jax" in record["versions"]
     assert "| a_mlp512 | jax-ensemble |" in next(tmp_path.glob("*.md")).read_text()
     # a run limited by --cases is named after them: it never replaces a whole run's record
