@@ -141,6 +141,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from memjax.reproduce import reproduce
+    from memjax.sharding import several_processes_requested
+
+    if several_processes_requested():  # each process would run every study into one folder
+        raise MemjaxError("memjax reproduce runs as one process; this one is one of several "
+                          "(MEMJAX_COORDINATOR, Slurm or a TPU slice): run it once, or set "
+                          "MEMJAX_DISTRIBUTED=0")
 
     only = _names(args.only, "--only")
     _, failed = reproduce(args.preset, args.out, only=only, data_dir=args.data_dir,

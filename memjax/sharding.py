@@ -84,7 +84,7 @@ def initialize_distributed() -> bool:
     call. Cloud TPU pod slices and Slurm are detected by jax itself; elsewhere set
     MEMJAX_COORDINATOR (host:port), MEMJAX_NUM_PROCESSES and MEMJAX_PROCESS_ID.
     MEMJAX_DISTRIBUTED=0 turns detection off. Returns True when running as several processes."""
-    if os.environ.get("MEMJAX_DISTRIBUTED") == "0":
+    if not several_processes_requested():
         return False
     coordinator = os.environ.get("MEMJAX_COORDINATOR")
     if coordinator:
@@ -97,10 +97,19 @@ def initialize_distributed() -> bool:
             raise MemjaxError(f"MEMJAX_PROCESS_ID={process_id} must be below "
                               f"MEMJAX_NUM_PROCESSES={processes}")
         jax.distributed.initialize(coordinator, processes, process_id)
-    elif os.environ.get("SLURM_NTASKS", "1") != "1" or os.environ.get("TPU_WORKER_HOSTNAMES",
-                                                                        "").count(",") > 0:
+    else:
         jax.distributed.initialize()
     return jax.process_count() > 1
+
+
+def several_processes_requested() -> bool:
+    """Whether the environment launches this process as one of several: MEMJAX_COORDINATOR,
+    a multi-task Slurm step or a multi-host TPU slice, unless MEMJAX_DISTRIBUTED=0."""
+    if os.environ.get("MEMJAX_DISTRIBUTED") == "0":
+        return False
+    return bool(os.environ.get("MEMJAX_COORDINATOR")) \
+        or os.environ.get("SLURM_NTASKS", "1") != "1" \
+        or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
 
 
 def is_writer() -> bool:

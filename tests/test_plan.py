@@ -27,9 +27,12 @@ def test_plan_member_chunk_fits_the_budget():
     w = jnp.ones((10, 8, 4))
     state, temporary = plan.member_bytes(f, jax.ShapeDtypeStruct((8, 4), jnp.float32))
     assert plan.plan_member_chunk(f, (w,), budget_bytes=10 ** 9) == 10
-    # room for the state of all 10 and the temporaries of 3: 4 groups of 3 -> balanced
-    budget = 10 * state + 3 * temporary
+    # not all at once: room for 3 copies of all 10 states (grouping copies them) and the
+    # temporaries of 3: 4 groups of 3 -> balanced
+    budget = 3 * 10 * state + 3 * temporary
     assert plan.plan_member_chunk(f, (w,), budget_bytes=budget) == 3
+    # with one copy of the states the temporaries of 3 would fit, but not the regrouping
+    assert plan.plan_member_chunk(f, (w,), budget_bytes=10 * state + 3 * temporary) < 3
     assert plan.plan_member_chunk(f, (w,), budget_bytes=1) == 1
     # per device: 10 members on 4 devices -> 3 a device
     assert plan.plan_member_chunk(f, (w,), devices=4, budget_bytes=10 ** 9) == 3

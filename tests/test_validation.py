@@ -223,6 +223,12 @@ def test_bad_distributed_environment_is_one_line(capsys, tmp_path, monkeypatch, 
     assert message in _error(capsys, SMOKE + ["--out", str(tmp_path / "run")])
 
 
+def test_reproduce_refuses_to_run_as_one_of_several_processes(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    line = _error(capsys, ["reproduce", "--preset", "smoke", "--out", str(tmp_path / "r")])
+    assert "runs as one process" in line and not (tmp_path / "r").exists()
+
+
 def test_bad_memory_budget_variable_fails_the_run_in_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("MEMJAX_MEMORY_FRACTION", "abc")
     out = tmp_path / "never-started"
