@@ -23,6 +23,7 @@ from memjax.members import (MemberView, NoiseSource, init_width_ensemble, noise_
                             noise_source, set_regularization)
 from memjax.models import Network, build_network
 from memjax.results import RunDir
+from memjax.sharding import to_host
 from memjax.train import make_train_epoch
 
 
@@ -46,7 +47,7 @@ class Sweep:
         start = time.perf_counter()
         self.state, metrics = self.train_epoch(self.state, self.seed, self.x, self.y,
                                                self.view, self.noise)
-        metrics = jax.device_get(metrics)
+        metrics = to_host(metrics)  # every process: the members of other hosts too
         self.seconds += time.perf_counter() - start
         self.model_examples += self.examples_per_epoch
         return metrics

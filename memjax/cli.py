@@ -55,6 +55,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise MemjaxError("--resume and --overwrite contradict each other: continue the run "
                           "in --out, or replace it")
+    if several and not args.out:  # each host's clock would name its own folder
+        raise MemjaxError("a run of several processes needs --out (one folder for all of "
+                          "them, on a file system they share)")
     out = Path(args.out or f"runs/{args.experiment}-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     if several and not is_writer():  # process 0 writes the run; the others keep their logs apart
         import jax

@@ -34,6 +34,7 @@ from memjax.data import Split, random_inputs, random_labels
 from memjax.ensemble import INIT, EnsembleState, init_ensemble, map_members, member_keys
 from memjax.errors import MemjaxError
 from memjax.models import REGULARIZERS, ApplyFn, Network, as_float, build_network
+from memjax.sharding import everywhere
 
 # numpy streams of the data seed (noise.py uses 1 and 2)
 _SIZE_STREAM, _NOISE_ORDER_STREAM = 3, 4
@@ -232,7 +233,7 @@ def predict(apply_fn: ApplyFn, variables, x: jax.Array, *, chunk: int = 2048,
         lambda v: jnp.argmax(apply_fn(v, as_float(xb)), -1).astype(jnp.int32),
         member_chunk)(variables), xs)
     m = out.shape[1]
-    return jnp.moveaxis(out, 1, 0).reshape(m, chunks * chunk)[:, :n]
+    return everywhere(jnp.moveaxis(out, 1, 0).reshape(m, chunks * chunk)[:, :n], m)
 
 
 def member_accuracy(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array,

@@ -39,7 +39,10 @@ def member_mesh(devices: int | list | None = None) -> Mesh:
 
 def default_mesh(members: int) -> Mesh:
     """Every device, but no more devices than members (a device without a real member
-    would only compute a dummy)."""
+    would only compute a dummy). With several processes every device of every process:
+    each process must hold a part of every array it computes."""
+    if jax.process_count() > 1:
+        return member_mesh()
     return member_mesh(min(members, jax.device_count()))
 
 
@@ -58,13 +61,24 @@ def _put(x: Any, sharding: NamedSharding) -> jax.Array:
     if jax.process_count() == 1:
         return jax.device_put(x, sharding)
     x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index],
+                                        dtype=x.dtype)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Every leaf copied to every device of the mesh (shared data: images, labels)."""
     sharding = NamedSharding(mesh, P())
     return jax.tree_util.tree_map(lambda x: _put(x, sharding), tree)
+
+
+def everywhere(tree: Any, members: int, mesh: Mesh | None = None) -> Any:
+    """Results with a leading member axis made whole on every device (inside or outside
+    jit), so every process can read every member's numbers; the identity in one process.
+    The metric functions end with it."""
+    if jax.process_count() == 1:
+        return tree
+    return jax.lax.with_sharding_constraint(
+        tree, NamedSharding(mesh or default_mesh(members), P()))
 
 
 def shard_members(tree: Any, mesh: Mesh, members: int) -> Any:

@@ -191,12 +191,8 @@ def evaluate(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array, *, chunk:
     correct, loss = jax.lax.map(on_chunk, (xs, ys))
     m = correct.shape[1]
     unchunk = lambda a: jnp.moveaxis(a, 1, 0).reshape(m, chunks * chunk)[:, :n]
-    out = {"correct": unchunk(correct), "loss": unchunk(loss)}
-    if jax.process_count() > 1:  # every host gets every member's results (one run dir)
-        out = jax.lax.with_sharding_constraint(
-            out, jax.sharding.NamedSharding(mesh or sharding.default_mesh(m),
-                                            jax.sharding.PartitionSpec()))
-    return out
+    # every host gets every member's results (one run dir)
+    return sharding.everywhere({"correct": unchunk(correct), "loss": unchunk(loss)}, m, mesh)
 
 
 def fit(state: EnsembleState, train_epoch: Callable, seed: int, x: jax.Array, y: jax.Array,

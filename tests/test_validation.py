@@ -223,6 +223,15 @@ def test_bad_distributed_environment_is_one_line(capsys, tmp_path, monkeypatch, 
     assert message in _error(capsys, SMOKE + ["--out", str(tmp_path / "run")])
 
 
+def test_several_processes_need_an_out_folder(capsys, tmp_path, monkeypatch):
+    import memjax.sharding
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(memjax.sharding, "initialize_distributed", lambda: True)
+    assert "needs --out" in _error(capsys, SMOKE)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_reproduce_refuses_to_run_as_one_of_several_processes(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_NTASKS", "4")
     line = _error(capsys, ["reproduce", "--preset", "smoke", "--out", str(tmp_path / "r")])

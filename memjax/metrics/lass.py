@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from memjax.ensemble import map_members
+from memjax.sharding import everywhere
 from memjax.metrics._chunks import map_example_chunks
 from memjax.models import ApplyFn, as_float, computing_in
 
@@ -138,7 +139,7 @@ def lass(apply_fn: ApplyFn, variables, x: jax.Array, key: jax.Array, *, radius: 
             example_ids=example_ids, compute_dtype=compute_dtype)
         return map_members(lambda v, k: search(v, key=k), member_chunk)(variables, keys)
 
-    return LassResult(*map_example_chunks(on_chunk, (x, jnp.arange(n)), chunk))
+    return LassResult(*everywhere(map_example_chunks(on_chunk, (x, jnp.arange(n)), chunk), m))
 
 
 @jax.jit

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from memjax.ensemble import map_members
+from memjax.sharding import everywhere
 from memjax.metrics._chunks import map_example_chunks
 from memjax.models import ApplyFn, as_float, computing_in
 
@@ -49,7 +50,8 @@ def _over_ensemble(reduce: Callable, apply_fn, variables, x, y, chunk, member_ch
         return map_members(lambda v: reduce(_member_input_gradients(apply_fn, v, xb, yb)),
                            member_chunk)(variables)
 
-    return map_example_chunks(on_chunk, (x, y), chunk)
+    m = jax.tree_util.tree_leaves(variables)[0].shape[0]
+    return everywhere(map_example_chunks(on_chunk, (x, y), chunk), m)
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "chunk", "member_chunk",

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from memjax.ensemble import DATA, map_members
+from memjax.sharding import everywhere
 from memjax.metrics.sensitivity import per_example_norm
 from memjax.models import ApplyFn, as_float
 from memjax.order import epoch_order
@@ -181,4 +182,5 @@ def unrolled_loss_sensitivity(apply_fn: ApplyFn, variables, x: jax.Array, y: jax
     per_step, per_class, losses, params = map_members(
         lambda v, o, w, l: fn(v, o, w, l), member_chunk)(variables, order, weight, lr)
     steps = jnp.arange(first, order.shape[1], every)
+    per_step, per_class, losses, params = everywhere((per_step, per_class, losses, params), m)
     return UnrolledSensitivity(per_step, per_step.mean(1), per_class, steps, losses, params)
