@@ -12,6 +12,7 @@ mesh then spans every device of every host (see docs/scale.md).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import jax
@@ -85,10 +86,16 @@ def shard_members(tree: Any, mesh: Mesh, members: int) -> Any:
     """Leaves whose leading axis is the member axis (length `members`, a multiple of the mesh
     size) split over the mesh; every other leaf (scalars) replicated."""
     split, whole = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
+    d = mesh.shape[AXIS]
+    if members % d:
+        print(f"memjax: note: {members} members on {d} devices: every device keeps every "
+              f"member's state, and each epoch gathers across devices; a multiple of {d} "
+              f"members splits the state with no communication (docs/scale.md)",
+              file=sys.stderr)
 
     def put(x):
         stacked = getattr(x, "ndim", 0) >= 1 and x.shape[0] == members
-        return _put(x, split if stacked and members % mesh.shape[AXIS] == 0 else whole)
+        return _put(x, split if stacked and members % d == 0 else whole)
 
     return jax.tree_util.tree_map(put, tree)
 

@@ -81,6 +81,14 @@ def test_padding_and_placement():
     assert placed["step"].sharding.is_fully_replicated
 
 
+def test_a_count_the_devices_do_not_divide_is_kept_whole_and_said(capsys):
+    """The known limit of docs/scale.md, made visible: 11 members on 8 devices stay whole
+    on every device, and a note says so."""
+    placed = shard_members({"w": np.ones((11, 3))}, member_mesh(8), 11)
+    assert placed["w"].sharding.is_fully_replicated
+    assert "11 members on 8 devices: every device keeps every member" in capsys.readouterr().err
+
+
 def test_map_members_any_count_any_mesh():
     f = lambda a, b: jnp.tanh(a * b).sum(-1)
     a, b = jnp.arange(39.0).reshape(13, 3) / 10, jnp.ones((13, 3))
