@@ -274,9 +274,15 @@ class RunDir:
             raise MemjaxError(f"cannot resume {self.path} with a different config "
                               f"({', '.join(diff[:5])}); use the same settings or --overwrite")
         self._records_on_disk = _keep_whole_lines(self.path / "metrics.jsonl")
+        device, before = device_description(), previous.get("device", {})
+        moved = [k for k in ("platform", "kind", "count") if k in before and before[k] != device[k]]
+        if moved or previous.get("environment", {}) != memjax_environment():
+            # another device count or memory budget may group and reduce members differently
+            print(f"memjax: note: resuming {self.path} on other devices or with other "
+                  f"MEMJAX_* settings than it started with: the results will equal an "
+                  f"uninterrupted run's up to float rounding, not bit for bit", file=sys.stderr)
         self._manifest = {k: v for k, v in previous.items() if k not in ("error", "wall_time_s")}
-        self._manifest.update(status="running", versions=versions(),
-                              device=device_description(),
+        self._manifest.update(status="running", versions=versions(), device=device,
                               resumed=previous.get("resumed", []) + [
                                   time.strftime("%Y-%m-%dT%H:%M:%S%z")])
         self.write_json("manifest.json", self._manifest)

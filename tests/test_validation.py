@@ -187,6 +187,16 @@ def test_resume_with_different_config_is_refused(capsys, tmp_path):
         RunDir(tmp_path, resume=True).start("other", {"train": {"epochs": 2}})
 
 
+def test_resume_on_other_devices_or_budget_says_it_is_not_bit_for_bit(capsys, tmp_path,
+                                                                     monkeypatch):
+    RunDir(tmp_path).start("consistency", {"train": {"epochs": 2}})
+    RunDir(tmp_path, resume=True).start("consistency", {"train": {"epochs": 2}})
+    assert "float rounding" not in capsys.readouterr().err
+    monkeypatch.setenv("MEMJAX_MEMORY_BYTES", "1000000")
+    RunDir(tmp_path, resume=True).start("consistency", {"train": {"epochs": 2}})
+    assert "up to float rounding, not bit for bit" in capsys.readouterr().err
+
+
 @dataclass(frozen=True)
 class _LassConfig:
     radius: float = 0.3
