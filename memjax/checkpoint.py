@@ -12,8 +12,9 @@ run bit-for-bit.
 orbax writes a checkpoint to a temporary folder and renames it when complete, so a
 process killed mid-save leaves no partial checkpoint behind. A checkpoint damaged later
 (unreadable, or its contents or host records no longer matching the checksums stored beside
-them) is reported and moved aside, and the previous one is used; checkpoints that none can
-be restored into the given state's shapes are kept, and restoring them is an error.
+them) is reported and moved aside, and the previous one is used. Checkpoints that do not
+fit the state to restore (other shapes: the model or memjax changed) are kept, and
+restoring them is an error.
 """
 from __future__ import annotations
 
