@@ -22,7 +22,7 @@
 >>> order, weight = mm.trainer_order(0, np.arange(4), num_examples=64, batch_size=16, epochs=2)
 >>> u = mm.unrolled_loss_sensitivity(net.apply, state.variables, x, y, order, weight,
 ...                                  learning_rate=0.1, every=2, num_classes=10)
->>> u.per_step.shape, u.mean.shape, u.per_class.shape  # 8 SGD steps, g_x^t at t = 0, 2, 4, 6
+>>> u.per_step.shape, u.mean.shape, u.per_class.shape  # 8 SGD steps, g_x^t at t = 2, 4, 6
 ((4, 3, 64), (4, 64), (4, 10, 10))
 """
 from memjax.metrics.consistency import (binomial_reference, class_binomial_reference,

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import optax
 
 from memjax.ensemble import map_members
-from memjax.sharding import everywhere
 from memjax.metrics._chunks import map_example_chunks
 from memjax.models import ApplyFn, as_float, computing_in
+from memjax.sharding import everywhere
 
 # The paper's values (alpha 0.25, beta 0.2, r 0.3 on the 0-255 scale; 100 iterations, the
 # authors' code), converted to [0, 1] pixels.
@@ -50,7 +50,8 @@ def lass_search(apply_fn: ApplyFn, member_variables, x: jax.Array, key: jax.Arra
     pixel units as x after scaling (use PAPER_LASS for the paper's values). clip: valid
     pixel range, or None; the box is [x - radius, x + radius] cut to that range, and never
     cut past x itself (a pixel outside the range, as in unclipped Gaussian randX inputs,
-    keeps a box around its own value, so no point is ever farther than radius from x). key: typed PRNG key; example n draws its noise at iteration i from
+    keeps a box around its own value, so no point is ever farther than radius from x).
+    key: typed PRNG key; example n draws its noise at iteration i from
     fold_in(fold_in(key, example_ids[n]), i) (example_ids default arange(N)), so an
     example's search does not depend on which other examples share the batch.
     compute_dtype "bfloat16": the network's forward and backward passes in bf16 (points,

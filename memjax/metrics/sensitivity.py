@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import optax
 
 from memjax.ensemble import map_members
-from memjax.sharding import everywhere
 from memjax.metrics._chunks import map_example_chunks
 from memjax.models import ApplyFn, as_float, computing_in
+from memjax.sharding import everywhere
 
 NORMS = {1: "L1", 2: "L2", float("inf"): "Linf"}
 

@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import optax
 
 from memjax.ensemble import DATA, map_members
-from memjax.sharding import everywhere
 from memjax.metrics.sensitivity import per_example_norm
 from memjax.models import ApplyFn, as_float
 from memjax.order import epoch_order
+from memjax.sharding import everywhere
 
 LOSS_ON = ("batch", "full")
 
