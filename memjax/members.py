@@ -72,15 +72,6 @@ def noise_source(split: Split, num_classes: int, data_seed: int,
                        random_labels(split, 1.0, num_classes, data_seed).y)
 
 
-def _nested(fractions_or_sizes: np.ndarray, n: int, seed: int, stream: int,
-            as_fraction: bool) -> np.ndarray:
-    rank = np.empty(n, np.int64)
-    rank[np.random.default_rng([seed, stream]).permutation(n)] = np.arange(n)
-    values = np.asarray(fractions_or_sizes, np.float64)
-    counts = np.rint(values * n).astype(np.int64) if as_fraction else values.astype(np.int64)
-    return rank[None, :] < counts[:, None]
-
-
 def noise_masks(fractions: np.ndarray, num_examples: int, data_seed: int,
                 example_mask: np.ndarray | None = None) -> np.ndarray:
     """[M, N] bool: member m sees round(fractions[m] * n_m) of its n_m training examples
@@ -90,9 +81,8 @@ def noise_masks(fractions: np.ndarray, num_examples: int, data_seed: int,
     fractions = np.asarray(fractions, np.float64)
     if fractions.size and (fractions.min() < 0 or fractions.max() > 1):
         raise MemjaxError(f"noise fractions must be in [0, 1], got {fractions.tolist()}")
-    if example_mask is None:
-        return _nested(fractions, num_examples, data_seed, _NOISE_ORDER_STREAM, True)
-    example_mask = np.asarray(example_mask, bool)
+    example_mask = (np.ones((len(fractions), num_examples), bool) if example_mask is None
+                    else np.asarray(example_mask, bool))
     by_rank = np.random.default_rng([data_seed, _NOISE_ORDER_STREAM]).permutation(num_examples)
     # each example's place among its member's own examples, in that order
     place = np.empty(example_mask.shape, np.int64)
@@ -106,7 +96,10 @@ def size_masks(sizes: np.ndarray, num_examples: int, data_seed: int) -> np.ndarr
     sizes = np.asarray(sizes)
     if sizes.size and (sizes.min() <= 0 or sizes.max() > num_examples):
         raise MemjaxError(f"dataset sizes must be in 1..{num_examples}, got {sizes.tolist()}")
-    return _nested(sizes, num_examples, data_seed, _SIZE_STREAM, False)
+    rank = np.empty(num_examples, np.int64)
+    rank[np.random.default_rng([data_seed, _SIZE_STREAM]).permutation(num_examples)] = \
+        np.arange(num_examples)
+    return rank[None, :] < sizes.astype(np.int64)[:, None]
 
 
 def member_batch(x: jax.Array, y: jax.Array, noise: NoiseSource | None, view: MemberView,

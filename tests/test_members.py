@@ -85,9 +85,17 @@ def test_noise_fractions_are_of_each_members_own_examples():
     assert masks.sum(1).tolist() == np.rint(levels * sizes).astype(int).tolist()
     assert (masks[0] <= masks[1]).all() and (masks[1] <= masks[2]).all()
     assert (masks[3] <= masks[4]).all()
-    # with every example its own, the same sets as without example masks
+    # with every example its own (or no masks), the first round(p N) examples of the data
+    # seed's order: the sets runs without size masks have always used
+    from memjax.members import _NOISE_ORDER_STREAM
+
+    first = np.random.default_rng([2, _NOISE_ORDER_STREAM]).permutation(1000)
+    expected = np.zeros((6, 1000), bool)
+    for m, p in enumerate(levels):
+        expected[m, first[:round(p * 1000)]] = True
     np.testing.assert_array_equal(noise_masks(levels, 1000, 2, np.ones((6, 1000), bool)),
-                                  noise_masks(levels, 1000, 2))
+                                  expected)
+    np.testing.assert_array_equal(noise_masks(levels, 1000, 2), expected)
 
 
 def test_epoch_order_with_example_mask_visits_own_examples_once():
