@@ -21,10 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memjax.config import ModelConfig
-from memjax.ensemble import init_ensemble, make_optimizer
+from memjax.config import ModelConfig, TrainConfig
 from memjax.metrics import lass, loss_sensitivity
-from memjax.models import build_network
+from memjax.runner import Members, build_ensemble
 
 SIZES = {
     "e_loss_sensitivity": {
@@ -41,9 +40,9 @@ LASS_ARGS = dict(radius=0.0, step_size=0.25 / 255, noise_scale=0.2 / 255)
 
 
 def _ensemble(members: int, hidden: tuple[int, ...], examples: int):
-    network = build_network(ModelConfig(hidden=hidden), 10)
-    state = init_ensemble(network, make_optimizer(), jnp.zeros((1, 28, 28, 1)), seed=0,
-                          member_ids=np.arange(members), learning_rate=0.01)
+    network, _, state = build_ensemble(ModelConfig(hidden=hidden), TrainConfig(learning_rate=0.01),
+                                       10, np.zeros((1, 28, 28, 1), np.float32),
+                                       Members(np.arange(members)))
     rng = np.random.default_rng(0)
     x = jax.device_put(rng.integers(0, 256, (examples, 28, 28, 1), dtype=np.uint8))
     y = jax.device_put(rng.integers(0, 10, examples).astype(np.int32))

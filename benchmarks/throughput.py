@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from memjax.config import DataConfig, ModelConfig
-from memjax.ensemble import init_ensemble, make_optimizer
+from memjax.config import DataConfig, ModelConfig, TrainConfig
+from memjax.data import Split
 from memjax.models import build_network
-from memjax.train import make_train_epoch
+from memjax.runner import Members, Runner
 
 
 @dataclass(frozen=True)
@@ -129,46 +129,32 @@ def _once(fn) -> float:
     return time.perf_counter() - start
 
 
-def _ensemble(case: Case, member_ids, chunk, compute_dtype="float32"):
-    network = build_network(case.model, 10)
-    tx = make_optimizer(case.momentum)
-    state = init_ensemble(network, tx, np.zeros((1,) + case.image, np.float32), seed=0,
-                          member_ids=np.asarray(member_ids), learning_rate=0.01)
-    return state, make_train_epoch(network, tx, batch_size=case.batch, member_chunk=chunk,
-                                   compute_dtype=compute_dtype)
+def _runner(case: Case, x, y, member_ids, chunk=None, compute_dtype="float32") -> Runner:
+    train = TrainConfig(batch_size=case.batch, learning_rate=0.01, momentum=case.momentum,
+                        member_chunk=chunk, compute_dtype=compute_dtype)
+    return Runner(case.model, train, Split(x, y, None), 10, Members(np.asarray(member_ids)))
 
 
 def jax_ensemble_row(case: Case, x, y, chunk=None, impl="jax-ensemble", repeats=2,
                      compute_dtype="float32") -> dict:
-    """One epoch (= case.steps steps) of all members in one program."""
-    state, epoch = _ensemble(case, np.arange(case.members), chunk, compute_dtype)
-    start = time.perf_counter()
-    epoch = epoch.lower(state, 0, x, y).compile()
-    compile_s = time.perf_counter() - start
-    holder = [state]
-
-    def run():
-        holder[0], metrics = epoch(holder[0], 0, x, y)
-        jax.block_until_ready(metrics)
-
-    seconds = _timed(run, repeats)
+    """One epoch (= case.steps steps) of all members in one program (memjax.runner)."""
+    runner = _runner(case, x, y, np.arange(case.members), chunk, compute_dtype)
+    compile_s = runner.compile()
+    seconds = _timed(runner.epoch, repeats)  # (the epoch ends with its metrics on the host)
     return {"impl": impl, "members": case.members, "member_chunk": chunk,
             "model_examples_per_s": case.members * len(y) / seconds, "seconds": seconds,
             "compile_s": compile_s}
 
 
 def jax_one_at_a_time_row(case: Case, x, y) -> dict:
-    """The same jitted epoch, one member per call, `case.serial` members in a Python loop."""
-    states = []
-    for i in range(case.serial):
-        state, epoch = _ensemble(case, [i], None)
-        states.append(state)
-    epoch = epoch.lower(states[0], 0, x, y).compile()
+    """The same runner, one member each, `case.serial` members in a Python loop."""
+    runners = [_runner(case, x, y, [i]) for i in range(case.serial)]
+    for runner in runners:
+        runner.compile()
 
     def run():
-        for i, state in enumerate(states):
-            states[i], metrics = epoch(state, 0, x, y)
-            jax.block_until_ready(metrics)
+        for runner in runners:
+            runner.epoch()
 
     seconds = _timed(run, repeats=1)
     return {"impl": "jax-one-at-a-time", "members": case.serial,
@@ -184,7 +170,7 @@ def plain_jax_row(case: Case, x, y) -> dict:
     import optax
 
     network = build_network(case.model, 10)
-    params = _ensemble(case, np.arange(case.members), None)[0].variables["params"]
+    params = _runner(case, x, y, np.arange(case.members)).variables["params"]
     steps = len(y) // case.batch
 
     @functools.partial(jax.jit, donate_argnums=0)

@@ -22,10 +22,9 @@ from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_fraction,
                            check_positive)
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import new_figure
-from memjax.experiments.sweeps import grid, make_sweep, run_epochs, width_buckets
+from memjax.experiments.common import grid, new_figure, width_buckets
 from memjax.results import RunDir
-from memjax.train import evaluate
+from memjax.runner import Members, Runner
 
 
 @dataclass(frozen=True)
@@ -78,35 +77,29 @@ def run(config: Config, run_dir: RunDir) -> dict:
     widths = cells["width"].astype(int)
     kind = np.array([conds[c][0] for c in cells["cond"]])
     level = np.array([conds[c][1] for c in cells["cond"]], float)
-    m = len(widths)
-    best = np.zeros(m)
-    curves = np.zeros((config.train.epochs, m))
+    curves = np.zeros((config.train.epochs, len(widths)))
     val_x, val_y = jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y)
     seconds = examples = 0.0
     for b, (model_width, rows) in enumerate(width_buckets(widths, config.bucket_limits)):
         model = ModelConfig(hidden=(model_width,) * len(config.model.hidden))
-        sweep = make_sweep(model, config.train, dataset, dataset.train, rows, widths=widths[rows],
-                           input_noise=np.where(kind[rows] == "randX", level[rows], 0.0),
-                           label_noise=np.where(kind[rows] == "randY", level[rows], 0.0),
-                           data_seed=config.data.data_seed)
+        runner = Runner(model, config.train, dataset.train, dataset.num_classes, Members(
+            rows, widths=widths[rows],
+            input_noise=np.where(kind[rows] == "randX", level[rows], 0.0),
+            label_noise=np.where(kind[rows] == "randY", level[rows], 0.0)),
+            data_seed=config.data.data_seed)
 
-        history = {"validation_accuracy": []}
+        def log(epoch, record, b=b):
+            return {"bucket": b, "epoch": epoch,
+                    "validation_accuracy": record["validation_accuracy"].tolist(),
+                    "train_accuracy": record["train_accuracy"].tolist()}
 
-        def on_epoch(epoch, metrics, sweep=sweep, history=history):
-            acc = np.asarray(evaluate(sweep.network.apply, sweep.state.variables, val_x, val_y,
-                                      chunk=config.train.eval_chunk,
-                                      member_chunk=config.train.member_chunk)["correct"].mean(1))
-            history["validation_accuracy"].append(acc)
-            run_dir.log_metrics({"bucket": b, "epoch": epoch,
-                                 "validation_accuracy": acc.tolist(),
-                                 "train_accuracy": metrics["train_accuracy"].tolist()})
-
-        run_epochs(sweep, config.train.epochs, on_epoch, desc=f"width <= {model_width}",
-                   run_dir=run_dir, history=history)
-        done = np.asarray(history["validation_accuracy"]).reshape(-1, len(rows))
+        history = runner.run(config.train.epochs, desc=f"width <= {model_width}",
+                             run_dir=run_dir, log=log, measure=lambda r, epoch: {
+                                 "validation_accuracy": r.evaluate(val_x, val_y)["correct"].mean(1)})
+        done = history["validation_accuracy"]
         curves[:len(done), rows] = done
-        seconds += sweep.seconds
-        examples += sweep.model_examples
+        seconds += runner.seconds
+        examples += runner.model_examples
     best = curves.max(0)
     summary = summarize(conds, config.widths, kind, level, widths, best, config.tolerance)
     run_dir.write_npz("results.npz", {"width": widths, "kind": kind, "level": level,

@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 import jax
 import numpy as np
 
-from memjax.experiments.common import new_figure, train_ensemble
+from memjax.experiments.common import new_figure
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive,
                            validate)
 from memjax.data import load_dataset, with_noise
 from memjax.data.noise import INPUT_NOISE_STATS
-from memjax.ensemble import NOISE, study_key
+from memjax.keys import NOISE, study_key
 from memjax.errors import MemjaxError
 from memjax.metrics.consistency import (binomial_reference, class_binomial_reference,
                                         misclassification_rate)
 from memjax.results import RunDir
-from memjax.train import evaluate
+from memjax.runner import Runner
 
 CONDITIONS = ("real", "randX", "randY")
 
@@ -80,15 +80,13 @@ def run(config: Config, run_dir: RunDir) -> dict:
     for i, condition in enumerate(config.conditions):
         split = with_noise(dataset.train, condition, config.noise_fraction, dataset.num_classes,
                            config.data.data_seed, config.input_noise_stats)
-        trained = train_ensemble(config.model, config.train, dataset, split,
-                                 desc=f"{condition} ({i + 1}/{len(config.conditions)})",
-                                 run_dir=run_dir)
-        seconds += trained.seconds
-        model_examples += trained.model_examples
+        runner = Runner(config.model, config.train, split, dataset.num_classes)
+        runner.run(config.train.epochs, desc=f"{condition} ({i + 1}/{len(config.conditions)})",
+                   run_dir=run_dir)
+        seconds += runner.seconds
+        model_examples += runner.model_examples
         part = split.subset(tracked)
-        correct = evaluate(trained.network.apply, trained.state.variables,
-                           jax.device_put(part.x), jax.device_put(part.y),
-                           chunk=config.train.eval_chunk, member_chunk=config.train.member_chunk)["correct"]
+        correct = runner.evaluate(jax.device_put(part.x), jax.device_put(part.y))["correct"]
         rate = misclassification_rate(correct)
         mean_error = float(rate.mean())
         key = jax.random.fold_in(study_key(config.train.seed, NOISE), i)
@@ -109,7 +107,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
             "std_class_binomial_reference": float(class_reference.std()),
             "fraction_misclassified_by_90pct": float(np.mean(rate >= 0.9)),
             "fraction_misclassified_by_10pct_or_fewer": float(np.mean(rate <= 0.1)),
-            "train_seconds": trained.seconds,
+            "train_seconds": runner.seconds,
         }
         run_dir.log_metrics({"condition": condition, "epoch": 1, **summary[condition]})
     run_dir.write_npz("results.npz", arrays)

@@ -23,10 +23,10 @@ from memjax import convergence
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import new_figure
-from memjax.experiments.sweeps import grid, make_sweep, run_epochs, width_buckets
-from memjax.members import member_accuracy, size_masks
+from memjax.experiments.common import grid, new_figure, width_buckets
 from memjax.results import RunDir
+from memjax.runner import Members, Runner
+from memjax.views import size_masks
 
 
 @dataclass(frozen=True)
@@ -89,41 +89,22 @@ def run(config: Config, run_dir: RunDir) -> dict:
     for model_width, rows in buckets:
         model = ModelConfig(hidden=(model_width,) * len(config.model.hidden))
         masks = size_masks(sizes[rows], n, config.data.data_seed)
-        sweep = make_sweep(model, config.train, dataset, dataset.train, rows, widths=widths[rows],
-                           input_noise=levels[rows], data_seed=config.data.data_seed,
-                           example_mask=None if masks.all() else masks)
-        tracker = convergence.start(sweep.state)
-        history = {"train_accuracy": [], "first_epoch": []}
+        runner = Runner(model, config.train, dataset.train, dataset.num_classes, Members(
+            rows, widths=widths[rows], input_noise=levels[rows],
+            example_mask=None if masks.all() else masks), data_seed=config.data.data_seed)
 
-        def on_epoch(epoch, metrics, sweep=sweep, history=history):
-            nonlocal tracker
-            acc = member_accuracy(sweep.network.apply, sweep.state.variables, sweep.x, sweep.y,
-                                  sweep.view, sweep.noise, chunk=config.train.eval_chunk,
-                                  member_chunk=config.train.member_chunk)["accuracy"]
-            tracker = convergence.update(tracker, acc, sweep.state.epoch, config.threshold)
-            sweep.state = convergence.freeze(sweep.state, tracker)
-            history["train_accuracy"].append(np.asarray(acc))
-            history["first_epoch"].append(np.asarray(tracker.first_epoch))
-            done = np.asarray(tracker.converged)
-            run_dir.log_metrics({"members": rows.tolist(), "epoch": epoch,
-                                 "train_accuracy": np.asarray(acc).tolist(),
-                                 "converged": int(done.sum())})
-            return bool(done.all())
+        def log(epoch, record, rows=rows):
+            return {"members": rows.tolist(), "epoch": epoch,
+                    "train_accuracy": record["train_accuracy"].tolist(),
+                    "converged": int((record["first_epoch"] != convergence.NOT_CONVERGED).sum())}
 
-        def on_restore(history=history):
-            # the restored state already has converged members' learning rates at 0
-            nonlocal tracker
-            if history["first_epoch"]:
-                tracker = tracker.replace(
-                    first_epoch=np.asarray(history["first_epoch"][-1], np.int32))
-
-        run_epochs(sweep, config.train.epochs, on_epoch, desc=f"width {model_width}",
-                   run_dir=run_dir, history=history, on_restore=on_restore)
-        done = np.asarray(history["train_accuracy"]).reshape(-1, len(rows))
+        history = runner.run(config.train.epochs, desc=f"width {model_width}", run_dir=run_dir,
+                             converge_at=config.threshold, log=log)
+        done = history["train_accuracy"]
         curves[:len(done), rows] = done
-        first[rows] = np.asarray(tracker.first_epoch)
-        seconds += sweep.seconds
-        examples += sweep.model_examples
+        first[rows] = history["first_epoch"][-1]
+        seconds += runner.seconds
+        examples += runner.model_examples
     result = convergence.epochs_to_converge(first, config.train.epochs)
     summary = summarize(part, widths, sizes, levels, result, config)
     run_dir.write_npz("results.npz", {"part": part, "width": widths, "size": sizes,

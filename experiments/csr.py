@@ -21,13 +21,12 @@ import numpy as np
 
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
 from memjax.data import load_dataset, with_noise
-from memjax.ensemble import ATTACK, study_key
 from memjax.errors import MemjaxError
-from memjax.experiments.common import new_figure, train_ensemble
+from memjax.experiments.common import new_figure
+from memjax.keys import ATTACK, study_key
 from memjax.metrics import PAPER_LASS, critical_sample_ratio, lass
-from memjax.models import build_network
 from memjax.results import RunDir
-from memjax.train import evaluate
+from memjax.runner import Runner
 
 CONDITIONS = ("real", "randX", "randY")
 
@@ -89,40 +88,36 @@ def run(config: Config, run_dir: RunDir) -> dict:
     search = dict(radius=config.radius, step_size=config.step_size,
                   noise_scale=config.noise_scale, max_iterations=config.max_iterations,
                   member_chunk=tc.member_chunk, chunk=config.lass_chunk)
-    # the same (pure) network train_ensemble builds, for the searches between epochs
-    apply_fn = build_network(config.model, dataset.num_classes).apply
     arrays: dict[str, np.ndarray] = {}
     summary: dict[str, dict] = {}
     seconds = model_examples = 0.0
     for c_index, condition in enumerate(config.conditions):
         split = with_noise(dataset.train, condition, config.noise_fraction, dataset.num_classes,
                            config.data.data_seed)
-        history: dict[str, list] = {"csr": [], "validation_accuracy": [], "train_accuracy": [],
-                                    "lass_iterations": []}
 
-        def on_epoch(epoch, state, metrics, condition=condition, history=history,
-                     c_index=c_index):
+        def measure(runner, epoch, c_index=c_index):
             key = jax.random.fold_in(jax.random.fold_in(study_key(tc.seed, ATTACK), c_index),
                                      epoch)
-            found = lass(apply_fn, state.variables, x_val, key, **search)
-            csr = np.asarray(critical_sample_ratio(found.critical))
-            accuracy = np.asarray(evaluate(apply_fn, state.variables, x_val, y_val,
-                                           chunk=tc.eval_chunk,
-                                           member_chunk=tc.member_chunk)["correct"].mean(1))
-            history["csr"].append(csr)
-            history["validation_accuracy"].append(accuracy)
-            history["train_accuracy"].append(np.asarray(metrics["train_accuracy"]))
-            history["lass_iterations"].append(float(np.asarray(found.iterations).mean()))
-            run_dir.log_metrics({"condition": condition, "epoch": epoch, "csr": float(csr.mean()),
-                                 "validation_accuracy": float(accuracy.mean()),
-                                 "train_accuracy": float(np.mean(metrics["train_accuracy"]))})
-        trained = train_ensemble(config.model, tc, dataset, split, on_epoch=on_epoch,
-                                 desc=f"{condition} ({c_index + 1}/{len(config.conditions)})",
-                                 run_dir=run_dir, history=history)
-        seconds += trained.seconds
-        model_examples += trained.model_examples
+            found = lass(runner.apply, runner.variables, x_val, key, **search)
+            return {"csr": critical_sample_ratio(found.critical),
+                    "validation_accuracy": runner.evaluate(x_val, y_val)["correct"].mean(1),
+                    # (summed exactly on the device, averaged on the host)
+                    "lass_iterations": found.iterations[:runner.members].sum()}
+
+        def log(epoch, record, condition=condition):
+            return {"condition": condition, "epoch": epoch, "csr": float(record["csr"].mean()),
+                    "validation_accuracy": float(record["validation_accuracy"].mean()),
+                    "train_accuracy": float(np.mean(record["train_accuracy"]))}
+
+        runner = Runner(config.model, tc, split, dataset.num_classes)
+        history = runner.run(tc.epochs, desc=f"{condition} ({c_index + 1}/{len(config.conditions)})",
+                             run_dir=run_dir, measure=measure, log=log)
+        seconds += runner.seconds
+        model_examples += runner.model_examples
+        history.pop("train_loss")
+        history["lass_iterations"] = history["lass_iterations"] / (runner.members * len(validation))
         for name, values in history.items():
-            arrays[f"{name}_{condition}"] = np.asarray(values)  # [epochs, M] (iterations: [epochs])
+            arrays[f"{name}_{condition}"] = values  # [epochs, M] (iterations: [epochs])
         csr = arrays[f"csr_{condition}"]
         summary[condition] = {
             "csr_first_epoch": float(csr[0].mean()), "csr_last_epoch": float(csr[-1].mean()),
@@ -136,7 +131,6 @@ def run(config: Config, run_dir: RunDir) -> dict:
     run_dir.write_npz("results.npz", arrays)
     run_dir.write_json("summary.json", summary)
     _figure(arrays, config.conditions, run_dir)
-    # training time includes the per-epoch searches (they run inside the epoch callback)
     return {"summary": summary, "model_examples_per_second": model_examples / max(seconds, 1e-9)}
 
 

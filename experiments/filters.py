@@ -22,9 +22,8 @@ from memjax.config import DataConfig, ModelConfig, TrainConfig, check_positive
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import new_figure
-from memjax.experiments.sweeps import make_sweep, run_epochs
-from memjax.members import member_accuracy
 from memjax.results import RunDir
+from memjax.runner import Members, Runner
 
 
 @dataclass(frozen=True)
@@ -73,24 +72,18 @@ def run(config: Config, run_dir: RunDir) -> dict:
     dataset = load_dataset(config.data)
     reps = config.train.members
     data = np.array(["real"] * reps + ["randY"] * reps)
-    sweep = make_sweep(config.model, config.train, dataset, dataset.train, np.arange(2 * reps),
-                       label_noise=(data == "randY").astype(float),
-                       data_seed=config.data.data_seed)
-    initial = np.asarray(sweep.state.variables["params"]["Conv_0"]["kernel"])
-    history = {"train_accuracy": []}
-
-    def on_epoch(epoch, metrics):
-        acc = np.asarray(member_accuracy(sweep.network.apply, sweep.state.variables, sweep.x,
-                                         sweep.y, sweep.view, sweep.noise,
-                                         chunk=config.train.eval_chunk)["accuracy"])
-        history["train_accuracy"].append(acc)
-        run_dir.log_metrics({"epoch": epoch, "train_accuracy": acc.tolist(),
-                             "train_loss": metrics["train_loss"].tolist()})
-
-    run_epochs(sweep, config.train.epochs, on_epoch, desc="filters", run_dir=run_dir,
-               history=history)
-    last = {"train_accuracy": np.asarray(history["train_accuracy"][-1])}
-    final = np.asarray(sweep.state.variables["params"]["Conv_0"]["kernel"])
+    runner = Runner(config.model, config.train, dataset.train, dataset.num_classes, Members(
+        np.arange(2 * reps), label_noise=(data == "randY").astype(float)),
+        data_seed=config.data.data_seed)
+    initial = np.asarray(runner.variables["params"]["Conv_0"]["kernel"])[:2 * reps]
+    history = runner.run(
+        config.train.epochs, desc="filters", run_dir=run_dir,
+        measure=lambda r, epoch: {"train_accuracy": r.own_accuracy()},
+        log=lambda epoch, record: {"epoch": epoch,
+                                   "train_accuracy": record["train_accuracy"].tolist(),
+                                   "train_loss": record["train_loss"].tolist()})
+    last = {"train_accuracy": history["train_accuracy"][-1]}
+    final = np.asarray(runner.member_state().variables["params"]["Conv_0"]["kernel"])
     corr = np.stack([adjacent_correlation(final[m] - initial[m]) for m in range(2 * reps)])
     summary = {d: {"adjacent_correlation_of_learned_change": float(corr[data == d].mean()),
                    "final_train_accuracy": float(last["train_accuracy"][data == d].mean())}
@@ -100,7 +93,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
     run_dir.write_json("summary.json", summary)
     _figure(final, data, config.shown, run_dir)
     return {"summary": summary,
-            "model_examples_per_second": sweep.model_examples / max(sweep.seconds, 1e-9)}
+            "model_examples_per_second": runner.throughput}
 
 
 def filter_grid(kernel: np.ndarray, shown: int) -> np.ndarray:

@@ -21,15 +21,13 @@ import jax
 import numpy as np
 
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
-from memjax.data import Dataset, load_dataset
+from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import new_figure
-from memjax.experiments.sweeps import Sweep, first_epoch_at_least, grid, make_sweep, run_epochs
-from memjax.ensemble import ATTACK, study_key
-from memjax.members import member_accuracy
+from memjax.experiments.common import first_epoch_at_least, grid, new_figure
+from memjax.keys import ATTACK, study_key
 from memjax.metrics import PAPER_LASS, critical_sample_ratio, lass
 from memjax.results import RunDir
-from memjax.train import evaluate
+from memjax.runner import Members, Runner
 
 PAPER_CNN_TRAIN = TrainConfig(members=1, epochs=100, momentum=0.9, lr_halving_epochs=15)
 
@@ -63,22 +61,18 @@ PRESETS = {
 }
 
 
-def epoch_evaluation(sweep: Sweep, dataset: Dataset, validation: tuple[jax.Array, jax.Array],
-                     train: TrainConfig, config: Config, epoch: int) -> dict[str, np.ndarray]:
+def epoch_evaluation(runner: Runner, validation: tuple[jax.Array, jax.Array], config: Config,
+                     epoch: int) -> dict[str, jax.Array]:
     """Per-member measurements after an epoch, each [M]: training accuracy on the member's
     own (noisy) training set, validation accuracy on real data, and validation CSR (LASS
     with the paper's r, alpha, beta on the first `config.csr_examples` validation images)."""
-    kw = dict(chunk=train.eval_chunk, member_chunk=train.member_chunk)
-    variables = sweep.state.variables
-    own = member_accuracy(sweep.network.apply, variables, sweep.x, sweep.y,
-                          sweep.view, sweep.noise, **kw)["accuracy"]
-    val = evaluate(sweep.network.apply, variables, *validation, **kw)["correct"]
-    key = jax.random.fold_in(study_key(train.seed, ATTACK), epoch)
-    found = lass(sweep.network.apply, variables, validation[0][:config.csr_examples], key,
+    key = jax.random.fold_in(study_key(runner.train.seed, ATTACK), epoch)
+    found = lass(runner.apply, runner.variables, validation[0][:config.csr_examples], key,
                  **{**PAPER_LASS, "max_iterations": config.csr_iterations},
-                 member_chunk=train.member_chunk, member_ids=sweep.state.member_ids)
-    return {"train_accuracy": np.asarray(own), "validation_accuracy": np.asarray(val.mean(1)),
-            "validation_csr": np.asarray(critical_sample_ratio(found.critical))}
+                 member_chunk=runner.train.member_chunk, member_ids=runner.state.member_ids)
+    return {"train_accuracy": runner.own_accuracy(),
+            "validation_accuracy": runner.evaluate(*validation)["correct"].mean(1),
+            "validation_csr": critical_sample_ratio(found.critical)}
 
 
 def _parts(config: Config) -> list[tuple]:
@@ -103,11 +97,11 @@ def run(config: Config, run_dir: RunDir) -> dict:
     check(config)
     summary, arrays, seconds, examples = {}, {}, 0.0, 0.0
     for name, data, model, train in _parts(config):
-        s, a, sweep = _run_part(name, data, model, train, config, run_dir)
+        s, a, runner = _run_part(name, data, model, train, config, run_dir)
         summary.update(s)
         arrays.update(a)
-        seconds += sweep.seconds
-        examples += sweep.model_examples
+        seconds += runner.seconds
+        examples += runner.model_examples
     run_dir.write_npz("results.npz", arrays)
     run_dir.write_json("summary.json", summary)
     _figure(summary, run_dir)
@@ -124,23 +118,19 @@ def _run_part(name, data, model, train, config, run_dir):
     cells = grid(cond=list(range(len(conds))), repeat=list(range(train.members)))
     kind = np.array([conds[c][0] for c in cells["cond"]])
     level = np.array([conds[c][1] for c in cells["cond"]], float)
-    sweep = make_sweep(model, train, dataset, dataset.train, np.arange(len(kind)),
-                       input_noise=np.where(kind == "randX", level, 0.0),
-                       label_noise=np.where(kind == "randY", level, 0.0),
-                       data_seed=data.data_seed)
+    runner = Runner(model, train, dataset.train, dataset.num_classes, Members(
+        np.arange(len(kind)), input_noise=np.where(kind == "randX", level, 0.0),
+        label_noise=np.where(kind == "randY", level, 0.0)), data_seed=data.data_seed)
     validation = (jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y))
-    history = {"train_accuracy": [], "validation_accuracy": []}
+    measured = ("train_accuracy", "validation_accuracy", "validation_csr")
 
-    def on_epoch(epoch, metrics):
-        measured = epoch_evaluation(sweep, dataset, validation, train, config, epoch)
-        for key, value in measured.items():
-            history.setdefault(key, []).append(value)
-        run_dir.log_metrics({"part": name, "epoch": epoch, "train_loss": metrics["train_loss"],
-                             **{k: v.tolist() for k, v in measured.items()}})
+    def log(epoch, record):
+        return {"part": name, "epoch": epoch, "train_loss": record["train_loss"],
+                **{k: record[k].tolist() for k in measured}}
 
-    run_epochs(sweep, train.epochs, on_epoch, desc=f"noise curves ({name})", run_dir=run_dir,
-               history=history)
-    curves = {k: np.stack(v) for k, v in history.items()}  # [epochs, M]
+    history = runner.run(train.epochs, desc=f"noise curves ({name})", run_dir=run_dir, log=log,
+                         measure=lambda r, epoch: epoch_evaluation(r, validation, config, epoch))
+    curves = {k: history[k] for k in measured}  # [epochs, M]
     summary = {}
     for k, p in conds:
         sel = (kind == k) & np.isclose(level, p)
@@ -157,7 +147,7 @@ def _run_part(name, data, model, train, config, run_dir):
             "epoch_train_accuracy_high": first_epoch_at_least(tr, config.high_train_accuracy)}
     arrays = {f"{name}_kind": kind, f"{name}_level": level,
               **{f"{name}_{k}": v for k, v in curves.items()}}
-    return summary, arrays, sweep
+    return summary, arrays, runner
 
 
 def evidence(summary: dict) -> list[dict]:

@@ -28,11 +28,9 @@ from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, 
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import new_figure
-from memjax.experiments.sweeps import make_sweep, run_epochs
-from memjax.members import member_accuracy
 from memjax.models import REGULARIZERS
 from memjax.results import RunDir
-from memjax.train import evaluate
+from memjax.runner import Members, Runner
 
 STRENGTH_REGULARIZERS = REGULARIZERS + ("weight_decay",)
 
@@ -106,36 +104,27 @@ def run(config: Config, run_dir: RunDir) -> dict:
     check(config)
     rows = members(config)
     dataset = load_dataset(config.data)
-    sweep = make_sweep(config.model, config.train, dataset, dataset.train,
-                       np.arange(len(rows["data"])), regularized=True,
-                       strengths={k: rows[k] for k in REGULARIZERS},
-                       weight_decay=rows["weight_decay"],
-                       label_noise=(rows["data"] == "randY").astype(float),
-                       adversarial_weight=rows["adversarial_weight"],
-                       data_seed=config.data.data_seed)
+    runner = Runner(config.model, config.train, dataset.train, dataset.num_classes, Members(
+        np.arange(len(rows["data"])), strengths={k: rows[k] for k in REGULARIZERS},
+        weight_decay=rows["weight_decay"], label_noise=(rows["data"] == "randY").astype(float),
+        adversarial_weight=rows["adversarial_weight"]), data_seed=config.data.data_seed)
     validation = (jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y))
-    history = {"train_loss": [], "train_accuracy": [], "validation_accuracy": []}
-    kw = dict(chunk=config.train.eval_chunk, member_chunk=config.train.member_chunk)
+    names = ("train_loss", "train_accuracy", "validation_accuracy")
 
-    def on_epoch(epoch, metrics):
-        own = member_accuracy(sweep.network.apply, sweep.state.variables, sweep.x, sweep.y,
-                              sweep.view, sweep.noise, **kw)["accuracy"]
-        val = evaluate(sweep.network.apply, sweep.state.variables, *validation, **kw)["correct"]
-        record = {"train_loss": np.asarray(metrics["train_loss"]), "train_accuracy": np.asarray(own),
-                  "validation_accuracy": np.asarray(val.mean(1))}
-        for k, v in record.items():
-            history[k].append(v)
-        run_dir.log_metrics({"epoch": epoch, **{k: v.tolist() for k, v in record.items()}})
+    def measure(r, epoch):
+        return {"train_accuracy": r.own_accuracy(),
+                "validation_accuracy": r.evaluate(*validation)["correct"].mean(1)}
 
-    run_epochs(sweep, config.train.epochs, on_epoch, desc="regularization", run_dir=run_dir,
-               history=history)
-    curves = {k: np.stack(v) for k, v in history.items()}  # [epochs, M]
+    history = runner.run(config.train.epochs, desc="regularization", run_dir=run_dir,
+                         measure=measure, log=lambda epoch, record: {
+                             "epoch": epoch, **{k: record[k].tolist() for k in names}})
+    curves = {k: history[k] for k in names}  # [epochs, M]
     summary = summarize(rows, curves, config.keep_validation)
     run_dir.write_npz("results.npz", {**rows, **curves})
     run_dir.write_json("summary.json", summary)
     _figures(summary, run_dir)
     return {"summary": summary,
-            "model_examples_per_second": sweep.model_examples / max(sweep.seconds, 1e-9)}
+            "model_examples_per_second": runner.throughput}
 
 
 def _label(point: dict, sep: str = " ") -> str:

@@ -15,6 +15,7 @@ Presets: smoke (seconds), cpu (4 members, 60 epochs, ~3 minutes on 2 cores), pap
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -24,13 +25,12 @@ import numpy as np
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_positive
 from memjax.data import load_dataset, with_noise
 from memjax.data.dataset import Split
-from memjax.ensemble import init_ensemble, make_optimizer
 from memjax.errors import MemjaxError
-from memjax.experiments.common import check_train, new_figure
+from memjax.evaluation import evaluate
+from memjax.experiments.common import new_figure
 from memjax.metrics import gini, loss_sensitivity, trainer_order, unrolled_loss_sensitivity
-from memjax.models import build_network
 from memjax.results import RunDir
-from memjax.train import evaluate
+from memjax.runner import Members, build_ensemble
 
 # condition -> (noise kind, one class per example)
 CONDITIONS = {"real": ("real", False), "randX": ("randX", False), "randY": ("randY", False),
@@ -100,7 +100,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
     dataset = load_dataset(config.data)
     n = len(dataset.train)
     tc = config.train
-    check_train(tc, n)
+    tc.check_data(n)
     members = np.arange(tc.members)
     order, weight = trainer_order(tc.seed, members, num_examples=n, batch_size=tc.batch_size,
                                   epochs=tc.epochs, shared_order=tc.shared_order)
@@ -121,13 +121,12 @@ def run(config: Config, run_dir: RunDir) -> dict:
                           mininterval=0):
         split, classes = _condition_split(dataset.train, condition, dataset.num_classes,
                                           config.data.data_seed)
-        network = build_network(config.model, classes)
         lr = tc.learning_rate
         if CONDITIONS[condition][1] and config.per_example_learning_rate is not None:
             lr = config.per_example_learning_rate
-        state = init_ensemble(network, make_optimizer(), np.zeros((1,) + split.x.shape[1:],
-                              np.float32), seed=tc.seed, member_ids=members,
-                              learning_rate=lr)
+        network, _, state = build_ensemble(
+            config.model, dataclasses.replace(tc, learning_rate=lr), classes,
+            np.zeros((1,) + split.x.shape[1:], np.float32), Members(members))
         x, y = jax.device_put(split.x), jax.device_put(split.y)
         common = dict(learning_rate=lr, loss_on=config.loss_on, direct=config.direct,
                       cotangent_chunk=config.cotangent_chunk, member_chunk=tc.member_chunk)

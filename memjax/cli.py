@@ -23,9 +23,12 @@ def _experiment(name: str):
     return importlib.import_module(f"memjax.experiments.{EXPERIMENTS[name]}")
 
 
-def build_config(module, args: argparse.Namespace):
-    from memjax.experiments.common import SHARED_FLAGS
+# The flags every `memjax run NAME` accepts, and the config field each one sets.
+SHARED_FLAGS = {"dataset": "data.name", "data_dir": "data.data_dir",
+                "members": "train.members", "seed": "train.seed"}
 
+
+def build_config(module, args: argparse.Namespace):
     if args.preset not in module.PRESETS:
         raise MemjaxError(f"unknown preset {args.preset!r}; known: {', '.join(module.PRESETS)}")
     config = module.PRESETS[args.preset]

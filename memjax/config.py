@@ -70,6 +70,12 @@ class TrainConfig:
     eval_chunk: int = 2048
     compute_dtype: str = "float32"
 
+    def check_data(self, num_examples: int) -> None:
+        """The check that needs the data: a batch no larger than the training set."""
+        if self.batch_size > num_examples:
+            raise MemjaxError(f"batch size {self.batch_size} is larger than the "
+                              f"{num_examples} training examples")
+
 
 def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
@@ -211,6 +217,9 @@ def validate(config: Any, prefix: str = "") -> None:
                 check_nonnegative(label, v)
     if isinstance(config, DataConfig):
         _check_data(config, prefix)
+    if isinstance(config, TrainConfig) and config.compute_dtype not in ("float32", "bfloat16"):
+        raise MemjaxError(f"{prefix}compute_dtype must be float32 or bfloat16, got "
+                          f"{config.compute_dtype!r}")
     if isinstance(config, ModelConfig) and config.kind not in KNOWN_MODELS:
         raise MemjaxError(f"unknown model {config.kind!r}; known: {', '.join(KNOWN_MODELS)}")
 

@@ -1,13 +1,22 @@
-"""Ensembles: members stacked on a leading axis, stateless per-member keys, chunked vmap.
+"""Ensembles: members stacked on a leading axis, their initialization (each member from its
+own key, `memjax.keys`; a width sweep as a masked max-width MLP), per-member regularizer
+strengths, and `map_members`, the chunked and sharded vmap every per-member computation
+goes through.
 
-Key handling: member key = fold_in(root, member_id), so member i's randomness never depends
-on how many members run beside it; one stream per purpose = fold_in(member_key, PURPOSE);
-inside a scan, fold_in(stream, step). Streams that belong to no member (a LASS search over
-the whole ensemble, a reference draw) come from `study_key`, under a root that no member id
-reaches.
+- Width: a max-width MLP whose hidden units are masked per member (`hidden_masks`); each
+  member is initialized exactly as the narrow network of its width would be with the same
+  key, zero-padded (`init_width_ensemble`), so it trains exactly as that narrow network.
+- Regularizer strengths: `set_regularization` writes them into the variables.
+
+Cost: a vmapped member costs what the largest member costs (max width, max dataset size:
+smaller members run zero-weight steps that change nothing). Members of very different cost
+belong in separate ensembles ("buckets"): e.g. widths 16-256 in one, 512-4096 each alone;
+results do not depend on the grouping, since member i's keys depend only on its id.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax
@@ -16,21 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from memjax.models import Network, Variables
-
-INIT, DATA, DROPOUT, ATTACK, NOISE = range(5)
-_STUDY = 2 ** 32 - 1  # fold_in(root, _STUDY): above every member id
-
-
-def study_key(seed: int, purpose: int) -> jax.Array:
-    """A typed key for a study-level stream (purpose: ATTACK, NOISE, ...) that no member's
-    key or stream can equal: fold_in(fold_in(key(seed), 2^32 - 1), purpose)."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _STUDY), purpose)
-
-
-def member_keys(root: jax.Array, member_ids: jax.Array) -> jax.Array:
-    """[M] typed keys: fold_in(root, member_id) for each id in member_ids [M]."""
-    return jax.vmap(lambda i: jax.random.fold_in(root, i))(member_ids)
+from memjax import keys
+from memjax.config import ModelConfig
+from memjax.errors import MemjaxError
+from memjax.models import REGULARIZERS, Network, Variables, build_network
 
 
 @flax.struct.dataclass
@@ -76,14 +74,13 @@ def init_ensemble(network: Network, tx: optax.GradientTransformation, example_x:
     example_x: [batch, H, W, C] float, used for shapes only.
     """
     ids = jnp.asarray(member_ids, jnp.int32)
-    keys = member_keys(jax.random.key(seed), ids)
 
     @jax.jit
-    def init(keys):
-        variables = jax.vmap(lambda k: network.init(jax.random.fold_in(k, INIT), example_x))(keys)
+    def init(ids):
+        variables = jax.vmap(lambda i: network.init(keys.init_key(seed, i), example_x))(ids)
         return variables, jax.vmap(tx.init)(variables["params"])
 
-    variables, opt_state = init(keys)
+    variables, opt_state = init(ids)
     m = ids.shape[0]
     return EnsembleState(
         variables=variables, opt_state=opt_state, member_ids=ids,
@@ -92,36 +89,152 @@ def init_ensemble(network: Network, tx: optax.GradientTransformation, example_x:
         epoch=jnp.zeros((), jnp.int32), diverged=jnp.zeros((m,), bool))
 
 
+# ---- widths ---------------------------------------------------------------------------
+
+def _widths_per_layer(widths: np.ndarray, hidden: tuple[int, ...]) -> np.ndarray:
+    widths = np.asarray(widths, np.int64)
+    if widths.ndim == 1:
+        widths = np.repeat(widths[:, None], len(hidden), axis=1)
+    if widths.ndim != 2 or widths.shape[1] != len(hidden):
+        raise MemjaxError(f"widths must be [members] or [members, {len(hidden)}]")
+    if widths.min() <= 0 or (widths > np.asarray(hidden)[None]).any():
+        raise MemjaxError(f"widths must be in 1..{max(hidden)} (the model's width), "
+                          f"got {sorted(set(widths.ravel().tolist()))}")
+    return widths
+
+
+def hidden_masks(widths: np.ndarray, hidden: tuple[int, ...]) -> dict[str, jax.Array]:
+    """{"hidden_i": [M, hidden[i]] float32}: 1 for the first widths[m] units of layer i.
+
+    widths: [M] (every hidden layer of member m that wide) or [M, layers]."""
+    widths = _widths_per_layer(widths, hidden)
+    return {f"hidden_{i}": jnp.asarray(np.arange(w)[None, :] < widths[:, i:i + 1], jnp.float32)
+            for i, w in enumerate(hidden)}
+
+
+def init_width_ensemble(model: ModelConfig, num_classes: int, tx: optax.GradientTransformation,
+                        example_x: jax.Array, *, seed: int, member_ids: np.ndarray,
+                        widths: np.ndarray, learning_rate: float | np.ndarray,
+                        weight_decay: float | np.ndarray = 0.0,
+                        regularized: bool = False) -> tuple[Network, EnsembleState]:
+    """A max-width (model.hidden) masked MLP ensemble where member m is the narrow MLP of
+    widths[m], initialized as that narrow network would be from the same key (its fan-in
+    scaling included) and zero-padded; unused units stay exactly zero during training.
+
+    One init per distinct width (not per member). Returns the network and the state.
+    """
+    if model.kind != "mlp":
+        raise MemjaxError("width sweeps need model.kind=mlp")
+    hidden = tuple(model.hidden)
+    per_layer = _widths_per_layer(widths, hidden)
+    ids = np.asarray(member_ids)
+    network = build_network(model, num_classes, masked=True, regularized=regularized)
+    state = init_ensemble(network, tx, example_x, seed=seed, member_ids=ids,
+                          learning_rate=learning_rate, weight_decay=weight_decay)
+    params = state.variables["params"]
+    for width in sorted(set(map(tuple, per_layer.tolist()))):
+        rows = np.flatnonzero((per_layer == np.asarray(width)).all(axis=1))
+        narrow = build_network(dataclasses.replace(model, hidden=width), num_classes)
+        small = jax.jit(jax.vmap(lambda i: narrow.init(keys.init_key(seed, i), example_x)[
+            "params"]))(jnp.asarray(ids[rows], jnp.int32))
+        params = jax.tree_util.tree_map(functools.partial(_place, rows), params, small)
+    variables = {**state.variables, "params": params, "masks": hidden_masks(per_layer, hidden)}
+    return network, state.replace(variables=variables,
+                                  opt_state=jax.jit(jax.vmap(tx.init))(params))
+
+
+def _place(rows: np.ndarray, big: jax.Array, small: jax.Array) -> jax.Array:
+    pad = [(0, 0)] + [(0, b - s) for b, s in zip(big.shape[1:], small.shape[1:])]
+    return big.at[rows].set(jnp.pad(small, pad))
+
+
+def narrow_params(params, width: tuple[int, ...] | int, hidden: tuple[int, ...]):
+    """One member's max-width MLP params cut to the narrow network of `width` (for checks)."""
+    widths = (width,) * len(hidden) if isinstance(width, int) else tuple(width)
+    sizes = [None] + list(widths) + [None]
+    out = {}
+    for i in range(len(hidden) + 1):
+        layer = params[f"Dense_{i}"]
+        k = layer["kernel"]
+        k = k[: sizes[i] or k.shape[0], : sizes[i + 1] or k.shape[1]]
+        out[f"Dense_{i}"] = {"kernel": k, "bias": layer["bias"][: sizes[i + 1] or k.shape[1]]}
+    return out
+
+
+# ---- regularizers ---------------------------------------------------------------------
+
+def set_regularization(variables, **strengths) -> dict:
+    """Variables with per-member regularizer strengths set: each keyword one of
+    dropout, input_dropout (drop probabilities in [0, 1)), input_noise, hidden_noise (std,
+    >= 0), as a scalar or [M] array. The network must be built with regularized=True."""
+    if "regularization" not in variables:
+        raise MemjaxError("the network was built without regularizers (regularized=True)")
+    current = dict(variables["regularization"]["strengths"])
+    m = jax.tree_util.tree_leaves(variables["params"])[0].shape[0]
+    for name, value in strengths.items():
+        if name not in REGULARIZERS:
+            raise MemjaxError(f"unknown regularizer {name!r}; known: {', '.join(REGULARIZERS)}")
+        value = np.broadcast_to(np.asarray(value, np.float32), (m,))
+        if name.endswith("dropout") and (value.min() < 0 or value.max() >= 1):
+            raise MemjaxError(f"{name} rate must be in [0, 1), got {value.tolist()}")
+        if value.min() < 0:
+            raise MemjaxError(f"{name} must be non-negative, got {value.tolist()}")
+        current[name] = jnp.asarray(value)
+    return {**variables, "regularization": {"strengths": current}}
+
+
+
+# ---- members over devices and groups ------------------------------------------------
+
+def member_plan(fn: Callable, stacked: tuple, chunk: int | None = None, *, mesh=None) -> dict:
+    """How `map_members(fn, chunk, mesh=mesh)` places stacked arguments [M, ...]: {"devices",
+    "members_per_device", "member_chunk" (members per vmap group), "groups" (per device),
+    "padded_members" (M rounded up to devices x chunk x groups)}."""
+    from memjax import plan, sharding
+
+    m = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+    mesh = sharding.default_mesh(m) if mesh is None else mesh
+    d = mesh.shape[sharding.AXIS]
+    c = chunk or plan.plan_member_chunk(fn, stacked, devices=d)
+    c = min(c, -(-m // d))
+    total = sharding.padded_members(m, mesh, c)
+    return {"devices": d, "members_per_device": -(-m // d), "member_chunk": c,
+            "groups": total // (d * c), "padded_members": total}
+
+
 def map_members(fn: Callable, chunk: int | None = None, *, mesh=None) -> Callable:
     """Lift a per-member function to stacked arguments [M, ...]: members split over the
-    devices of `mesh` (axis `members`; None: every device, at most one per member), and on each device vmap inside
-    groups of `chunk` members, lax.map across groups.
+    devices of `mesh` (axis `members`; None: every device, at most one per member), and on
+    each device vmap inside groups of `chunk` members, lax.map across groups.
 
     chunk None: planned from the device's memory and one member's size (memjax.plan): one
     vmap over a device's members when they fit. Every positional argument must carry the
-    member axis; close over shared data. The member count is padded (to a multiple of
-    devices x chunk) by repeating the last member, whose extra results are dropped, so
-    member i's result does not depend on M, the chunk or the device count.
+    member axis; close over shared data. The member count is padded to a multiple of the
+    devices (memjax.runner stores it so), then each device's block to a multiple of the
+    chunk, by repeating the last member, whose extra results are dropped; so member i's
+    result does not depend on M, the chunk or the device count, and no member moves
+    between devices.
     """
-    from memjax import plan, sharding
+    from memjax import sharding
 
     def run(*stacked):
         m = jax.tree_util.tree_leaves(stacked)[0].shape[0]
         mesh_ = sharding.default_mesh(m) if mesh is None else mesh
-        d = mesh_.shape[sharding.AXIS]
-        c = chunk or plan.plan_member_chunk(fn, stacked, devices=d)
-        c = min(c, -(-m // d))
+        placed = member_plan(fn, stacked, chunk, mesh=mesh_)
+        d, c, groups = placed["devices"], placed["member_chunk"], placed["groups"]
         if d == 1 and c >= m:
             return jax.vmap(fn)(*stacked)
-        total = sharding.padded_members(m, mesh_, c)
-        groups = total // (d * c)
         spec = jax.sharding.NamedSharding(mesh_, jax.sharding.PartitionSpec(sharding.AXIS))
+        local = -(-m // d)
 
         def group(leaf):
-            if total > m:
-                leaf = jnp.concatenate([leaf, jnp.repeat(leaf[-1:], total - m, axis=0)])
-            # [devices, groups, chunk, ...]: each device's members stay on that device.
-            leaf = leaf.reshape((d, groups, c) + leaf.shape[1:])
+            # Padded per device, so every member stays on the device that holds it.
+            leaf = pad_members(leaf, d * local).reshape((d, local) + leaf.shape[1:])
+            if groups * c > local:
+                leaf = jnp.concatenate(
+                    [leaf, jnp.repeat(leaf[:, -1:], groups * c - local, axis=1)], axis=1)
+            # [devices, groups, chunk, ...]
+            leaf = leaf.reshape((d, groups, c) + leaf.shape[2:])
             return jax.lax.with_sharding_constraint(leaf, spec) if d > 1 else leaf
 
         def on_device(args):
@@ -133,6 +246,17 @@ def map_members(fn: Callable, chunk: int | None = None, *, mesh=None) -> Callabl
         out = jax.vmap(on_device)(jax.tree_util.tree_map(group, stacked))
         if d > 1:
             out = jax.lax.with_sharding_constraint(out, spec)
-        return jax.tree_util.tree_map(lambda l: l.reshape((total,) + l.shape[3:])[:m], out)
+        return jax.tree_util.tree_map(
+            lambda l: l.reshape((d, groups * c) + l.shape[3:])[:, :local].reshape(
+                (d * local,) + l.shape[3:])[:m], out)
 
     return run
+
+
+def pad_members(leaf, total: int):
+    """leaf [M, ...] padded to [total, ...] by repeating its last member (numpy or jax)."""
+    m = leaf.shape[0]
+    if total == m:
+        return leaf
+    xp = jnp if isinstance(leaf, jax.Array) else np
+    return xp.concatenate([leaf, xp.repeat(leaf[-1:], total - m, axis=0)])

@@ -187,20 +187,27 @@ def as_float(x: jax.Array) -> jax.Array:
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
+def in_compute_dtype(dtype: str | None, tree):
+    """`tree` with its floating arrays cast to `dtype` (None or "float32": unchanged): the
+    one place memjax casts to bf16, for the trainer's mixed precision (its parameters and
+    minibatch) and for the metrics (`computing_in`)."""
+    if dtype is None or dtype == "float32":
+        return tree
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
 def computing_in(apply_fn: ApplyFn, dtype: str | None) -> ApplyFn:
     """apply_fn with its matmuls in `dtype`: floating variables and the input cast to it,
     logits returned as float32 (mixed precision for the metrics; gradients flow through the
     casts back to float32). None or "float32": apply_fn itself."""
     if dtype is None or dtype == "float32":
         return apply_fn
-    if dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
-
-    def cast(a):
-        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+    in_compute_dtype(dtype, ())  # checks the name
 
     def apply(variables, x):
-        return apply_fn(jax.tree_util.tree_map(cast, variables), x.astype(dtype)).astype(
-            jnp.float32)
+        return apply_fn(*in_compute_dtype(dtype, (variables, x))).astype(jnp.float32)
 
     return apply

@@ -18,7 +18,7 @@ from typing import Callable
 
 from memjax.config import override, to_dict, validate
 from memjax.errors import MemjaxError
-from memjax.results import RunDir, atomic_path, differences_from_run
+from memjax.results import RunDir, atomic_path, differences_from_run, read_manifest
 
 # PAPER.md, "Headline claims the tool must be able to show" (the claims, not the verdicts).
 CLAIMS = {
@@ -103,14 +103,14 @@ def reproduce(preset: str, out: str | Path, *, only: list[str] | None = None,
     failed = 0
     for name in names:
         path = out / name
-        if not overwrite and _manifest(path).get("status") == "finished":
+        if not overwrite and read_manifest(path).get("status") == "finished":
             log(f"{name}: finished earlier with the same settings, kept ({path})")
             continue
         log(f"{name}: running ({preset})")
         try:
             run_dir = RunDir(path, overwrite=overwrite, resume=not overwrite)
             run_experiment(name, modules[name], configs[name], run_dir)
-            log(f"{name}: finished in {_manifest(path).get('wall_time_s', 0):.0f} s")
+            log(f"{name}: finished in {read_manifest(path).get('wall_time_s', 0):.0f} s")
         except Exception as e:  # recorded in the manifest; the other studies still run
             failed += 1
             log(f"{name}: FAILED: {type(e).__name__}: {e}")
@@ -123,17 +123,10 @@ def reproduce(preset: str, out: str | Path, *, only: list[str] | None = None,
 
 def _other_settings(path: Path, config) -> list[str]:
     """How the run in `path` (if any) differs from `config`; [] if no run or the same."""
-    manifest = _manifest(path)
+    manifest = read_manifest(path)
     if "config" not in manifest:
         return []
     return differences_from_run(manifest, config)
-
-
-def _manifest(path: Path) -> dict:
-    try:
-        return json.loads((path / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def study_evidence(name: str, module, path: Path) -> tuple[list[dict], str | None]:
@@ -169,7 +162,7 @@ def write_report(out: Path, preset: str, names: list[str] | None = None,
     sections, by_claim = [], {c: [] for c in CLAIMS}
     for name in names:
         path = out / name
-        manifest = _manifest(path)
+        manifest = read_manifest(path)
         status = manifest.get("status", "not run")
         if status == "finished":
             other = _other_settings(path, preset_config(modules[name], preset, data_dir))

@@ -111,6 +111,7 @@ class RunDir:
         self._records_on_disk = 0
         self._cursor = 0
         self._diverged: dict[str, list[int]] = {}
+        self._placement: dict[str, dict] = {}
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -131,10 +132,7 @@ class RunDir:
     @staticmethod
     def status_of(path: str | Path) -> str | None:
         """The status in `path`/manifest.json (running, finished, failed), None if no run."""
-        try:
-            return json.loads((Path(path) / "manifest.json").read_text()).get("status")
-        except (OSError, ValueError, AttributeError):
-            return None
+        return read_manifest(path).get("status")
 
     @property
     def status(self) -> str | None:
@@ -150,10 +148,7 @@ class RunDir:
         return self.path / "checkpoints"
 
     def read_manifest(self) -> dict:
-        try:
-            return json.loads((self.path / "manifest.json").read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_manifest(self.path)
 
     def write_json(self, name: str, obj: Any) -> None:
         with atomic_path(self.path / name) as tmp:
@@ -241,6 +236,11 @@ class RunDir:
             print(f"memjax: warning: {phase}: member(s) {ids} diverged (non-finite loss) "
                   f"and were frozen", file=sys.stderr)
 
+    def record_placement(self, phase: str, placement: dict) -> None:
+        """Note how `phase` placed its members on the devices (memjax.runner); finish()
+        writes it to manifest.json under `placement`."""
+        self._placement[phase] = placement
+
     def start(self, experiment: str, config: dict) -> None:
         previous = self.read_manifest()
         if previous.get("status") == "finished" and not self.overwrite:
@@ -288,6 +288,8 @@ class RunDir:
         self.write_json("manifest.json", self._manifest)
 
     def finish(self, **extra: Any) -> None:
+        if self._placement:
+            extra["placement"] = self._placement
         if self._diverged:
             extra["diverged_members"] = self._diverged
             if (self.path / "summary.json").exists():
@@ -305,6 +307,15 @@ class RunDir:
         if self._diverged:
             self._manifest["diverged_members"] = self._diverged
         self.write_json("manifest.json", self._manifest)
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest.json in run directory `path`, {} where there is none (or unreadable)."""
+    try:
+        manifest = json.loads((Path(path) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def _keep_whole_lines(path: Path) -> int:

@@ -2,9 +2,9 @@
 
 Members are independent, so sharding them needs no communication during training: each
 device trains its own block of members on a replicated copy of the data. A member count
-that does not divide the device count is padded with dummy members (copies of the last
-member) whose results are dropped, so any count works and member i's result never depends
-on the device count.
+that the device count does not divide is padded once with dummy members (copies of the
+last member, memjax.runner) whose results are dropped, so any count works and member i's
+result never depends on the device count.
 
 Several hosts: call `initialize_distributed()` (jax.distributed) first on every host; the
 mesh then spans every device of every host (see docs/scale.md).
@@ -12,7 +12,6 @@ mesh then spans every device of every host (see docs/scale.md).
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 import jax
@@ -39,12 +38,14 @@ def member_mesh(devices: int | list | None = None) -> Mesh:
 
 
 def default_mesh(members: int) -> Mesh:
-    """Every device, but no more devices than members (a device without a real member
-    would only compute a dummy). With several processes every device of every process:
-    each process must hold a part of every array it computes."""
+    """Every device (at most MEMJAX_DEVICES of them, when set), but no more devices than
+    members (a device without a real member would only compute a dummy). With several
+    processes every device of every process: each process must hold a part of every array
+    it computes."""
     if jax.process_count() > 1:
         return member_mesh()
-    return member_mesh(min(members, jax.device_count()))
+    cap = env_number("MEMJAX_DEVICES", int, jax.device_count(), minimum=1)
+    return member_mesh(min(members, cap, jax.device_count()))
 
 
 def padded_members(members: int, mesh: Mesh, chunk: int | None = None) -> int:
@@ -84,18 +85,16 @@ def everywhere(tree: Any, members: int, mesh: Mesh | None = None) -> Any:
 
 def shard_members(tree: Any, mesh: Mesh, members: int) -> Any:
     """Leaves whose leading axis is the member axis (length `members`, a multiple of the mesh
-    size) split over the mesh; every other leaf (scalars) replicated."""
+    size: memjax.runner pads the count once) split over the mesh; every other leaf
+    (scalars) replicated."""
     split, whole = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
-    d = mesh.shape[AXIS]
-    if members % d:
-        print(f"memjax: note: {members} members on {d} devices: every device keeps every "
-              f"member's state, and each epoch gathers across devices; a multiple of {d} "
-              f"members splits the state with no communication (docs/scale.md)",
-              file=sys.stderr)
+    if members % mesh.shape[AXIS]:
+        raise ValueError(f"{members} members do not divide over {mesh.shape[AXIS]} devices: "
+                         f"pad them first (memjax.ensemble.pad_members)")
 
     def put(x):
         stacked = getattr(x, "ndim", 0) >= 1 and x.shape[0] == members
-        return _put(x, split if stacked and members % d == 0 else whole)
+        return _put(x, split if stacked else whole)
 
     return jax.tree_util.tree_map(put, tree)
 

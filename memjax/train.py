@@ -1,34 +1,153 @@
-"""One jitted epoch for a whole ensemble, and evaluation on any split.
+"""One jitted epoch for a whole ensemble.
 
-An epoch is a lax.scan over minibatches, vmapped over members (in chunks, see
-`ensemble.map_members`). The data is on the device once; each member's minibatch is an
+An epoch is a lax.scan of `train_step` over minibatches, vmapped over members (in chunks,
+see `ensemble.map_members`). The data is on the device once; each member's minibatch is an
 index gather from that single copy, in the member's own order (or a shared one).
 """
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
+from typing import Callable
 
+import flax
 import jax
 import jax.numpy as jnp
 import optax
 
-from memjax import sharding
-from memjax.adversarial import lass_adversarial_examples
-from memjax.ensemble import ATTACK, DATA, DROPOUT, EnsembleState, map_members
-from memjax.members import MemberView, NoiseSource, member_batch
-from memjax.models import ApplyFn, Network, as_float
-from memjax.order import epoch_order  # noqa: F401  (re-exported: part of the trainer's API)
+from memjax import keys
+from memjax.ensemble import EnsembleState, map_members, member_plan
+from memjax.models import Network, in_compute_dtype
+from memjax.order import epoch_order
+from memjax.views import MemberView, NoiseSource, member_batch
 
-if TYPE_CHECKING:
-    from memjax.checkpoint import PhaseCheckpoints
+
+@dataclass(frozen=True)
+class Trainer:
+    """What every step of every member shares (static under jit).
+
+    adversarial_examples(apply_fn, variables, x, y, key) -> x_adv: the points adversarial
+    training trains on (memjax.metrics.lass.lass_adversarial_examples for the paper's);
+    needed only when some member's adversarial weight is set.
+    """
+
+    network: Network
+    tx: optax.GradientTransformation
+    batch_size: int
+    shared_order: bool = False
+    lr_halving_epochs: int | None = None
+    compute_dtype: str = "float32"
+    adversarial_examples: Callable | None = None
+
+
+@flax.struct.dataclass
+class Carry:
+    """One member's state through the steps of an epoch; frozen: it diverged."""
+
+    variables: dict
+    opt_state: optax.OptState
+    frozen: jax.Array
+
+
+@flax.struct.dataclass
+class StepKeys:
+    """One member's DROPOUT and ATTACK streams in this epoch (fold_in the step)."""
+
+    dropout: jax.Array
+    attack: jax.Array
+
+
+def step_loss(params, variables, xb, yb, w, t, step_keys: StepKeys, view: MemberView,
+              trainer: Trainer):
+    """The weighted mean loss of one member's minibatch, and (collection updates, logits).
+
+    xb: [B, H, W, C] float32, yb: [B], w: [B] example weights (0: padding, or outside the
+    member's examples). With an adversarial weight a: (1 - a) clean + a adversarial, the
+    adversarial points searched on the current variables (no gradient through the search).
+    """
+    network = trainer.network
+    xc, pc = in_compute_dtype(trainer.compute_dtype, (xb, params))
+    logits, updates = network.apply_train({**variables, "params": pc}, xc,
+                                          jax.random.fold_in(step_keys.dropout, t), w > 0)
+    logits = logits.astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+    if view.adversarial_weight is not None:
+        if trainer.adversarial_examples is None:
+            raise ValueError("members with an adversarial weight need adversarial_examples")
+        current = {**variables, "params": params}
+        search_key, drop_key = jax.random.split(jax.random.fold_in(step_keys.attack, t))
+        x_adv = jax.lax.stop_gradient(
+            trainer.adversarial_examples(network.apply, current, xb, yb, search_key))
+        adv_logits, updates = network.apply_train({**current, **updates}, x_adv, drop_key, w > 0)
+        a = view.adversarial_weight
+        losses = (1 - a) * losses + a * optax.softmax_cross_entropy_with_integer_labels(
+            adv_logits, yb)
+    return jnp.sum(w * losses) / jnp.maximum(jnp.sum(w), 1.0), (updates, logits)
+
+
+def train_step(carry: Carry, batch, *, data, step_keys: StepKeys, view: MemberView,
+               trainer: Trainer):
+    """One SGD step of one member: batch = (t, indices [B], weights [B]); data = (x, y,
+    noise). Returns the new carry and (summed loss, correct count) of the batch.
+
+    One select decides the step: a batch without examples (past the end of a smaller
+    member's data) is no step, since momentum and weight decay would still move the
+    parameters; a non-finite loss freezes the member (one member's NaN never stops the
+    others). Parameters that an update made non-finite give a non-finite loss at the next
+    step, so the loss is the whole check: no extra pass over the parameters, which would
+    cost as much memory traffic as the update itself (the step is bandwidth-bound).
+    """
+    t, idx, w = batch
+    xb, yb = member_batch(*data, view, idx)
+    variables = carry.variables
+    (loss, (updates, logits)), grads = jax.value_and_grad(step_loss, has_aux=True)(
+        variables["params"], variables, xb, yb, w, t, step_keys, view, trainer)
+    grads = _after_every_gradient(grads)
+    deltas, opt_state = trainer.tx.update(grads, carry.opt_state, variables["params"])
+    params = optax.apply_updates(variables["params"], deltas)
+    n = jnp.sum(w)
+    finite = jnp.isfinite(loss)
+    ok = ~carry.frozen & (n > 0) & finite
+    variables, opt_state = jax.tree.map(
+        lambda new, old: jnp.where(ok, new, old),
+        ({**variables, **updates, "params": params}, opt_state), (variables, carry.opt_state))
+    correct = jnp.sum(w * (jnp.argmax(logits, -1) == yb))
+    frozen = carry.frozen | ((n > 0) & ~finite)
+    return Carry(variables, opt_state, frozen), (loss * n, correct)
+
+
+def member_epoch(trainer: Trainer, seed, epoch, data, member_id, lr, wd, carry: Carry,
+                 view: MemberView):
+    """One epoch of one member; returns (carry, {"train_loss", "train_accuracy"}), averaged
+    over the member's own examples as they were trained.
+
+    An update that overflowed on the epoch's last step has no next loss to show it: one
+    look at the parameters per epoch flags it.
+    """
+    order, weight = epoch_order(keys.order_key(seed, member_id, epoch, trainer.shared_order),
+                                data[1].shape[0], trainer.batch_size, view.example_mask)
+    if trainer.lr_halving_epochs:
+        lr = lr * 0.5 ** (epoch // trainer.lr_halving_epochs)
+    carry.opt_state.hyperparams.update(learning_rate=lr, weight_decay=wd)
+    step_keys = StepKeys(keys.epoch_stream(seed, member_id, keys.DROPOUT, epoch),
+                         keys.epoch_stream(seed, member_id, keys.ATTACK, epoch))
+    step = functools.partial(train_step, data=data, step_keys=step_keys, view=view,
+                             trainer=trainer)
+    carry, (loss_sum, correct) = jax.lax.scan(
+        step, carry, (jnp.arange(order.shape[0]), order, weight))
+    finite = jax.tree.reduce(jnp.logical_and,
+                             jax.tree.map(lambda p: jnp.isfinite(p).all(),
+                                          carry.variables["params"]))
+    carry = carry.replace(frozen=carry.frozen | ~finite)
+    n = jnp.maximum(weight.sum(), 1.0)
+    return carry, {"train_loss": loss_sum.sum() / n, "train_accuracy": correct.sum() / n}
 
 
 def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batch_size: int,
                      shared_order: bool = False, lr_halving_epochs: int | None = None,
                      member_chunk: int | None = None, mesh=None,
                      compute_dtype: str = "float32",
-                     adversarial_examples: Callable = lass_adversarial_examples) -> Callable:
+                     adversarial_examples: Callable | None = None) -> Callable:
     """Build `train_epoch(state, seed, x, y, view=None, noise=None) -> (state, metrics)`,
     jitted, state donated.
 
@@ -38,13 +157,10 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
     weights, which receive the (float32) gradient and the update; the loss is float32.
 
     x: [N, H, W, C] uint8 (or float in [0, 1]), y: [N] int32, both on the device, shared by
-    all members. view (memjax.members.MemberView, [M, ...]): per-member example masks
+    all members. view (memjax.views.MemberView, [M, ...]): per-member example masks
     (dataset size), noise masks (which examples a member sees from `noise`, the shared
-    NoiseSource) and adversarial weights w (loss = (1 - w) clean + w adversarial, with
-    examples from `adversarial_examples(apply_fn, variables, x, y, key)`).
-    metrics: {"train_loss": [M], "train_accuracy": [M], "diverged": [M] bool}, averaged
-    over the epoch's minibatches as they were trained (weighted by examples, each member
-    over its own).
+    NoiseSource) and adversarial weights. metrics: {"train_loss": [M], "train_accuracy":
+    [M], "diverged": [M] bool}.
 
     A member whose minibatch loss is not finite is flagged in state.diverged and frozen:
     that step is not taken and every later update is masked, while the others train on.
@@ -52,97 +168,32 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
     they are the non-finite result of that update, which made the next loss non-finite).
     A member whose parameters are not finite at the end of an epoch is flagged too.
     """
+    trainer = Trainer(network, tx, batch_size, shared_order, lr_halving_epochs, compute_dtype,
+                      adversarial_examples)
 
-    def member_epoch(variables, opt_state, member_id, lr, wd, diverged, view, epoch, seed, x,
-                     y, noise):
-        root = jax.random.key(seed)
-        member_key = jax.random.fold_in(root, member_id)
-        order_key = jax.random.fold_in(
-            jax.random.fold_in(root if shared_order else member_key, DATA), epoch)
-        order, weight = epoch_order(order_key, y.shape[0], batch_size, view.example_mask)
-        if lr_halving_epochs:
-            lr = lr * 0.5 ** (epoch // lr_halving_epochs)
-        opt_state.hyperparams.update(learning_rate=lr, weight_decay=wd)
-        dropout_key = jax.random.fold_in(jax.random.fold_in(member_key, DROPOUT), epoch)
-        attack_key = jax.random.fold_in(jax.random.fold_in(member_key, ATTACK), epoch)
-
-        def step(carry, inputs):
-            variables, opt_state, frozen = carry
-            t, idx, w = inputs
-            xb, yb = member_batch(x, y, noise, view, idx)
-
-            def loss_fn(params):
-                current = {**variables, "params": params}
-                xc, pc = xb, params
-                if compute_dtype != "float32":
-                    xc = xb.astype(compute_dtype)
-                    pc = jax.tree_util.tree_map(lambda p: p.astype(compute_dtype), params)
-                logits, updates = network.apply_train(
-                    {**variables, "params": pc}, xc, jax.random.fold_in(dropout_key, t), w > 0)
-                logits = logits.astype(jnp.float32)
-                losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-                if view.adversarial_weight is not None:
-                    search_key, drop_key = jax.random.split(jax.random.fold_in(attack_key, t))
-                    x_adv = jax.lax.stop_gradient(
-                        adversarial_examples(network.apply, current, xb, yb, search_key))
-                    adv_logits, updates = network.apply_train(
-                        {**current, **updates}, x_adv, drop_key, w > 0)
-                    a = view.adversarial_weight
-                    losses = (1 - a) * losses + a * optax.softmax_cross_entropy_with_integer_labels(
-                        adv_logits, yb)
-                return jnp.sum(w * losses) / jnp.maximum(jnp.sum(w), 1.0), (updates, logits)
-
-            (loss, (updates, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                variables["params"])
-            grads = _after_every_gradient(grads)
-            deltas, new_opt_state = tx.update(grads, opt_state, variables["params"])
-            params = optax.apply_updates(variables["params"], deltas)
-            n = jnp.sum(w)
-            # One select decides the step: a batch without examples (past the end of a
-            # smaller member's data) is no step, since momentum and weight decay would still
-            # move the parameters; a non-finite loss freezes the member (divergence
-            # isolation: one member's NaN never stops the others). Parameters that an update
-            # made non-finite give a non-finite loss at the next step, so the loss is the
-            # whole check: no extra pass over the parameters, which would cost as much
-            # memory traffic as the update itself (the step is bandwidth-bound).
-            finite = jnp.isfinite(loss)
-            ok = ~frozen & (n > 0) & finite
-            variables, opt_state = jax.tree.map(
-                lambda new, old: jnp.where(ok, new, old),
-                ({**variables, **updates, "params": params}, new_opt_state),
-                (variables, opt_state))
-            correct = jnp.sum(w * (jnp.argmax(logits, -1) == yb))
-            frozen = frozen | ((n > 0) & ~finite)
-            return (variables, opt_state, frozen), (loss * n, correct)
-
-        steps = order.shape[0]
-        (variables, opt_state, diverged), (loss_sum, correct) = jax.lax.scan(
-            step, (variables, opt_state, diverged), (jnp.arange(steps), order, weight))
-        # An update that overflowed on the epoch's last step has no next loss to show it:
-        # one look at the parameters per epoch flags it.
-        diverged = diverged | ~jax.tree.reduce(
-            jnp.logical_and, jax.tree.map(lambda p: jnp.isfinite(p).all(), variables["params"]))
-        n = jnp.maximum(weight.sum(), 1.0)
-        return variables, opt_state, diverged, {"train_loss": loss_sum.sum() / n,
-                                                "train_accuracy": correct.sum() / n,
-                                                "diverged": diverged}
+    def per_member(state, seed, x, y, view, noise):
+        one = functools.partial(member_epoch, trainer, seed, state.epoch, (x, y, noise))
+        diverged = (jnp.zeros(state.member_ids.shape, bool) if state.diverged is None
+                    else state.diverged)
+        return one, (state.member_ids, state.learning_rate, state.weight_decay,
+                     Carry(state.variables, state.opt_state, diverged),
+                     MemberView() if view is None else view)
 
     @functools.partial(jax.jit, donate_argnums=0)
     def train_epoch(state: EnsembleState, seed, x, y, view: MemberView | None = None,
                     noise: NoiseSource | None = None):
-        view = MemberView() if view is None else view
-        per_member = map_members(
-            lambda v, o, i, lr, wd, d, vw: member_epoch(v, o, i, lr, wd, d, vw, state.epoch,
-                                                        seed, x, y, noise),
-            member_chunk, mesh=mesh)
-        diverged = (jnp.zeros(state.member_ids.shape, bool) if state.diverged is None
-                    else state.diverged)
-        variables, opt_state, diverged, metrics = per_member(
-            state.variables, state.opt_state, state.member_ids, state.learning_rate,
-            state.weight_decay, diverged, view)
-        return state.replace(variables=variables, opt_state=opt_state, diverged=diverged,
-                             epoch=state.epoch + 1), metrics
+        one, stacked = per_member(state, seed, x, y, view, noise)
+        carry, metrics = map_members(one, member_chunk, mesh=mesh)(*stacked)
+        return state.replace(variables=carry.variables, opt_state=carry.opt_state,
+                             diverged=carry.frozen, epoch=state.epoch + 1), \
+            {**metrics, "diverged": carry.frozen}
 
+    def placement(state, seed, x, y, view=None, noise=None) -> dict:
+        """How train_epoch places these members (ensemble.member_plan)."""
+        return member_plan(*per_member(state, seed, x, y, view, noise)[:2], member_chunk,
+                           mesh=mesh)
+
+    train_epoch.placement = placement
     return train_epoch
 
 
@@ -157,60 +208,3 @@ def _after_every_gradient(grads):
     """
     token = sum(leaf.ravel()[0] for leaf in jax.tree_util.tree_leaves(grads)) * 0
     return jax.tree_util.tree_map(lambda g: g + token.astype(g.dtype), grads)
-
-
-@functools.partial(jax.jit, static_argnames=("apply_fn", "chunk", "member_chunk", "mesh"))
-def evaluate(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array, *, chunk: int = 2048,
-             member_chunk: int | None = None, mesh=None) -> dict[str, jax.Array]:
-    """Per-member, per-example correctness and loss, computed on the device.
-
-    apply_fn(variables_of_one_member, x[B, ...]) -> logits [B, classes].
-    variables: stacked [M, ...]. x: [N, H, W, C] uint8 or float in [0, 1]; y: [N] int.
-    Returns {"correct": [M, N] bool, "loss": [M, N] float32 (cross-entropy, nats)}.
-    Examples are processed `chunk` at a time (the last chunk padded), members in groups
-    of `member_chunk` (None: planned) split over `mesh` (None: every device).
-    """
-    n = y.shape[0]
-    chunk = min(chunk, n)
-    chunks = -(-n // chunk)
-    pad = chunks * chunk - n
-    xs = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]).reshape(
-        (chunks, chunk) + x.shape[1:])
-    ys = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(chunks, chunk)
-
-    def on_chunk(batch):
-        xb, yb = batch
-
-        def member(v):
-            logits = apply_fn(v, as_float(xb))
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-            return jnp.argmax(logits, -1) == yb, loss
-
-        return map_members(member, member_chunk, mesh=mesh)(variables)
-
-    correct, loss = jax.lax.map(on_chunk, (xs, ys))
-    m = correct.shape[1]
-    unchunk = lambda a: jnp.moveaxis(a, 1, 0).reshape(m, chunks * chunk)[:, :n]
-    # every host gets every member's results (one run dir)
-    return sharding.everywhere({"correct": unchunk(correct), "loss": unchunk(loss)}, m, mesh)
-
-
-def fit(state: EnsembleState, train_epoch: Callable, seed: int, x: jax.Array, y: jax.Array,
-        epochs: int, *, on_epoch: Callable[[int, EnsembleState, dict], None] | None = None,
-        desc: str = "training", checkpoints: "PhaseCheckpoints | None" = None) -> EnsembleState:
-    """Run `epochs` more jitted epochs; the host sees metrics once per epoch.
-
-    on_epoch(epoch, state, metrics) is called after each epoch with metrics on the host
-    (e.g. to evaluate or log to metrics.jsonl). checkpoints (memjax.checkpoint), if given,
-    saves the state after on_epoch at its interval and after the last epoch. Shows a
-    progress bar on stderr.
-    """
-    from tqdm.auto import tqdm
-
-    for i in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, mininterval=1.0):
-        state, metrics = train_epoch(state, seed, x, y)
-        if on_epoch is not None:
-            on_epoch(int(state.epoch), state, sharding.to_host(metrics))
-        if checkpoints is not None:
-            checkpoints.save(state, force=i == epochs - 1)
-    return state

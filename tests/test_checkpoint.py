@@ -12,10 +12,20 @@ from memjax.config import DataConfig, ModelConfig, TrainConfig
 from memjax.data import load_dataset
 from memjax.ensemble import init_ensemble, make_optimizer
 from memjax.errors import MemjaxError
-from memjax.experiments.common import train_ensemble
 from memjax.models import build_network
 from memjax.results import RunDir
-from memjax.train import fit, make_train_epoch
+from memjax.runner import Members, Runner
+from memjax.train import make_train_epoch
+
+
+def fit(state, epoch, seed, x, y, epochs, checkpoints=None):
+    """The runner's loop reduced to what checkpoints see: train, save at the interval and
+    after the last epoch."""
+    for i in range(epochs):
+        state, _ = epoch(state, seed, x, y)
+        if checkpoints is not None:
+            checkpoints.save(state, force=i == epochs - 1)
+    return state
 
 
 @pytest.fixture(scope="module")
@@ -155,10 +165,10 @@ def test_divergence_reported_in_summary_and_manifest(tmp_path):
     d = load_dataset(DataConfig(train_size=128, validation_size=16))
     run_dir = RunDir(tmp_path / "run")
     run_dir.start("test", {})
-    trained = train_ensemble(ModelConfig(hidden=(8,)), TrainConfig(members=3, batch_size=64),
-                             d, d.train, desc="real (1/3)", run_dir=run_dir,
-                             learning_rate=np.array([0.05, 0.05, 1e30]))
-    assert np.asarray(trained.state.diverged).tolist() == [False, False, True]
+    runner = Runner(ModelConfig(hidden=(8,)), TrainConfig(members=3, batch_size=64), d.train, 10,
+                    Members(np.arange(3), learning_rate=np.array([0.05, 0.05, 1e30])))
+    runner.run(1, desc="real (1/3)", run_dir=run_dir)
+    assert np.asarray(runner.state.diverged).tolist() == [False, False, True]
     run_dir.write_json("summary.json", {"real": {"mean_error": 0.5}})
     run_dir.finish()
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())

@@ -7,12 +7,14 @@ import pytest
 
 from memjax.config import DataConfig, ModelConfig
 from memjax.data import load_dataset
-from memjax.ensemble import init_ensemble, make_optimizer, member_keys
+from memjax import keys
+from memjax.ensemble import init_ensemble, init_width_ensemble, make_optimizer, narrow_params
 from memjax.errors import MemjaxError
-from memjax.members import (MemberView, NoiseSource, init_width_ensemble, member_accuracy,
-                            narrow_params, noise_masks, noise_source, size_masks)
+from memjax.evaluation import member_accuracy
+from memjax.views import MemberView, NoiseSource, noise_masks, noise_source, size_masks
 from memjax.models import as_float, build_network
-from memjax.train import epoch_order, make_train_epoch
+from memjax.order import epoch_order
+from memjax.train import make_train_epoch
 
 EXAMPLE = jnp.zeros((1, 28, 28, 1))
 
@@ -87,7 +89,7 @@ def test_noise_fractions_are_of_each_members_own_examples():
     assert (masks[3] <= masks[4]).all()
     # with every example its own (or no masks), the first round(p N) examples of the data
     # seed's order: the sets runs without size masks have always used
-    from memjax.members import _NOISE_ORDER_STREAM
+    from memjax.views import _NOISE_ORDER_STREAM
 
     first = np.random.default_rng([2, _NOISE_ORDER_STREAM]).permutation(1000)
     expected = np.zeros((6, 1000), bool)
@@ -119,9 +121,7 @@ def test_dataset_size_member_matches_reference_sgd_on_its_examples(data):
     epoch = make_train_epoch(network, tx, batch_size=32)
     state, metrics = epoch(state, 5, x, y, MemberView(example_mask=masks))
     # Independent reference: hand-written momentum SGD over the member's own batches only.
-    key = jax.random.fold_in(jax.random.fold_in(member_keys(jax.random.key(5), jnp.arange(1))[0],
-                                                1), 0)
-    order, weight = epoch_order(key, 160, 32, masks[0])
+    order, weight = epoch_order(keys.order_key(5, 0, 0), 160, 32, masks[0])
     params, velocity, correct = params0, jax.tree_util.tree_map(jnp.zeros_like, params0), 0
     for idx, w in zip(np.asarray(order), np.asarray(weight)):
         idx = idx[w > 0]
@@ -143,7 +143,7 @@ def test_dataset_size_member_matches_reference_sgd_on_its_examples(data):
 
 def test_member_batch_mixes_noise_per_example_index():
     """Masks are indexed by example (idx), not by position in the batch."""
-    from memjax.members import member_batch
+    from memjax.views import member_batch
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (20, 2, 2, 1), dtype=np.uint8)
@@ -231,7 +231,7 @@ def test_adversarial_training_seam(data):
 
 
 def test_width_buckets_group_by_cost():
-    from memjax.experiments.sweeps import width_buckets
+    from memjax.experiments.common import width_buckets
 
     widths = np.array([16, 512, 64, 4096, 128, 2048])
     buckets = width_buckets(widths, (128, 1024))
@@ -240,12 +240,12 @@ def test_width_buckets_group_by_cost():
 
 
 def test_adversarial_training_trains_on_lass_points(data):
-    """w = 1 with the default source equals plain SGD on lass_search's points, searched with
+    """w = 1 with LASS points (the runner's source) equals plain SGD on lass_search's points, searched with
     the step's ATTACK key from the parameters before the step (one step: batch = all)."""
-    from memjax.adversarial import TRAINING_LASS
-    from memjax.ensemble import ATTACK, DATA
+    from memjax.metrics.lass import TRAINING_LASS, lass_adversarial_examples
+    from memjax.keys import ATTACK, DATA
     from memjax.metrics import lass_search
-    from memjax.train import epoch_order
+    from memjax.order import epoch_order
 
     d, x, y = data
     x, y = x[:32], y[:32]
@@ -254,7 +254,8 @@ def test_adversarial_training_trains_on_lass_points(data):
     state = init_ensemble(network, tx, EXAMPLE, seed=4, member_ids=np.array([0]),
                           learning_rate=0.5)
     before = _member(state.variables, 0)
-    epoch = make_train_epoch(network, tx, batch_size=32)
+    epoch = make_train_epoch(network, tx, batch_size=32,
+                             adversarial_examples=lass_adversarial_examples)
     trained, _ = epoch(state, 4, x, y, MemberView(adversarial_weight=jnp.array([1.0])))
     member_key = jax.random.fold_in(jax.random.key(4), 0)
     order, _ = epoch_order(jax.random.fold_in(jax.random.fold_in(member_key, DATA), 0), 32, 32)

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from memjax.config import ModelConfig
-from memjax.ensemble import DATA, init_ensemble, make_optimizer
+from memjax.ensemble import init_ensemble, make_optimizer
+from memjax.keys import DATA
 from memjax.metrics import trainer_order, unrolled_loss_sensitivity
 from memjax.models import build_network
-from memjax.train import epoch_order, make_train_epoch
+from memjax.order import epoch_order
+from memjax.train import make_train_epoch
 
 N, D, H, C, T, B, LR = 6, 4, 5, 3, 5, 2, 0.7
 

@@ -8,7 +8,8 @@ from memjax.config import DataConfig, ModelConfig
 from memjax.data import load_dataset
 from memjax.ensemble import init_ensemble, make_optimizer
 from memjax.models import build_network
-from memjax.train import evaluate, make_train_epoch
+from memjax.evaluation import evaluate
+from memjax.train import make_train_epoch
 
 TOLERANCE = 0.03  # absolute difference of mean validation accuracy
 

@@ -9,7 +9,8 @@ from memjax.config import DataConfig, ModelConfig
 from memjax.data import load_dataset
 from memjax.ensemble import init_ensemble, make_optimizer
 from memjax.errors import MemjaxError
-from memjax.members import member_accuracy, set_regularization
+from memjax.ensemble import set_regularization
+from memjax.evaluation import member_accuracy
 from memjax.models import Regularization, build_network
 from memjax.train import make_train_epoch
 

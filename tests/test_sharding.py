@@ -1,5 +1,7 @@
 """The member axis sharded over 8 virtual CPU devices (conftest.py) gives the results of one
 device, for member counts that do and do not divide the device count."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,8 @@ from memjax.data import load_dataset
 from memjax.ensemble import init_ensemble, make_optimizer, map_members
 from memjax.models import build_network
 from memjax.sharding import member_mesh, padded_members, shard_members
-from memjax.train import evaluate, make_train_epoch
+from memjax.evaluation import evaluate
+from memjax.train import make_train_epoch
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +84,9 @@ def test_padding_and_placement():
     assert placed["step"].sharding.is_fully_replicated
 
 
-def test_a_count_the_devices_do_not_divide_is_kept_whole_and_said(capsys):
-    """The known limit of docs/scale.md, made visible: 11 members on 8 devices stay whole
-    on every device, and a note says so."""
-    placed = shard_members({"w": np.ones((11, 3))}, member_mesh(8), 11)
-    assert placed["w"].sharding.is_fully_replicated
-    assert "11 members on 8 devices: every device keeps every member" in capsys.readouterr().err
+def test_a_count_the_devices_do_not_divide_must_be_padded_first():
+    with pytest.raises(ValueError, match="pad them first"):
+        shard_members({"w": np.ones((11, 3))}, member_mesh(8), 11)
 
 
 def test_map_members_any_count_any_mesh():
@@ -95,3 +95,33 @@ def test_map_members_any_count_any_mesh():
     for devices, chunk in [(8, None), (8, 1), (3, 2), (1, 4)]:
         out = map_members(f, chunk, mesh=member_mesh(devices))(a, b)
         np.testing.assert_allclose(out, jax.vmap(f)(a, b), rtol=1e-6)
+
+
+def _results(path):
+    with np.load(path / "results.npz", allow_pickle=True) as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study,extra", [
+    ("consistency", ["--members", "11", "--set", "conditions=real,randY"]),  # 16 stored
+    ("noise-curves", []),  # a sweep: noise masks, own-view accuracy, LASS per epoch
+])
+def test_study_on_eight_devices_equals_one_device(study, extra, tmp_path, monkeypatch):
+    from memjax.cli import main
+
+    assert main(["run", study, "--preset", "smoke", "--out", str(tmp_path / "8")] + extra) == 0
+    monkeypatch.setenv("MEMJAX_DEVICES", "1")
+    jax.clear_caches()  # programs traced for 8 devices must not be reused
+    assert main(["run", study, "--preset", "smoke", "--out", str(tmp_path / "1")] + extra) == 0
+    jax.clear_caches()
+    eight, one = _results(tmp_path / "8"), _results(tmp_path / "1")
+    assert eight.keys() == one.keys()
+    for name in one:
+        if one[name].dtype.kind == "f":
+            np.testing.assert_allclose(eight[name], one[name], rtol=1e-5, atol=1e-6,
+                                       err_msg=name)
+        else:
+            np.testing.assert_array_equal(eight[name], one[name], err_msg=name)
+    placement = json.loads((tmp_path / "8" / "manifest.json").read_text())["placement"]
+    assert all(p["padded_members"] % p["devices"] == 0 for p in placement.values())

@@ -10,7 +10,9 @@ from memjax.config import DataConfig, ModelConfig
 from memjax.data import load_dataset
 from memjax.ensemble import init_ensemble, make_optimizer, map_members
 from memjax.models import as_float, build_network
-from memjax.train import epoch_order, evaluate, make_train_epoch
+from memjax.evaluation import evaluate
+from memjax.order import epoch_order
+from memjax.train import make_train_epoch
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def _reference_training(network, variables, x, y, *, member_id, epochs, lr, mome
     fold_in(fold_in(root or member key, DATA), epoch), the dropout key of step t
     fold_in(fold_in(fold_in(member key, DROPOUT), epoch), t); SGD with heavy-ball momentum
     (v <- momentum v + g, p <- p - lr v) and lr halved every `halving` epochs."""
-    from memjax.ensemble import DATA, DROPOUT
+    from memjax.keys import DATA, DROPOUT
 
     root = jax.random.key(seed)
     member_key = jax.random.fold_in(root, member_id)
@@ -95,7 +97,7 @@ def _reference_training(network, variables, x, y, *, member_id, epochs, lr, mome
 def test_trainer_follows_the_documented_schedule_keys_and_order(data, setting):
     """Against the plain loop above, over 3 epochs: the learning-rate schedule with
     momentum, a shared data order, and dropout masks that change every epoch and step."""
-    from memjax.members import set_regularization
+    from memjax.ensemble import set_regularization
 
     d, x, y = data
     kw = {"momentum and halving": dict(momentum=0.9, halving=1), "shared order": dict(shared=True),

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from memjax.ensemble import map_members
-from memjax.metrics._chunks import map_example_chunks
+from memjax.chunks import map_example_chunks
 from memjax.models import ApplyFn, as_float, computing_in
 from memjax.sharding import everywhere
 
@@ -147,3 +147,23 @@ def lass(apply_fn: ApplyFn, variables, x: jax.Array, key: jax.Array, *, radius: 
 def critical_sample_ratio(critical: jax.Array) -> jax.Array:
     """Fraction of examined examples that are critical. critical: [M, N] bool -> [M] float32."""
     return jnp.mean(critical.astype(jnp.float32), axis=-1)
+
+
+# LASS inside every training step multiplies the step's cost by its iterations, so training
+# searches 10 iterations (ours; the paper's limit of 100 is for measuring CSR). The search
+# stops earlier once every example in the batch has changed class.
+TRAINING_LASS = {**PAPER_LASS, "max_iterations": 10}
+
+
+def lass_adversarial_examples(apply_fn, variables, x: jax.Array, y: jax.Array,
+                              key: jax.Array) -> jax.Array:
+    """The points adversarial training trains on (E7's dropout + adversarial training):
+    LASS around one member's minibatch with TRAINING_LASS settings; memjax.runner hands it
+    to the trainer (`memjax.train.Trainer.adversarial_examples`).
+
+    apply_fn(variables, x) -> logits; variables: ONE member's; x: [B, H, W, C] float32 in
+    [0, 1]; y: [B] int labels (unused: LASS moves away from the predicted class); key: this
+    step's ATTACK-stream key. Returns [B, H, W, C] float32 in [0, 1] within the L-infinity
+    radius of x (gradients are stopped by the caller).
+    """
+    return lass_search(apply_fn, variables, x, key, **TRAINING_LASS).points

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from memjax.ensemble import map_members
-from memjax.metrics._chunks import map_example_chunks
+from memjax.chunks import map_example_chunks
 from memjax.models import ApplyFn, as_float, computing_in
 from memjax.sharding import everywhere
 

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from memjax.ensemble import DATA, map_members
+from memjax import keys
+from memjax.ensemble import map_members
 from memjax.metrics.sensitivity import per_example_norm
 from memjax.models import ApplyFn, as_float
 from memjax.order import epoch_order
@@ -48,16 +49,14 @@ class UnrolledSensitivity(NamedTuple):
                                              "shared_order"))
 def trainer_order(seed: int, member_ids: jax.Array, *, num_examples: int, batch_size: int,
                   epochs: int, shared_order: bool = False) -> tuple[jax.Array, jax.Array]:
-    """The minibatch order `memjax.train.make_train_epoch` gives each member over `epochs`
+    """The minibatch order the trainer (`memjax.train`, keys from `memjax.keys`) gives each member over `epochs`
     epochs, as (order [M, T, B] int32, weight [M, T, B] float32), T = epochs x
     ceil(num_examples / batch_size): pass it to `unrolled_loss_sensitivity` to follow the
     trainer's own trajectory. member_ids: [M] int."""
     def member(member_id):
-        root = jax.random.key(seed)
-        base = jax.random.fold_in(root if shared_order else jax.random.fold_in(root, member_id),
-                                  DATA)
         order, weight = jax.vmap(lambda e: epoch_order(
-            jax.random.fold_in(base, e), num_examples, batch_size))(jnp.arange(epochs))
+            keys.order_key(seed, member_id, e, shared_order), num_examples, batch_size))(
+            jnp.arange(epochs))
         return order.reshape(-1, batch_size), weight.reshape(-1, batch_size)
 
     return jax.vmap(member)(jnp.asarray(member_ids))

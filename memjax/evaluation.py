@@ -1,0 +1,71 @@
+"""Evaluation of every member on any examples: correctness, loss, predictions, and each
+member's accuracy on its own view of a training set. Jitted, computed on the device, with
+examples in chunks (`memjax.chunks`) and members in planned groups (`map_members`)."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from memjax import sharding
+from memjax.chunks import map_example_chunks
+from memjax.ensemble import map_members
+from memjax.models import ApplyFn, as_float
+from memjax.views import MemberView, NoiseSource
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "chunk", "member_chunk", "mesh"))
+def evaluate(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array, *, chunk: int = 2048,
+             member_chunk: int | None = None, mesh=None) -> dict[str, jax.Array]:
+    """Per-member, per-example correctness and loss, computed on the device.
+
+    apply_fn(variables_of_one_member, x[B, ...]) -> logits [B, classes].
+    variables: stacked [M, ...]. x: [N, H, W, C] uint8 or float in [0, 1]; y: [N] int.
+    Returns {"correct": [M, N] bool, "loss": [M, N] float32 (cross-entropy, nats)}.
+    Examples are processed `chunk` at a time, members in groups of `member_chunk` (None:
+    planned) split over `mesh` (None: every device).
+    """
+    def on_chunk(xb, yb):
+        def member(v):
+            logits = apply_fn(v, as_float(xb))
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+            return jnp.argmax(logits, -1) == yb, loss
+
+        return map_members(member, member_chunk, mesh=mesh)(variables)
+
+    correct, loss = map_example_chunks(on_chunk, (x, y), chunk)
+    # every host gets every member's results (one run dir)
+    return sharding.everywhere({"correct": correct, "loss": loss}, correct.shape[0], mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "chunk", "member_chunk", "mesh"))
+def predict(apply_fn: ApplyFn, variables, x: jax.Array, *, chunk: int = 2048,
+            member_chunk: int | None = None, mesh=None) -> jax.Array:
+    """Predicted classes [M, N] int32 of every member on x [N, H, W, C] (evaluation mode)."""
+    out = map_example_chunks(lambda xb: map_members(
+        lambda v: jnp.argmax(apply_fn(v, as_float(xb)), -1).astype(jnp.int32),
+        member_chunk, mesh=mesh)(variables), (x,), chunk)
+    return sharding.everywhere(out, out.shape[0], mesh)
+
+
+def member_accuracy(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array,
+                    view: MemberView | None = None, noise: NoiseSource | None = None, *,
+                    chunk: int = 2048, member_chunk: int | None = None,
+                    mesh=None) -> dict[str, jax.Array]:
+    """Each member's accuracy on its own view of a training set (its inputs, its labels, its
+    examples). Returns {"correct": [M, N] bool, "accuracy": [M] float32 in [0, 1] over the
+    member's examples}. One forward pass over x, and one over noise.x if inputs are noised."""
+    view = view or MemberView()
+    kw = dict(chunk=chunk, member_chunk=member_chunk, mesh=mesh)
+    pred = predict(apply_fn, variables, x, **kw)
+    if view.input_noise_mask is not None:
+        pred = jnp.where(view.input_noise_mask, predict(apply_fn, variables, noise.x, **kw), pred)
+    labels = y[None, :]
+    if view.label_noise_mask is not None:
+        labels = jnp.where(view.label_noise_mask, noise.y[None, :], labels)
+    correct = pred == labels
+    mask = (jnp.ones_like(correct) if view.example_mask is None else view.example_mask)
+    accuracy = jnp.sum(correct & mask, -1) / jnp.maximum(jnp.sum(mask, -1), 1)
+    return {"correct": correct, "accuracy": accuracy.astype(jnp.float32)}

@@ -1,0 +1,315 @@
+"""The one path by which memjax trains an ensemble: every study and benchmark goes through it.
+
+    runner = Runner(model, train, dataset.train, dataset.num_classes, Members(ids, widths=...))
+    history = runner.run(epochs, desc="width <= 512", run_dir=run_dir, measure=lambda r, epoch:
+                         {"validation_accuracy": r.evaluate(x_val, y_val)["correct"].mean(1)})
+
+A `Runner` builds the ensemble from configs and per-member arrays (`Members`: ids, widths,
+example masks, noise fractions, regularizer strengths, learning rates, weight decay,
+adversarial weights), places it on the device mesh (members split over the `members` axis,
+the data replicated), and trains it epoch by epoch with a progress bar. After each epoch it
+runs the study's declared measurements on the device and keeps their [members] results in a
+per-epoch history; it stops members that converged (`converge_at`), isolates diverged ones,
+and checkpoints the state with the history so that `--resume` continues bit for bit.
+
+Placement: the stored state holds the member count padded once to a multiple of the device
+count (dummy copies of the last member), so no epoch gathers across devices. Dummy members
+never appear in results, the history, checkpoints or callbacks; checkpoints hold the real
+members only, so a run may resume on another device count.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from memjax import convergence
+from memjax.config import ModelConfig, TrainConfig
+from memjax.data import Split
+from memjax.ensemble import (EnsembleState, init_ensemble, init_width_ensemble, make_optimizer,
+                             member_plan, pad_members, set_regularization)
+from memjax.evaluation import evaluate, member_accuracy
+from memjax.metrics.lass import lass_adversarial_examples
+from memjax.models import Network, build_network
+from memjax.results import RunDir
+from memjax.sharding import default_mesh, replicate, shard_members, to_host
+from memjax.train import make_train_epoch
+from memjax.views import MemberView, NoiseSource, noise_masks, noise_source
+
+# A study's per-epoch measurement: (runner, epoch) -> {name: [members] array (or
+# [padded members]: cut to the real ones) or a scalar}, computed on the device.
+Measure = Callable[["Runner", int], dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class Members:
+    """What varies across members, one row per member (None: the same for all).
+
+    ids: [M] member ids (keys derive from them: memjax.keys). widths: [M] or [M, layers]
+    hidden units (an MLP masked to each width). example_mask: [M, N] bool, the training
+    examples a member sees. input_noise, label_noise: [M] fractions of a member's examples
+    replaced by randX / randY. strengths: regularizer name -> [M] (memjax.models.REGULARIZERS).
+    learning_rate, weight_decay: [M] (None: the TrainConfig's). adversarial_weight: [M] w in
+    (1 - w) clean + w adversarial loss.
+    """
+
+    ids: np.ndarray
+    widths: np.ndarray | None = None
+    example_mask: np.ndarray | None = None
+    input_noise: np.ndarray | None = None
+    label_noise: np.ndarray | None = None
+    strengths: dict[str, np.ndarray] | None = None
+    learning_rate: np.ndarray | None = None
+    weight_decay: np.ndarray | None = None
+    adversarial_weight: np.ndarray | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    def padded(self, total: int) -> "Members":
+        """The same members and `total - count` dummy copies of the last one."""
+        def pad(value):
+            if value is None or np.ndim(value) == 0:
+                return value
+            if isinstance(value, dict):
+                return {k: pad(v) for k, v in value.items()}
+            return pad_members(np.asarray(value), total)
+
+        return Members(**{f.name: pad(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
+def build_ensemble(model: ModelConfig, train: TrainConfig, num_classes: int,
+                   example_x: np.ndarray, members: Members) -> tuple[Network, optax.GradientTransformation, EnsembleState]:
+    """The network, the optimizer and the initialized state of `members` (on the default device); the only
+    place memjax builds an ensemble. example_x: [1, H, W, C] float, for shapes."""
+    tx = make_optimizer(train.momentum)
+    lr = train.learning_rate if members.learning_rate is None else members.learning_rate
+    wd = train.weight_decay if members.weight_decay is None else members.weight_decay
+    regularized = members.strengths is not None
+    kw = dict(seed=train.seed, member_ids=members.ids, learning_rate=lr, weight_decay=wd)
+    if members.widths is not None:
+        network, state = init_width_ensemble(model, num_classes, tx, example_x,
+                                             widths=members.widths, regularized=regularized,
+                                             **kw)
+    else:
+        network = build_network(model, num_classes, regularized=regularized)
+        state = init_ensemble(network, tx, example_x, **kw)
+    if members.strengths:
+        state = state.replace(variables=set_regularization(state.variables, **members.strengths))
+    return network, tx, state
+
+
+def member_view(members: Members, num_examples: int, data_seed: int) -> MemberView:
+    """The members' masks and adversarial weights as host arrays (None where unused)."""
+    def noise(fractions):
+        if fractions is None or not np.any(fractions):
+            return None
+        return noise_masks(fractions, num_examples, data_seed, members.example_mask)
+
+    adversarial = members.adversarial_weight
+    return MemberView(
+        example_mask=None if members.example_mask is None else np.asarray(members.example_mask),
+        input_noise_mask=noise(members.input_noise), label_noise_mask=noise(members.label_noise),
+        adversarial_weight=None if adversarial is None or not np.any(adversarial)
+        else np.asarray(adversarial, np.float32))
+
+
+class Runner:
+    """An ensemble placed on the devices, its data, and its compiled epoch.
+
+    model, train: the configs (train.members is ignored when `members` is given; else
+    members 0 .. train.members - 1). split: the training set, of num_classes classes;
+    data_seed, input_stats: how its noise is drawn (memjax.data). mesh: None for every
+    device (at most one per member).
+    """
+
+    def __init__(self, model: ModelConfig, train: TrainConfig, split: Split, num_classes: int,
+                 members: Members | None = None, *, data_seed: int = 0,
+                 input_stats: str = "per_pixel", mesh=None):
+        train.check_data(len(split))
+        members = members or Members(np.arange(train.members))
+        self.train, self.members = train, members.count
+        self.mesh = mesh or default_mesh(self.members)
+        devices = self.mesh.shape["members"]
+        self.padded = -(-self.members // devices) * devices
+        padded = members.padded(self.padded)
+        example = np.zeros((1,) + split.x.shape[1:], np.float32)
+        self.network, tx, state = build_ensemble(model, train, num_classes, example, padded)
+        self.apply = self.network.apply
+        self._base_lr = np.asarray(state.learning_rate)  # (the epoch donates the state)
+        self.state = shard_members(state, self.mesh, self.padded)
+        view = member_view(padded, len(split), data_seed)
+        self.view = shard_members(view, self.mesh, self.padded)
+        self.noise = None
+        if view.input_noise_mask is not None or view.label_noise_mask is not None:
+            source = noise_source(split, num_classes, data_seed, input_stats)
+            self.noise = replicate(NoiseSource(
+                source.x if view.input_noise_mask is not None else None,
+                source.y if view.label_noise_mask is not None else None), self.mesh)
+        self.x, self.y = replicate((split.x, split.y), self.mesh)
+        self.train_epoch = make_train_epoch(
+            self.network, tx, batch_size=train.batch_size,
+            shared_order=train.shared_order, lr_halving_epochs=train.lr_halving_epochs,
+            member_chunk=train.member_chunk, mesh=self.mesh, compute_dtype=train.compute_dtype,
+            adversarial_examples=lass_adversarial_examples)
+        mask = members.example_mask
+        self.examples_per_epoch = float(self.members * len(split) if mask is None
+                                        else np.sum(mask))
+        self.seconds = self.model_examples = 0.0
+        self._compiled = None
+
+    # ---- what the members are now ----------------------------------------------------
+
+    @property
+    def variables(self):
+        """The stacked variables [padded members, ...] on the devices (for the metric
+        functions; a measurement's results are cut to the real members by `run`)."""
+        return self.state.variables
+
+    def member_state(self) -> EnsembleState:
+        """The state of the real members only (what checkpoints hold)."""
+        if self.padded == self.members:
+            return self.state
+        return jax.tree.map(lambda a: a[:self.members] if a.ndim else a, self.state)
+
+    def _place(self, state: EnsembleState) -> EnsembleState:
+        state = jax.tree.map(lambda a: pad_members(a, self.padded) if a.ndim else a, state)
+        return shard_members(state, self.mesh, self.padded)
+
+    def evaluate(self, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+        """memjax.evaluation.evaluate of the real members: {"correct", "loss"}: [M, N]."""
+        out = evaluate(self.apply, self.variables, x, y, chunk=self.train.eval_chunk,
+                       member_chunk=self.train.member_chunk, mesh=self.mesh)
+        return {k: v[:self.members] for k, v in out.items()}
+
+    def own_accuracy(self) -> jax.Array:
+        """[M] each member's accuracy on its own view of the training set (its examples,
+        its noise), in evaluation mode."""
+        return member_accuracy(self.apply, self.variables, self.x, self.y, self.view,
+                               self.noise, chunk=self.train.eval_chunk,
+                               member_chunk=self.train.member_chunk,
+                               mesh=self.mesh)["accuracy"][:self.members]
+
+    def placement(self) -> dict:
+        """How the members sit on the devices: device count, members per device, the
+        member chunk of the training epoch, and the dummy members padding the count."""
+        placed = self.train_epoch.placement(self.state, self.train.seed, self.x, self.y,
+                                            self.view, self.noise)
+        return {**placed, "members": self.members, "dummy_members": self.padded - self.members}
+
+    # ---- training ------------------------------------------------------------------------
+
+    def compile(self) -> float:
+        """Compile the training epoch ahead (so that `seconds` counts training alone);
+        returns the seconds it took (0 when compiled already)."""
+        if self._compiled is not None:
+            return 0.0
+        start = time.perf_counter()
+        self._compiled = self.train_epoch.lower(self.state, self.train.seed, self.x, self.y,
+                                                self.view, self.noise).compile()
+        return time.perf_counter() - start
+
+    def epoch(self) -> dict[str, np.ndarray]:
+        """Train one epoch; the trainer's metrics of the real members, on the host."""
+        start = time.perf_counter()
+        epoch = self.train_epoch if self._compiled is None else self._compiled
+        self.state, metrics = epoch(self.state, self.train.seed, self.x, self.y, self.view,
+                                    self.noise)
+        metrics = {k: np.asarray(v)[:self.members] for k, v in to_host(metrics).items()}
+        self.seconds += time.perf_counter() - start
+        self.model_examples += self.examples_per_epoch
+        return metrics
+
+    def run(self, epochs: int, *, desc: str, run_dir: RunDir | None = None,
+            measure: Measure | None = None, converge_at: float | None = None,
+            log: Callable[[int, dict], dict | None] | None = None) -> dict[str, np.ndarray]:
+        """Train until `epochs` epochs are done; return the history, name -> [epochs, M].
+
+        After each epoch: the trainer's metrics (train_loss, train_accuracy averaged over the
+        epoch's steps), then `measure(runner, epoch)` (name -> [M] or scalar; a name may
+        replace a trainer metric), on the device, copied to the host once. converge_at:
+        measure each member's accuracy on its own training set ("train_accuracy"), record
+        the first epoch it reaches the threshold ("first_epoch", memjax.convergence) and
+        stop training it (learning rate 0); the phase ends when every member has.
+        log(epoch, record) returns the metrics.jsonl line for the epoch (None: none).
+        run_dir: checkpoint the phase and the history, and resume them (a phase that ended
+        early stays ended); diverged members are reported to it.
+        """
+        from tqdm.auto import tqdm
+
+        history: dict[str, list] = {}
+        checkpoints = None
+        if run_dir is not None:
+            template = self.member_state()
+            checkpoints, restored = run_dir.open_phase(desc, template, epochs, history)
+            if restored is not template:
+                self.state = self._place(restored)
+        first = (np.asarray(history["first_epoch"][-1]) if history.get("first_epoch")
+                 else np.full(self.members, convergence.NOT_CONVERGED))
+        done = int(self.state.epoch)
+        if done < epochs and not history.get("stopped"):
+            self.compile()
+        try:
+            for _ in tqdm(range(done, epochs), desc=desc, unit="epoch", leave=False,
+                          mininterval=1.0, disable=bool(history.get("stopped"))):
+                if history.get("stopped"):
+                    break
+                record = self.epoch()
+                done = int(self.state.epoch)
+                record.pop("diverged")
+                if measure is not None:
+                    record.update(self._real(to_host(measure(self, done))))
+                stop = False
+                if converge_at is not None:
+                    record["train_accuracy"] = np.asarray(to_host(self.own_accuracy()))
+                    first = convergence.first_epochs(first, record["train_accuracy"], done,
+                                                     converge_at)
+                    record["first_epoch"] = first
+                    self._freeze(first != convergence.NOT_CONVERGED)
+                    stop = bool((first != convergence.NOT_CONVERGED).all())
+                for name, value in record.items():
+                    history.setdefault(name, []).append(value)
+                if stop:
+                    history["stopped"] = [True]
+                line = log(done, record) if log else None
+                if line is not None and run_dir is not None:
+                    run_dir.log_metrics(line)
+                if checkpoints is not None:
+                    checkpoints.save(self.member_state(), force=stop or done == epochs)
+                if stop:
+                    break
+        finally:
+            if checkpoints is not None:
+                checkpoints.close()
+        if run_dir is not None:
+            diverged, ids = to_host((self.state.diverged, self.state.member_ids))
+            run_dir.record_divergence(re.sub(r" \(\d+/\d+\)$", "", desc),
+                                      np.asarray(diverged)[:self.members],
+                                      np.asarray(ids)[:self.members])
+            run_dir.record_placement(desc, self.placement())
+        history.pop("stopped", None)
+        return {k: np.stack([np.asarray(v) for v in values]) for k, values in history.items()}
+
+    def _real(self, values: dict) -> dict[str, np.ndarray]:
+        """Host values with dummy members cut off."""
+        cut = lambda v: v[:self.members] if v.ndim and v.shape[0] == self.padded else v
+        return {k: cut(np.asarray(v)) for k, v in values.items()}
+
+    def _freeze(self, converged: np.ndarray) -> None:
+        """Learning rate 0 for converged members: their SGD steps (momentum and weight decay
+        included, both scaled by the learning rate) leave the parameters unchanged."""
+        mask = jnp.asarray(pad_members(converged, self.padded))
+        lr = jnp.where(mask, 0.0, self._base_lr)
+        self.state = self.state.replace(learning_rate=shard_members(lr, self.mesh, self.padded))
+
+    @property
+    def throughput(self) -> float:
+        """Model-examples trained per second (training epochs only)."""
+        return self.model_examples / max(self.seconds, 1e-9)

@@ -1,0 +1,101 @@
+"""The one training path: placement with dummy members, measurements, convergence and
+checkpoints of memjax.runner, against one device and against the trainer used directly."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from memjax.config import DataConfig, ModelConfig, TrainConfig
+from memjax.data import load_dataset
+from memjax.results import RunDir
+from memjax.runner import Members, Runner
+from memjax.sharding import member_mesh
+
+MODEL = ModelConfig(hidden=(16,))
+TRAIN = TrainConfig(members=11, epochs=2, batch_size=64, learning_rate=0.05, momentum=0.9)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(DataConfig(train_size=256, validation_size=64))
+
+
+def _measure(runner, epoch):
+    val = runner.evaluate(runner.x[:64], runner.y[:64])["correct"].mean(1)
+    return {"own": runner.own_accuracy(), "val": val, "padded_sum": runner.variables[
+        "params"]["Dense_0"]["bias"].sum(-1)}
+
+
+@pytest.fixture(scope="module")
+def eleven(data):
+    """11 members on 8 devices (5 dummies) and on one device, with label noise."""
+    members = Members(np.arange(11), label_noise=np.linspace(0, 1, 11))
+    out = {}
+    for devices in (8, 1):
+        runner = Runner(MODEL, TRAIN, data.train, 10, members, mesh=member_mesh(devices))
+        out[devices] = runner, runner.run(TRAIN.epochs, desc="eleven", measure=_measure)
+    return out
+
+
+def test_dummy_members_are_stored_once_and_never_shown(eleven):
+    runner, history = eleven[8]
+    kernel = runner.state.variables["params"]["Dense_0"]["kernel"]
+    assert kernel.shape[0] == 16 and len(kernel.sharding.device_set) == 8
+    assert {s.data.shape[0] for s in kernel.addressable_shards} == {2}
+    assert runner.member_state().variables["params"]["Dense_0"]["kernel"].shape[0] == 11
+    assert {k: v.shape for k, v in history.items()} == {
+        k: (2, 11) for k in ("train_loss", "train_accuracy", "own", "val", "padded_sum")}
+    assert runner.placement() == {"devices": 8, "members_per_device": 2, "member_chunk": 2,
+                                  "groups": 1, "padded_members": 16, "members": 11,
+                                  "dummy_members": 5}
+
+
+def test_eight_devices_give_one_devices_results(eleven):
+    (r8, h8), (r1, h1) = eleven[8], eleven[1]
+    assert r1.padded == 11
+    for name in h1:
+        np.testing.assert_allclose(h8[name], h1[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    for u, v in zip(jax.tree_util.tree_leaves(r8.member_state()),
+                    jax.tree_util.tree_leaves(r1.member_state())):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
+
+
+def test_convergence_stops_members_and_the_phase(data):
+    """converge_at: each member's first epoch at the threshold is recorded, its learning
+    rate set to 0 (it stops moving), and the phase ends once every member has converged."""
+    train = TrainConfig(members=3, epochs=30, batch_size=32, learning_rate=0.1)
+    runner = Runner(ModelConfig(hidden=(64,)), train, data.train.take(64), 10,
+                    Members(np.arange(3), widths=np.array([2, 64, 64])), mesh=member_mesh(1))
+    history = runner.run(30, desc="converge", converge_at=1.0)
+    first = history["first_epoch"][-1]
+    assert first[1] > 0 and first[2] > 0 and first[0] == -1  # 2 units cannot fit 64 digits
+    assert len(history["train_accuracy"]) == 30  # member 0 never converged: no early stop
+    converged = history["first_epoch"] > 0
+    assert np.all(history["train_accuracy"][converged] == 1.0)
+    # once converged, a member's accuracy never changes again (it no longer trains)
+    for m in (1, 2):
+        e = first[m] - 1
+        assert np.all(history["train_accuracy"][e:, m] == history["train_accuracy"][e, m])
+    np.testing.assert_allclose(np.asarray(runner.state.learning_rate), [0.1, 0.0, 0.0])
+
+
+def test_checkpointed_history_resumes_and_placement_is_recorded(data, tmp_path):
+    train = TrainConfig(members=3, epochs=3, batch_size=64, learning_rate=0.05)
+    run_dir = RunDir(tmp_path / "run", keep_checkpoints=True)
+    run_dir.start("test", {})
+    whole = Runner(MODEL, train, data.train, 10).run(3, desc="p", run_dir=run_dir,
+                                                      measure=_measure)
+    run_dir.finish()
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["placement"]["p"][
+        "members"] == 3
+    # a second run that stops after 2 epochs, then is resumed to 3
+    part = RunDir(tmp_path / "part")
+    part.start("test", {})
+    Runner(MODEL, train, data.train, 10).run(2, desc="p", run_dir=part, measure=_measure)
+    resumed = RunDir(tmp_path / "part", resume=True)
+    resumed.start("test", {})
+    history = Runner(MODEL, train, data.train, 10).run(3, desc="p", run_dir=resumed,
+                                                        measure=_measure)
+    for name in whole:
+        np.testing.assert_array_equal(history[name], whole[name], err_msg=name)
