@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Issue 5's device check, in one go (about 6 minutes on one H100 on 2026-11-26, compile
-# included; the bench has more rows since, so allow 8; each case's wall time is in the
-# bench record's case_wall_s):
+# The device check, in one go (allow about 8 minutes on one H100, compile included; each
+# case's wall time is in the bench record's case_wall_s):
 #   1. install memjax (editable, no dependencies: the device has jax, flax, optax, orbax)
 #   2. memjax bench --preset gpu            -> $OUT/bench/<date>-<device>.{json,md}
 #   3. memjax run consistency --preset paper --dataset mnist --data-dir .devdata

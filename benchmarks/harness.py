@@ -12,7 +12,7 @@ from memjax.benchmarks import BENCHMARK_MODULES, roofline
 from memjax.errors import MemjaxError
 
 PRESETS = ("cpu", "gpu")
-# issue 5's targets on one H100/H200: case prefix -> (baseline, minimum ratio)
+# the targets on one H100/H200: case prefix -> (baseline, minimum ratio)
 TARGETS = {"a": ("best torch ensemble", 2.5), "b": ("best torch ensemble", 1.7),
            "c": ("torch-loop", 2.0), "d": ("torch-loop", 5.0)}
 
@@ -72,7 +72,7 @@ def _best(rows, keep) -> dict | None:
 
 def compare(rows: list[dict], preset: str) -> dict:
     """Per case: the best JAX ensemble against the JAX one-at-a-time loop, the PyTorch loop
-    and the best PyTorch ensemble; with the issue's target on the gpu preset."""
+    and the best PyTorch ensemble; with its target on the gpu preset."""
     out = {}
     for case in dict.fromkeys(r["case"] for r in rows):
         mine = [r for r in rows if r["case"] == case]

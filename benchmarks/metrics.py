@@ -1,4 +1,4 @@
-"""Throughput of the per-example metrics over an ensemble (issue 5, cases d and e): one
+"""Throughput of the per-example metrics over an ensemble (cases d and e): one
 vmapped program over all members against the same jitted function one member at a time,
 and a PyTorch per-model loop when torch imports; plus the ensemble in bf16 compute
 (`jax-ensemble-bf16`, which the comparisons leave out: the targets are at TF32).
@@ -6,7 +6,7 @@ and a PyTorch per-model loop when torch imports; plus the ensemble in bf16 compu
     from memjax.benchmarks.metrics import CASES
     rows = CASES["d_lass"]("cpu")   # or "gpu"; each row: case, impl, members, seconds, ...
 
-Sizes ("gpu", issue 5): (d) LASS for 100 iterations on 1000 examples for 100 MLPs 2 x 4096
+Sizes ("gpu"): (d) LASS for 100 iterations on 1000 examples for 100 MLPs 2 x 4096
 (radius 0, so no example is decided early and every iteration runs); (e) loss sensitivity
 of 10k MNIST-shaped examples for 100 MLPs 2 x 4096. "cpu": the same shapes shrunk to finish
 in seconds on 2 cores. A model-example is one example's whole search (d) or gradient (e)

@@ -1,4 +1,4 @@
-"""Training throughput of whole ensembles against baselines (issue 5, cases a-c, and E1).
+"""Training throughput of whole ensembles against baselines (cases a-c, and E1).
 
     memjax bench --preset cpu|gpu [--cases a_mlp512,c_cnn]
 
@@ -205,8 +205,8 @@ def run_case(name: str, preset: str) -> list[dict]:
     case = PRESETS[preset][name]
     x, y = synthetic_data(case.image, case.steps * case.batch)
     # PyTorch first: it hands its cached memory back after each baseline, while JAX's memory
-    # pool keeps what its largest program took, which left torch.func's CNN ensemble out of
-    # memory on an H100 when it ran after the JAX rows.
+    # pool keeps what its largest program took (torch.func's CNN ensemble would not fit
+    # after the JAX rows).
     rows = _torch_rows(case, x, y)
     x, y = jax.device_put(x), jax.device_put(y)
     if case.model.kind == "cnn":
@@ -258,7 +258,7 @@ def _torch_rows(case: Case, x: np.ndarray, y: np.ndarray) -> list[dict]:
 
 
 def e1_consistency(preset: str) -> list[dict]:
-    """Issue 2's measurement: E1 training (consistency cpu preset, 100 x MLP 2 x 256, batch
+    """E1 training (consistency cpu preset, 100 x MLP 2 x 256, batch
     128, one epoch on the embedded 10k examples), vmapped ensemble against the same members
     one at a time with the same jitted epoch."""
     from memjax.data import load_dataset

@@ -8,7 +8,7 @@ label random), plus unregularized members. Strengths are per-member arrays: drop
 dropout (drop probability), input / hidden Gaussian noise (std, in [0, 1] pixel units /
 activation units), weight decay (per-member optimizer hyperparameter), and dropout +
 adversarial training (loss = (1 - w) clean + w adversarial with LASS points searched in
-every step, memjax.adversarial; `adversarial_weight` and `adversarial_dropout` pairs).
+every step, memjax.metrics.lass.lass_adversarial_examples; `adversarial_weight` and `adversarial_dropout` pairs).
 Dropout should hinder memorization most while keeping validation accuracy. The cpu preset
 leaves dropout + adversarial training out: its in-step search makes every member's step
 ~10x dearer, which a 2-core CPU cannot afford within the preset's minutes.
@@ -59,8 +59,7 @@ PRESETS = {
                     dropout=(0.5,), input_dropout=(0.5,), input_noise=(0.5,),
                     hidden_noise=(0.1,), weight_decay=(0.01,), adversarial_weight=(0.5,),
                     adversarial_dropout=(0.3,)),
-    # Few examples, small batches and a large step so randY is memorized within the budget
-    # (at 4000 examples, batch 128, lr 0.05, 25 epochs randY training accuracy is only 0.29).
+    # Few examples, small batches and a large step so randY is memorized within the budget.
     "cpu": Config(DataConfig(train_size=1000), ModelConfig(hidden=(512, 512)),
                   TrainConfig(members=1, epochs=40, batch_size=32, learning_rate=0.1),
                   dropout=(0.2, 0.5, 0.8), input_dropout=(0.2, 0.5, 0.8),

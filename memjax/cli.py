@@ -228,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv is None:  # the command, not a call from Python
             # The run's files and checkpoints were finished in `finally` blocks on the way
             # here; interpreter teardown can race XLA threads still running the interrupted
-            # computation (a segfault, exit -11, in 4 of 8 interrupted csr runs), so leave
-            # without it.
+            # computation (and can segfault), so leave without it.
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(130)

@@ -30,9 +30,8 @@ except ImportError:  # pragma: no cover
 DEFAULT_FRACTION = 0.8
 # Members per group when a computation convolves and no chunk is set: vmap turns a
 # convolution over stacked weights into a grouped convolution, which measured slower than
-# one member at a time inside the program (lax.map): XLA:CPU, paper CNN with 16 channels,
-# 8 members, `memjax bench` c_cnn 2026-11-26: vmap 81, lax.map 188, chunks of 2 121
-# model-examples/s; on an H200 (issue 5) vmap ran out of memory at 100 members where
+# one member at a time inside the program (lax.map) on the CPU (`memjax bench` c_cnn,
+# benchmarks/README.md), and on an H100 vmap ran out of memory at 100 members where
 # lax.map ran. Override with an explicit member_chunk, or MEMJAX_CONV_CHUNK.
 CONV_CHUNK = 1
 
