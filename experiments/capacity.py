@@ -22,7 +22,7 @@ from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_fraction,
                            check_positive)
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import grid, new_figure, width_buckets
+from memjax.experiments.common import check_sweep_members, grid, new_figure, width_buckets
 from memjax.results import RunDir
 from memjax.runner import Members, Runner
 
@@ -32,6 +32,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(members=1, epochs=100))
+    seeds: int = 1  # members per sweep cell, each its own initialization and data order
     widths: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
     noise_levels: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     noise_kinds: tuple[str, ...] = ("randX", "randY")
@@ -60,7 +61,8 @@ def check(config: Config) -> None:
     """The checks the config alone allows, before anything runs (MemjaxError)."""
     for p in config.noise_levels:
         check_fraction("noise level", p)
-    check_positive(members=config.train.members, epochs=config.train.epochs)
+    check_positive(seeds=config.seeds, epochs=config.train.epochs)
+    check_sweep_members(config)
     check_nonnegative("tolerance", config.tolerance)
     if set(config.noise_kinds) - {"randX", "randY"}:
         raise MemjaxError(f"noise kinds must be randX or randY, got {config.noise_kinds}")
@@ -73,7 +75,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
     dataset = load_dataset(config.data)
     conds = conditions(config)
     cells = grid(cond=list(range(len(conds))), width=list(config.widths),
-                 repeat=list(range(config.train.members)))
+                 repeat=list(range(config.seeds)))
     widths = cells["width"].astype(int)
     kind = np.array([conds[c][0] for c in cells["cond"]])
     level = np.array([conds[c][1] for c in cells["cond"]], float)

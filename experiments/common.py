@@ -1,9 +1,20 @@
-"""What several studies share: the rows of a sweep (`grid`, `width_buckets`) and figures."""
+"""What several studies share: the rows of a sweep (`grid`, `width_buckets`), its seeds, and
+figures."""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+
+from memjax.errors import MemjaxError
+
+
+def check_sweep_members(config: Any) -> None:
+    """A sweep's ensemble is its cells x `seeds` members, so train.members must stay 1."""
+    trains = [getattr(config, n) for n in ("train", "cnn_train") if hasattr(config, n)]
+    if any(t.members != 1 for t in trains):
+        raise MemjaxError("a sweep trains one member per cell and seed: set seeds "
+                          "(--seeds N), not train.members")
 
 
 def width_buckets(widths: np.ndarray, limits: tuple[int, ...]) -> list[tuple[int, np.ndarray]]:

@@ -23,7 +23,7 @@ from memjax import convergence
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import grid, new_figure, width_buckets
+from memjax.experiments.common import check_sweep_members, grid, new_figure, width_buckets
 from memjax.results import RunDir
 from memjax.runner import Members, Runner
 from memjax.views import size_masks
@@ -34,6 +34,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(members=1, epochs=1000))
+    seeds: int = 1  # members per sweep cell, each its own initialization and data order
     widths: tuple[int, ...] = (16, 64, 256, 1024, 4096)
     sizes: tuple[int, ...] = (5000, 10000, 20000, 50000)
     width_for_sizes: int = 4096
@@ -61,7 +62,8 @@ def check(config: Config) -> None:
     for p in config.noise_levels:
         check_fraction("noise level", p)
     check_fraction("threshold", config.threshold)
-    check_positive(members=config.train.members, epochs=config.train.epochs)
+    check_positive(seeds=config.seeds, epochs=config.train.epochs)
+    check_sweep_members(config)
 
 
 def run(config: Config, run_dir: RunDir) -> dict:
@@ -72,7 +74,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
         raise MemjaxError(f"widths must be in 1..{max(config.model.hidden)} (model.hidden)")
     if max(config.sizes) > n:
         raise MemjaxError(f"dataset sizes must be at most the {n} training examples")
-    reps = list(range(config.train.members))
+    reps = list(range(config.seeds))
     a = grid(x=list(config.widths), level=list(config.noise_levels), repeat=reps)
     b = grid(x=list(config.sizes), level=list(config.noise_levels), repeat=reps)
     m_a, m_b = len(a["x"]), len(b["x"])

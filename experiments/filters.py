@@ -21,7 +21,7 @@ import numpy as np
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_positive
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import new_figure
+from memjax.experiments.common import check_sweep_members, new_figure
 from memjax.results import RunDir
 from memjax.runner import Members, Runner
 
@@ -33,6 +33,7 @@ class Config:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         members=1, epochs=50, momentum=0.9, lr_halving_epochs=15))
     shown: int = 64  # filters drawn per member
+    seeds: int = 1  # members trained on each of real data and randY
 
 
 PRESETS = {
@@ -62,7 +63,8 @@ def adjacent_correlation(delta: np.ndarray) -> np.ndarray:
 
 def check(config: Config) -> None:
     """The checks the config alone allows, before anything runs (MemjaxError)."""
-    check_positive(members=config.train.members, epochs=config.train.epochs, shown=config.shown)
+    check_positive(seeds=config.seeds, epochs=config.train.epochs, shown=config.shown)
+    check_sweep_members(config)
     if config.model.kind != "cnn":
         raise MemjaxError("filters needs model.kind=cnn")
 
@@ -70,7 +72,7 @@ def check(config: Config) -> None:
 def run(config: Config, run_dir: RunDir) -> dict:
     check(config)
     dataset = load_dataset(config.data)
-    reps = config.train.members
+    reps = config.seeds
     data = np.array(["real"] * reps + ["randY"] * reps)
     runner = Runner(config.model, config.train, dataset.train, dataset.num_classes, Members(
         np.arange(2 * reps), label_noise=(data == "randY").astype(float)),

@@ -23,7 +23,8 @@ import numpy as np
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import first_epoch_at_least, grid, new_figure
+from memjax.experiments.common import (check_sweep_members, first_epoch_at_least, grid,
+                                       new_figure)
 from memjax.keys import ATTACK, study_key
 from memjax.metrics import PAPER_LASS, critical_sample_ratio, lass
 from memjax.results import RunDir
@@ -37,6 +38,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(members=1, epochs=100))
+    seeds: int = 1  # members per sweep cell, each its own initialization and data order
     noise_levels: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     noise_kinds: tuple[str, ...] = ("randX", "randY")
     # The CIFAR-10 CNN part (Fig. 8), run after the MLP part when cnn=True.
@@ -54,7 +56,7 @@ PRESETS = {
                     TrainConfig(members=1, epochs=3, batch_size=64, learning_rate=0.1),
                     noise_levels=(0.5,), csr_examples=32, csr_iterations=5),
     "cpu": Config(DataConfig(), ModelConfig(hidden=(256, 256)),
-                  TrainConfig(members=2, epochs=30, learning_rate=0.05),
+                  TrainConfig(members=1, epochs=30, learning_rate=0.05), seeds=2,
                   csr_examples=200, csr_iterations=20),
     "paper": Config(DataConfig(name="mnist"), ModelConfig(hidden=(4096, 4096)),
                     TrainConfig(members=1, epochs=100), cnn=True),
@@ -89,8 +91,10 @@ def check(config: Config) -> None:
     if set(config.noise_kinds) - {"randX", "randY"}:
         raise MemjaxError(f"noise kinds must be randX or randY, got {config.noise_kinds}")
     check_positive(csr_examples=config.csr_examples)
+    check_positive(seeds=config.seeds)
+    check_sweep_members(config)
     for _, _, _, train in _parts(config):
-        check_positive(members=train.members, epochs=train.epochs)
+        check_positive(epochs=train.epochs)
 
 
 def run(config: Config, run_dir: RunDir) -> dict:
@@ -115,7 +119,7 @@ def _run_part(name, data, model, train, config, run_dir):
                           f"{len(dataset.validation)} validation images of the {name} part "
                           f"(None: all of them)")
     conds = [("real", 0.0)] + [(k, p) for k in config.noise_kinds for p in config.noise_levels]
-    cells = grid(cond=list(range(len(conds))), repeat=list(range(train.members)))
+    cells = grid(cond=list(range(len(conds))), repeat=list(range(config.seeds)))
     kind = np.array([conds[c][0] for c in cells["cond"]])
     level = np.array([conds[c][1] for c in cells["cond"]], float)
     runner = Runner(model, train, dataset.train, dataset.num_classes, Members(

@@ -27,7 +27,7 @@ import numpy as np
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import new_figure
+from memjax.experiments.common import check_sweep_members, new_figure
 from memjax.models import REGULARIZERS
 from memjax.results import RunDir
 from memjax.runner import Members, Runner
@@ -50,6 +50,7 @@ class Config:
     # 0.03-0.5 in the paper; these pairs are ours
     adversarial_weight: tuple[float, ...] = (0.2, 0.5, 0.7)
     adversarial_dropout: tuple[float, ...] = (0.5, 0.1, 0.03)
+    seeds: int = 1  # members per sweep cell, each its own initialization and data order
     keep_validation: float = 0.02  # "keeps validation accuracy": within this of no regularizer
 
 
@@ -81,7 +82,7 @@ def members(config: Config) -> dict[str, np.ndarray]:
     combos += [("dropout+adversarial", float(d), float(w))
                for w, d in zip(config.adversarial_weight, config.adversarial_dropout)]
     rows = [(r, s, w, data, rep) for r, s, w in combos for data in ("real", "randY")
-            for rep in range(config.train.members)]
+            for rep in range(config.seeds)]
     reg, strength, adv, data, rep = map(np.array, zip(*rows))
     out = {"regularizer": reg, "strength": strength.astype(float), "data": data,
            "repeat": rep.astype(int), "adversarial_weight": adv.astype(float)}
@@ -93,7 +94,8 @@ def members(config: Config) -> dict[str, np.ndarray]:
 
 def check(config: Config) -> None:
     """The checks the config alone allows, before anything runs (MemjaxError)."""
-    check_positive(members=config.train.members, epochs=config.train.epochs)
+    check_positive(seeds=config.seeds, epochs=config.train.epochs)
+    check_sweep_members(config)
     for w in config.adversarial_weight:
         check_fraction("adversarial_weight", w)
     members(config)

@@ -25,13 +25,19 @@ def _experiment(name: str):
 
 # The flags every `memjax run NAME` accepts, and the config field each one sets.
 SHARED_FLAGS = {"dataset": "data.name", "data_dir": "data.data_dir",
-                "members": "train.members", "seed": "train.seed"}
+                "members": "train.members", "seeds": "seeds", "seed": "train.seed"}
 
 
 def build_config(module, args: argparse.Namespace):
     if args.preset not in module.PRESETS:
         raise MemjaxError(f"unknown preset {args.preset!r}; known: {', '.join(module.PRESETS)}")
     config = module.PRESETS[args.preset]
+    sweep = hasattr(config, "seeds")
+    if args.members is not None and sweep:
+        raise MemjaxError(f"{args.experiment} is a sweep: its ensemble is one member per cell "
+                          f"and seed; use --seeds N (members per cell), not --members")
+    if args.seeds is not None and not sweep:
+        raise MemjaxError(f"{args.experiment} trains one ensemble: use --members N, not --seeds")
     for flag, dotted in SHARED_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -165,7 +171,10 @@ def add_shared_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="embedded | mnist | cifar10 | npz:PATH")
     p.add_argument("--data-dir", help="folder with <dataset>.npz (default: $MEMJAX_DATA_DIR, "
                                       "else tensorflow-datasets)")
-    p.add_argument("--members", type=int, help="ensemble size")
+    p.add_argument("--members", type=int, help="ensemble size (consistency, sensitivity, csr)")
+    p.add_argument("--seeds", type=int,
+                   help="members per sweep cell (capacity, convergence, noise-curves, "
+                        "regularization, filters)")
     p.add_argument("--seed", type=int, help="root seed of model initialization and data order")
     p.add_argument("--out", help="run directory (default: runs/NAME-PRESET-TIMESTAMP)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
