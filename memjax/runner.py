@@ -14,8 +14,9 @@ and checkpoints the state with the history so that `--resume` continues bit for 
 
 Placement: the stored state holds the member count padded once to a multiple of the device
 count (dummy copies of the last member), so no epoch gathers across devices. Dummy members
-never appear in results, the history, checkpoints or callbacks; checkpoints hold the real
-members only, so a run may resume on another device count.
+never appear in results, the history, checkpoints or the `log` callback (a `measure`
+computes on the stored variables, and its results are cut to the real members);
+checkpoints hold the real members only, so a run may resume on another device count.
 """
 from __future__ import annotations
 
