@@ -246,46 +246,22 @@ class Runner:
         from tqdm.auto import tqdm
 
         history: dict[str, list] = {}
-        checkpoints = None
-        if run_dir is not None:
-            template = self.member_state()
-            checkpoints, restored = run_dir.open_phase(desc, template, epochs, history)
-            if restored is not template:
-                self.state = self._place(restored)
-        first = (np.asarray(history["first_epoch"][-1]) if history.get("first_epoch")
-                 else np.full(self.members, convergence.NOT_CONVERGED))
+        checkpoints = self._open_phase(run_dir, desc, epochs, history)
         done = int(self.state.epoch)
-        if done < epochs and not history.get("stopped"):
-            self.compile()
         try:
-            for _ in tqdm(range(done, epochs), desc=desc, unit="epoch", leave=False,
-                          mininterval=1.0, disable=bool(history.get("stopped"))):
-                if history.get("stopped"):
-                    break
-                record = self.epoch()
-                done = int(self.state.epoch)
-                record.pop("diverged")
-                if measure is not None:
-                    record.update(self._real(to_host(measure(self, done))))
-                stop = False
-                if converge_at is not None:
-                    record["train_accuracy"] = np.asarray(to_host(self.own_accuracy()))
-                    first = convergence.first_epochs(first, record["train_accuracy"], done,
-                                                     converge_at)
-                    record["first_epoch"] = first
-                    self._freeze(first != convergence.NOT_CONVERGED)
-                    stop = bool((first != convergence.NOT_CONVERGED).all())
-                for name, value in record.items():
-                    history.setdefault(name, []).append(value)
-                if stop:
-                    history["stopped"] = [True]
-                line = log(done, record) if log else None
-                if line is not None and run_dir is not None:
-                    run_dir.log_metrics(line)
-                if checkpoints is not None:
-                    checkpoints.save(self.member_state(), force=stop or done == epochs)
-                if stop:
-                    break
+            if done < epochs and not history.get("stopped"):
+                self.compile()
+                for _ in tqdm(range(done, epochs), desc=desc, unit="epoch", leave=False,
+                              mininterval=1.0):
+                    record, stop = self._measured_epoch(measure, converge_at, history)
+                    done = int(self.state.epoch)
+                    line = log(done, record) if log else None
+                    if line is not None and run_dir is not None:
+                        run_dir.log_metrics(line)
+                    if checkpoints is not None:
+                        checkpoints.save(self.member_state(), force=stop or done == epochs)
+                    if stop:
+                        break
         finally:
             if checkpoints is not None:
                 checkpoints.close()
@@ -297,6 +273,42 @@ class Runner:
             run_dir.record_placement(desc, self.placement())
         history.pop("stopped", None)
         return {k: np.stack([np.asarray(v) for v in values]) for k, values in history.items()}
+
+    def _open_phase(self, run_dir: RunDir | None, desc: str, epochs: int, history: dict):
+        """The phase's checkpoints (None: not checkpointed); on resume the state and
+        `history` (in place) continue from the newest one."""
+        if run_dir is None:
+            return None
+        template = self.member_state()
+        checkpoints, restored = run_dir.open_phase(desc, template, epochs, history)
+        if restored is not template:
+            self.state = self._place(restored)
+        return checkpoints
+
+    def _measured_epoch(self, measure: Measure | None, converge_at: float | None,
+                        history: dict[str, list]) -> tuple[dict, bool]:
+        """Train one epoch, measure, track convergence; append the record to `history`.
+        Returns (record, whether the phase is over)."""
+        record = self.epoch()
+        record.pop("diverged")
+        done = int(self.state.epoch)
+        if measure is not None:
+            record.update(self._real(to_host(measure(self, done))))
+        stop = False
+        if converge_at is not None:
+            first = (history["first_epoch"][-1] if history.get("first_epoch")
+                     else np.full(self.members, convergence.NOT_CONVERGED))
+            record["train_accuracy"] = np.asarray(to_host(self.own_accuracy()))
+            first = convergence.first_epochs(np.asarray(first), record["train_accuracy"], done,
+                                             converge_at)
+            record["first_epoch"] = first
+            self._freeze(first != convergence.NOT_CONVERGED)
+            stop = bool((first != convergence.NOT_CONVERGED).all())
+        for name, value in record.items():
+            history.setdefault(name, []).append(value)
+        if stop:
+            history["stopped"] = [True]
+        return record, stop
 
     def _real(self, values: dict) -> dict[str, np.ndarray]:
         """Host values with dummy members cut off."""
