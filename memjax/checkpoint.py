@@ -160,8 +160,9 @@ class PhaseCheckpoints:
             if problem:
                 failed.append((step, ValueError(problem), True))
                 continue
-            # Uncommitted copies, so the state can go wherever the caller's mesh says.
-            state = jax.tree.map(lambda a: jax.device_put(np.asarray(a)), state)
+            if jax.process_count() == 1:
+                # Uncommitted copies, so the state can go wherever the caller's mesh says.
+                state = jax.tree.map(lambda a: jax.device_put(np.asarray(a)), state)
             self._set_aside(failed, "resuming from epoch " + str(step))
             return state, host
         if any(not damaged for _, _, damaged in failed):
@@ -174,6 +175,8 @@ class PhaseCheckpoints:
         return None
 
     def _set_aside(self, failed: list[tuple[int, Exception, bool]], then: str) -> None:
+        if jax.process_index() != 0:  # the folder is shared: process 0 moves it
+            failed = []
         for step, error, _ in failed:
             aside = self.directory / f"{step}.unreadable"
             print(f"memjax: checkpoint {self.directory / str(step)} is unreadable "

@@ -68,6 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise MemjaxError("a run of several processes needs --out (one folder for all of "
                           "them, on a file system they share)")
     out = Path(args.out or f"runs/{args.experiment}-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    checkpoints_of = out  # every process saves its part of the state beside the run
     if several and not is_writer():  # process 0 writes the run; the others keep their logs apart
         import jax
 
@@ -76,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"memjax: no run in {out} to resume; starting a new one", file=sys.stderr)
     run_dir = RunDir(out, overwrite=args.overwrite, resume=args.resume,
                      checkpoint_every=args.checkpoint_every,
-                     keep_checkpoints=args.keep_checkpoints)
+                     keep_checkpoints=args.keep_checkpoints, checkpoints_of=checkpoints_of)
     if args.resume and run_dir.finished and not args.overwrite:
         previous = run_dir.read_manifest()
         if previous.get("experiment") != args.experiment:

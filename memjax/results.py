@@ -99,10 +99,15 @@ class RunDir:
     """
 
     def __init__(self, path: str | Path, *, overwrite: bool = False, resume: bool = False,
-                 checkpoint_every: int = 1, keep_checkpoints: bool = False):
+                 checkpoint_every: int = 1, keep_checkpoints: bool = False,
+                 checkpoints_of: str | Path | None = None):
         if checkpoint_every < 0:
             raise MemjaxError(f"checkpoint interval must be >= 0 epochs, got {checkpoint_every}")
         self.path = Path(path)
+        # Several processes checkpoint one state into one folder: the writer's run
+        # directory's (process 0); only that process creates or removes it.
+        self._checkpoint_dir = Path(checkpoints_of or path) / "checkpoints"
+        self._owns_checkpoints = checkpoints_of is None or Path(checkpoints_of) == self.path
         self.resume = resume
         self.overwrite = overwrite
         self.checkpoint_every = checkpoint_every
@@ -145,7 +150,7 @@ class RunDir:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.path / "checkpoints"
+        return self._checkpoint_dir
 
     def read_manifest(self) -> dict:
         return read_manifest(self.path)
@@ -201,14 +206,9 @@ class RunDir:
     def open_phase(self, phase: str, state, epochs: int, history: dict[str, list] | None = None):
         """Checkpoints for the next training phase and the state to train from: on resume,
         the phase's newest checkpoint (with `history` and the metrics cursor restored),
-        else `state` as given. Returns (PhaseCheckpoints or None, state).
-
-        Checkpoints are a single-process feature for now: orbax's multi-host saving needs
-        every process to write one shared directory, and only process 0 writes the run."""
-        import jax
-
-        if jax.process_count() > 1:
-            return None, state
+        else `state` as given. Returns (PhaseCheckpoints or None, state). With several
+        processes every process calls it, and all save into and restore from one folder
+        (`checkpoints_of`), each its own part of the state."""
         checkpoints = self.checkpoints(phase, history)
         if checkpoints is not None and self.resume:
             restored = checkpoints.restore(state)
@@ -253,7 +253,8 @@ class RunDir:
             for stale in ["summary.json", "results.npz", *(f.name for f in self.path.glob("*.png"))]:
                 (self.path / stale).unlink(missing_ok=True)
         (self.path / "metrics.jsonl").unlink(missing_ok=True)
-        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        if self._owns_checkpoints:
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         self._manifest = {"experiment": experiment, "status": "running", "config": config,
                           "versions": versions(), "device": device_description(),
                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -295,7 +296,7 @@ class RunDir:
             if (self.path / "summary.json").exists():
                 summary = json.loads((self.path / "summary.json").read_text())
                 self.write_json("summary.json", {**summary, "diverged_members": self._diverged})
-        if not self.keep_checkpoints:
+        if not self.keep_checkpoints and self._owns_checkpoints:
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         self._manifest.update(status="finished", wall_time_s=round(time.time() - self._started, 3),
                               **extra)

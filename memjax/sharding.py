@@ -62,6 +62,8 @@ def _put(x: Any, sharding: NamedSharding) -> jax.Array:
     same full array and hands each of its devices its own slice."""
     if jax.process_count() == 1:
         return jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # a global array: reshard
+        return jax.jit(lambda a: a, out_shardings=sharding)(x)
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index],
                                         dtype=x.dtype)
