@@ -13,13 +13,13 @@ SGD lr 0.01, 100 epochs).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import numpy as np
 
-from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_fraction, check_nonnegative,
-                           check_positive)
+from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
+                          check_numbers, validate)
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import check_sweep_members, grid, new_figure, width_buckets
@@ -41,15 +41,18 @@ class Config:
     tolerance: float = 0.01  # "reaches its best": within this much validation accuracy
 
 
+PAPER = Config(data=DataConfig(name="mnist"), model=ModelConfig(hidden=(4096, 4096)),
+               train=TrainConfig(members=1, epochs=100))
 PRESETS = {
-    "smoke": Config(DataConfig(train_size=512, validation_size=256), ModelConfig(hidden=(32, 32)),
-                    TrainConfig(members=1, epochs=2, batch_size=64, learning_rate=0.05),
-                    widths=(8, 32), noise_levels=(0.5,), bucket_limits=(8, 32)),
-    "cpu": Config(DataConfig(), ModelConfig(hidden=(512, 512)),
-                  TrainConfig(members=1, epochs=15, learning_rate=0.05),
-                  widths=(16, 32, 64, 128, 256, 512), bucket_limits=(128, 512)),
-    "paper": Config(DataConfig(name="mnist"), ModelConfig(hidden=(4096, 4096)),
-                    TrainConfig(members=1, epochs=100)),
+    "smoke": replace(PAPER, data=DataConfig(train_size=512, validation_size=256),
+                     model=ModelConfig(hidden=(32, 32)),
+                     train=replace(PAPER.train, epochs=2, batch_size=64,
+                                   learning_rate=0.05),
+                     widths=(8, 32), noise_levels=(0.5,), bucket_limits=(8, 32)),
+    "cpu": replace(PAPER, data=DataConfig(), model=ModelConfig(hidden=(512, 512)),
+                   train=replace(PAPER.train, epochs=15, learning_rate=0.05),
+                   widths=(16, 32, 64, 128, 256, 512), bucket_limits=(128, 512)),
+    "paper": PAPER,
 }
 
 
@@ -59,15 +62,14 @@ def conditions(config: Config) -> list[tuple[str, float]]:
 
 def check(config: Config) -> None:
     """The checks the config alone allows, before anything runs (MemjaxError)."""
-    for p in config.noise_levels:
-        check_fraction("noise level", p)
-    check_positive(seeds=config.seeds, epochs=config.train.epochs)
+    validate(config)
+    check_numbers(config, positive=("widths", "seeds"), fractions=("noise_levels",),
+                  nonnegative=("tolerance",), nonempty=("widths", "noise_kinds"))
     check_sweep_members(config)
-    check_nonnegative("tolerance", config.tolerance)
-    if set(config.noise_kinds) - {"randX", "randY"}:
-        raise MemjaxError(f"noise kinds must be randX or randY, got {config.noise_kinds}")
-    if not config.widths or max(config.widths) > max(config.model.hidden):
+    check_choices("noise_kinds", config.noise_kinds, ("randX", "randY"))
+    if max(config.widths) > max(config.model.hidden):
         raise MemjaxError(f"widths must be in 1..{max(config.model.hidden)} (model.hidden)")
+
 
 
 def run(config: Config, run_dir: RunDir) -> dict:

@@ -12,14 +12,14 @@ paper (100 x MLP 2x4096, batch 128, full MNIST).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import numpy as np
 
 from memjax.experiments.common import new_figure
-from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive,
-                           validate)
+from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
+                          check_numbers, validate)
 from memjax.data import load_dataset, with_noise
 from memjax.data.noise import INPUT_NOISE_STATS
 from memjax.keys import NOISE, study_key
@@ -43,26 +43,24 @@ class Config:
     conditions: tuple[str, ...] = CONDITIONS
 
 
+PAPER = Config(data=DataConfig(name="mnist"), model=ModelConfig(hidden=(4096, 4096)),
+               train=TrainConfig(members=100))
 PRESETS = {
-    "smoke": Config(DataConfig(train_size=1024, validation_size=256), ModelConfig(hidden=(32, 32)),
-                    TrainConfig(members=4, batch_size=64), tracked=200),
-    "cpu": Config(model=ModelConfig(hidden=(256, 256)), train=TrainConfig(members=100)),
-    "paper": Config(DataConfig(name="mnist"), ModelConfig(hidden=(4096, 4096)),
-                    TrainConfig(members=100)),
+    "smoke": replace(PAPER, data=DataConfig(train_size=1024, validation_size=256),
+                     model=ModelConfig(hidden=(32, 32)),
+                     train=replace(PAPER.train, members=4, batch_size=64), tracked=200),
+    "cpu": replace(PAPER, data=DataConfig(), model=ModelConfig(hidden=(256, 256))),
+    "paper": PAPER,
 }
 
 
 def check(config: Config) -> None:
     """The checks the config alone allows, before anything runs (MemjaxError)."""
     validate(config)
-    check_fraction("noise fraction", config.noise_fraction)
-    check_positive(tracked=config.tracked)
-    unknown = set(config.conditions) - set(CONDITIONS)
-    if unknown:
-        raise MemjaxError(f"unknown condition(s) {sorted(unknown)}; known: {', '.join(CONDITIONS)}")
-    if config.input_noise_stats not in INPUT_NOISE_STATS:
-        raise MemjaxError(f"input_noise_stats must be one of {', '.join(INPUT_NOISE_STATS)}, "
-                          f"got {config.input_noise_stats!r}")
+    check_numbers(config, positive=("tracked",), fractions=("noise_fraction",))
+    check_choices("conditions", config.conditions, CONDITIONS)
+    check_choices("input_noise_stats", (config.input_noise_stats,), INPUT_NOISE_STATS)
+
 
 
 def run(config: Config, run_dir: RunDir) -> dict:

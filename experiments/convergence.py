@@ -15,12 +15,12 @@ paper (MNIST 50k, widths 16..4096, sizes 5k..50k at 4096, SGD lr 0.01, cap 1000 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from memjax import convergence
-from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
+from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import check_sweep_members, grid, new_figure, width_buckets
@@ -43,27 +43,32 @@ class Config:
     bucket_limits: tuple[int, ...] = (256, 1024, 4096)
 
 
+PAPER = Config(data=DataConfig(name="mnist"), model=ModelConfig(hidden=(4096, 4096)),
+               train=TrainConfig(members=1, epochs=1000))
 PRESETS = {
-    "smoke": Config(DataConfig(train_size=128, validation_size=16), ModelConfig(hidden=(64, 64)),
-                    TrainConfig(members=1, epochs=12, batch_size=32, learning_rate=0.1),
-                    widths=(4, 64), sizes=(64, 128), width_for_sizes=64,
-                    noise_levels=(0.0, 0.5), bucket_limits=(64,)),
-    "cpu": Config(DataConfig(train_size=2000), ModelConfig(hidden=(512, 512)),
-                  TrainConfig(members=1, epochs=80, learning_rate=0.1),
-                  widths=(32, 64, 128, 256, 512), sizes=(250, 500, 1000, 2000),
-                  width_for_sizes=512, noise_levels=(0.0, 0.4, 0.8), bucket_limits=(128, 512)),
-    "paper": Config(DataConfig(name="mnist"), ModelConfig(hidden=(4096, 4096)),
-                    TrainConfig(members=1, epochs=1000)),
+    "smoke": replace(PAPER, data=DataConfig(train_size=128, validation_size=16),
+                     model=ModelConfig(hidden=(64, 64)),
+                     train=replace(PAPER.train, epochs=12, batch_size=32,
+                                   learning_rate=0.1),
+                     widths=(4, 64), sizes=(64, 128), width_for_sizes=64,
+                     noise_levels=(0.0, 0.5), bucket_limits=(64,)),
+    "cpu": replace(PAPER, data=DataConfig(train_size=2000),
+                   model=ModelConfig(hidden=(512, 512)),
+                   train=replace(PAPER.train, epochs=80, learning_rate=0.1),
+                   widths=(32, 64, 128, 256, 512), sizes=(250, 500, 1000, 2000),
+                   width_for_sizes=512, noise_levels=(0.0, 0.4, 0.8),
+                   bucket_limits=(128, 512)),
+    "paper": PAPER,
 }
 
 
 def check(config: Config) -> None:
     """The checks the config alone allows, before anything runs (MemjaxError)."""
-    for p in config.noise_levels:
-        check_fraction("noise level", p)
-    check_fraction("threshold", config.threshold)
-    check_positive(seeds=config.seeds, epochs=config.train.epochs)
+    validate(config)
+    check_numbers(config, positive=("widths", "sizes", "width_for_sizes", "seeds"),
+                  fractions=("noise_levels", "threshold"), nonempty=("widths", "sizes"))
     check_sweep_members(config)
+
 
 
 def run(config: Config, run_dir: RunDir) -> dict:

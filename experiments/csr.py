@@ -14,12 +14,13 @@ LASS iterations on 300 validation digits, a few minutes on 2 cores), paper (the 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import numpy as np
 
-from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
+from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
+                          check_numbers, validate)
 from memjax.data import load_dataset, with_noise
 from memjax.errors import MemjaxError
 from memjax.experiments.common import new_figure
@@ -51,29 +52,34 @@ class Config:
     lass_chunk: int | None = None
 
 
+PAPER = Config(data=DataConfig(name="cifar10", train_size=None),
+               model=ModelConfig(kind="cnn", conv_channels=200, batchnorm=True),
+               train=TrainConfig(members=100, epochs=60, learning_rate=0.01, momentum=0.9,
+                                 lr_halving_epochs=15, member_chunk=25, eval_chunk=1000),
+               examples=None, max_iterations=PAPER_LASS["max_iterations"], lass_chunk=1000)
 PRESETS = {
-    "smoke": Config(DataConfig(train_size=512, validation_size=128), ModelConfig(hidden=(32,)),
-                    TrainConfig(members=2, epochs=2, batch_size=64, learning_rate=0.05),
-                    examples=64, max_iterations=5),
-    "cpu": Config(),
-    "paper": Config(DataConfig(name="cifar10", train_size=None),
-                    ModelConfig(kind="cnn", conv_channels=200, batchnorm=True),
-                    TrainConfig(members=100, epochs=60, learning_rate=0.01, momentum=0.9,
-                                lr_halving_epochs=15, member_chunk=25, eval_chunk=1000),
-                    examples=None, max_iterations=PAPER_LASS["max_iterations"], lass_chunk=1000),
+    "smoke": replace(PAPER, data=DataConfig(train_size=512, validation_size=128),
+                     model=ModelConfig(hidden=(32,)),
+                     train=TrainConfig(members=2, epochs=2, batch_size=64,
+                                       learning_rate=0.05),
+                     examples=64, max_iterations=5, lass_chunk=None),
+    # the Config() defaults
+    "cpu": replace(PAPER, data=DataConfig(train_size=10_000),
+                   model=ModelConfig(hidden=(256, 256)),
+                   train=TrainConfig(members=4, epochs=8, learning_rate=0.05),
+                   examples=300, max_iterations=20, lass_chunk=None),
+    "paper": PAPER,
 }
 
 
 def check(config: Config) -> None:
     """The checks the config alone allows, before anything runs (MemjaxError)."""
-    check_fraction("noise fraction", config.noise_fraction)
-    check_positive(examples=config.examples, max_iterations=config.max_iterations,
-                   lass_chunk=config.lass_chunk)
-    if min(config.radius, config.step_size, config.noise_scale) < 0:
-        raise MemjaxError("LASS radius, step size and noise scale must be non-negative")
-    unknown = set(config.conditions) - set(CONDITIONS)
-    if unknown:
-        raise MemjaxError(f"unknown condition(s) {sorted(unknown)}; known: {', '.join(CONDITIONS)}")
+    validate(config)
+    check_numbers(config, positive=("examples", "max_iterations", "lass_chunk"),
+                  nonnegative=("radius", "step_size", "noise_scale"),
+                  fractions=("noise_fraction",))
+    check_choices("conditions", config.conditions, CONDITIONS)
+
 
 
 def run(config: Config, run_dir: RunDir) -> dict:

@@ -14,11 +14,11 @@ every 15).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from memjax.config import DataConfig, ModelConfig, TrainConfig, check_positive
+from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import check_sweep_members, new_figure
@@ -36,15 +36,20 @@ class Config:
     seeds: int = 1  # members trained on each of real data and randY
 
 
+PAPER = Config()
 PRESETS = {
-    "smoke": Config(DataConfig(train_size=128, validation_size=32),
-                    ModelConfig(kind="cnn", conv_channels=4),
-                    TrainConfig(members=1, epochs=1, batch_size=32, momentum=0.9), shown=4),
+    "smoke": replace(PAPER, data=DataConfig(train_size=128, validation_size=32),
+                     model=replace(PAPER.model, conv_channels=4, batchnorm=False),
+                     train=replace(PAPER.train, epochs=1, batch_size=32,
+                                   lr_halving_epochs=None),
+                     shown=4),
     # XLA's CPU convolutions train this CNN at only ~40-80 examples/s on 2 cores: small.
-    "cpu": Config(DataConfig(name="cifar10", train_size=1000, validation_size=500),
-                  ModelConfig(kind="cnn", conv_channels=16),
-                  TrainConfig(members=1, epochs=8, batch_size=32, momentum=0.9), shown=16),
-    "paper": Config(),
+    "cpu": replace(PAPER, data=replace(PAPER.data, train_size=1000, validation_size=500),
+                   model=replace(PAPER.model, conv_channels=16, batchnorm=False),
+                   train=replace(PAPER.train, epochs=8, batch_size=32,
+                                 lr_halving_epochs=None),
+                   shown=16),
+    "paper": PAPER,
 }
 
 
@@ -63,10 +68,12 @@ def adjacent_correlation(delta: np.ndarray) -> np.ndarray:
 
 def check(config: Config) -> None:
     """The checks the config alone allows, before anything runs (MemjaxError)."""
-    check_positive(seeds=config.seeds, epochs=config.train.epochs, shown=config.shown)
+    validate(config)
+    check_numbers(config, positive=("seeds", "shown"))
     check_sweep_members(config)
     if config.model.kind != "cnn":
         raise MemjaxError("filters needs model.kind=cnn")
+
 
 
 def run(config: Config, run_dir: RunDir) -> dict:

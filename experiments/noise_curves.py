@@ -15,12 +15,13 @@ the CIFAR-10 CNN, `cnn=True`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import numpy as np
 
-from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
+from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
+                          check_numbers, validate)
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import (check_sweep_members, first_epoch_at_least, grid,
@@ -51,15 +52,17 @@ class Config:
     csr_iterations: int = 100
 
 
+PAPER = Config(data=DataConfig(name="mnist"), model=ModelConfig(hidden=(4096, 4096)),
+               train=TrainConfig(members=1, epochs=100), cnn=True)
 PRESETS = {
-    "smoke": Config(DataConfig(train_size=512, validation_size=256), ModelConfig(hidden=(32, 32)),
-                    TrainConfig(members=1, epochs=3, batch_size=64, learning_rate=0.1),
-                    noise_levels=(0.5,), csr_examples=32, csr_iterations=5),
-    "cpu": Config(DataConfig(), ModelConfig(hidden=(256, 256)),
-                  TrainConfig(members=1, epochs=30, learning_rate=0.05), seeds=2,
-                  csr_examples=200, csr_iterations=20),
-    "paper": Config(DataConfig(name="mnist"), ModelConfig(hidden=(4096, 4096)),
-                    TrainConfig(members=1, epochs=100), cnn=True),
+    "smoke": replace(PAPER, data=DataConfig(train_size=512, validation_size=256),
+                     model=ModelConfig(hidden=(32, 32)),
+                     train=replace(PAPER.train, epochs=3, batch_size=64, learning_rate=0.1),
+                     noise_levels=(0.5,), csr_examples=32, csr_iterations=5, cnn=False),
+    "cpu": replace(PAPER, data=DataConfig(), model=ModelConfig(hidden=(256, 256)),
+                   train=replace(PAPER.train, epochs=30, learning_rate=0.05), seeds=2,
+                   csr_examples=200, csr_iterations=20, cnn=False),
+    "paper": PAPER,
 }
 
 
@@ -86,15 +89,12 @@ def _parts(config: Config) -> list[tuple]:
 
 def check(config: Config) -> None:
     """The checks the config alone allows, before anything runs (MemjaxError)."""
-    for p in config.noise_levels:
-        check_fraction("noise level", p)
-    if set(config.noise_kinds) - {"randX", "randY"}:
-        raise MemjaxError(f"noise kinds must be randX or randY, got {config.noise_kinds}")
-    check_positive(csr_examples=config.csr_examples)
-    check_positive(seeds=config.seeds)
+    validate(config)
+    check_numbers(config, positive=("seeds", "csr_examples", "csr_iterations"),
+                  fractions=("noise_levels", "high_train_accuracy"))
+    check_choices("noise_kinds", config.noise_kinds, ("randX", "randY"))
     check_sweep_members(config)
-    for _, _, _, train in _parts(config):
-        check_positive(epochs=train.epochs)
+
 
 
 def run(config: Config, run_dir: RunDir) -> dict:

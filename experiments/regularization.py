@@ -19,12 +19,12 @@ the paper's strength ranges, 100 epochs).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import numpy as np
 
-from memjax.config import DataConfig, ModelConfig, TrainConfig, check_fraction, check_positive
+from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import check_sweep_members, new_figure
@@ -54,20 +54,25 @@ class Config:
     keep_validation: float = 0.02  # "keeps validation accuracy": within this of no regularizer
 
 
+PAPER = Config()
 PRESETS = {
-    "smoke": Config(DataConfig(train_size=256, validation_size=128), ModelConfig(hidden=(32,)),
-                    TrainConfig(members=1, epochs=2, batch_size=64, learning_rate=0.1),
-                    dropout=(0.5,), input_dropout=(0.5,), input_noise=(0.5,),
-                    hidden_noise=(0.1,), weight_decay=(0.01,), adversarial_weight=(0.5,),
-                    adversarial_dropout=(0.3,)),
+    "smoke": replace(PAPER, data=DataConfig(train_size=256, validation_size=128),
+                     model=ModelConfig(hidden=(32,)),
+                     train=replace(PAPER.train, epochs=2, batch_size=64, learning_rate=0.1,
+                                   momentum=0.0, lr_halving_epochs=None),
+                     dropout=(0.5,), input_dropout=(0.5,), input_noise=(0.5,),
+                     hidden_noise=(0.1,), weight_decay=(0.01,), adversarial_weight=(0.5,),
+                     adversarial_dropout=(0.3,)),
     # Few examples, small batches and a large step so randY is memorized within the budget.
-    "cpu": Config(DataConfig(train_size=1000), ModelConfig(hidden=(512, 512)),
-                  TrainConfig(members=1, epochs=40, batch_size=32, learning_rate=0.1),
-                  dropout=(0.2, 0.5, 0.8), input_dropout=(0.2, 0.5, 0.8),
-                  input_noise=(0.1, 0.3, 1.0), hidden_noise=(0.05, 0.1, 0.3),
-                  weight_decay=(1e-3, 1e-2, 1e-1), adversarial_weight=(),
-                  adversarial_dropout=()),
-    "paper": Config(),
+    "cpu": replace(PAPER, data=DataConfig(train_size=1000),
+                   model=ModelConfig(hidden=(512, 512)),
+                   train=replace(PAPER.train, epochs=40, batch_size=32, learning_rate=0.1,
+                                 momentum=0.0, lr_halving_epochs=None),
+                   dropout=(0.2, 0.5, 0.8), input_dropout=(0.2, 0.5, 0.8),
+                   input_noise=(0.1, 0.3, 1.0), hidden_noise=(0.05, 0.1, 0.3),
+                   weight_decay=(1e-3, 1e-2, 1e-1), adversarial_weight=(),
+                   adversarial_dropout=()),
+    "paper": PAPER,
 }
 
 
@@ -94,11 +99,14 @@ def members(config: Config) -> dict[str, np.ndarray]:
 
 def check(config: Config) -> None:
     """The checks the config alone allows, before anything runs (MemjaxError)."""
-    check_positive(seeds=config.seeds, epochs=config.train.epochs)
+    validate(config)
+    check_numbers(config, positive=("seeds",),
+                  fractions=("dropout", "input_dropout", "adversarial_weight",
+                             "adversarial_dropout"),
+                  nonnegative=("input_noise", "hidden_noise", "weight_decay", "keep_validation"))
     check_sweep_members(config)
-    for w in config.adversarial_weight:
-        check_fraction("adversarial_weight", w)
     members(config)
+
 
 
 def run(config: Config, run_dir: RunDir) -> dict:

@@ -15,14 +15,14 @@ Presets: smoke (seconds), cpu (4 members, 60 epochs, ~3 minutes on 2 cores), pap
 """
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import numpy as np
 
-from memjax.config import DataConfig, ModelConfig, TrainConfig, check_positive
+from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
+                          check_numbers, validate)
 from memjax.data import load_dataset, with_noise
 from memjax.data.dataset import Split
 from memjax.errors import MemjaxError
@@ -60,15 +60,21 @@ class Config:
     cotangent_chunk: int = 64
 
 
+PAPER = Config(data=DataConfig(name="mnist", train_size=1000, downscale=2),
+               train=TrainConfig(members=100, epochs=200, batch_size=100, learning_rate=0.2,
+                                 member_chunk=25),
+               every=20, class_matrix_every=100)
 PRESETS = {
-    "smoke": Config(DataConfig(train_size=200, downscale=2, validation_size=10),
-                    train=TrainConfig(members=2, epochs=3, batch_size=50, learning_rate=0.2),
-                    every=4, class_matrix_every=6),
-    "cpu": Config(),
-    "paper": Config(DataConfig(name="mnist", train_size=1000, downscale=2),
-                    train=TrainConfig(members=100, epochs=200, batch_size=100, learning_rate=0.2,
-                                      member_chunk=25),
-                    every=20, class_matrix_every=100),
+    "smoke": replace(PAPER, data=replace(PAPER.data, name="embedded", train_size=200,
+                                         validation_size=10),
+                     train=replace(PAPER.train, members=2, epochs=3, batch_size=50,
+                                   member_chunk=None),
+                     every=4, class_matrix_every=6),
+    # the Config() defaults
+    "cpu": replace(PAPER, data=replace(PAPER.data, name="embedded"),
+                   train=replace(PAPER.train, members=4, epochs=60, member_chunk=None),
+                   every=60, class_matrix_every=200),
+    "paper": PAPER,
 }
 
 
@@ -83,16 +89,15 @@ def _condition_split(train: Split, condition: str, num_classes: int, seed: int) 
 
 def check(config: Config) -> None:
     """The checks the config alone allows, before anything runs (MemjaxError)."""
-    check_positive(every=config.every, class_matrix_every=config.class_matrix_every,
-                   cotangent_chunk=config.cotangent_chunk)
-    unknown = set(config.conditions) - set(CONDITIONS)
-    if unknown:
-        raise MemjaxError(f"unknown condition(s) {sorted(unknown)}; known: {', '.join(CONDITIONS)}")
-    if config.loss_on not in ("full", "batch"):
-        raise MemjaxError(f"loss_on must be full or batch, got {config.loss_on!r}")
+    validate(config)
+    check_numbers(config, positive=("every", "class_matrix_every", "cotangent_chunk",
+                                    "per_example_learning_rate"))
+    check_choices("conditions", config.conditions, tuple(CONDITIONS))
+    check_choices("loss_on", (config.loss_on,), ("full", "batch"))
     if config.train.momentum or config.train.weight_decay or config.train.lr_halving_epochs:
         raise MemjaxError("the unrolled trajectory is plain SGD: momentum, weight decay and "
                           "learning-rate halving must be off")
+
 
 
 def run(config: Config, run_dir: RunDir) -> dict:
@@ -125,7 +130,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
         if CONDITIONS[condition][1] and config.per_example_learning_rate is not None:
             lr = config.per_example_learning_rate
         network, _, state = build_ensemble(
-            config.model, dataclasses.replace(tc, learning_rate=lr), classes,
+            config.model, replace(tc, learning_rate=lr), classes,
             np.zeros((1,) + split.x.shape[1:], np.float32), Members(members))
         x, y = jax.device_put(split.x), jax.device_put(split.y)
         common = dict(learning_rate=lr, loss_on=config.loss_on, direct=config.direct,

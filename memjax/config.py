@@ -32,6 +32,11 @@ class DataConfig:
     downscale: int = 1
     data_seed: int = 0
 
+    def check(self, prefix: str = "data.") -> None:
+        check_numbers(self, prefix, positive=("train_size", "validation_size", "downscale"),
+                      seeds=("data_seed",))
+        _check_data(self)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -42,6 +47,12 @@ class ModelConfig:
     hidden: tuple[int, ...] = (4096, 4096)
     batchnorm: bool = False
     conv_channels: int = 200
+
+    def check(self, prefix: str = "model.") -> None:
+        # (hidden=() is a linear model)
+        check_numbers(self, prefix, positive=("hidden", "conv_channels"))
+        if self.kind not in KNOWN_MODELS:
+            raise MemjaxError(f"unknown model {self.kind!r}; known: {', '.join(KNOWN_MODELS)}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,16 @@ class TrainConfig:
     member_chunk: int | None = None
     eval_chunk: int = 2048
     compute_dtype: str = "float32"
+
+    def check(self, prefix: str = "train.") -> None:
+        check_numbers(self, prefix, positive=("members", "epochs", "batch_size", "learning_rate",
+                                              "member_chunk", "eval_chunk", "lr_halving_epochs"),
+                      nonnegative=("weight_decay",), seeds=("seed",))
+        if not 0 <= self.momentum < 1:
+            raise MemjaxError(f"{prefix}momentum must be in [0, 1), got {self.momentum}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise MemjaxError(f"{prefix}compute_dtype must be float32 or bfloat16, got "
+                              f"{self.compute_dtype!r}")
 
     def check_data(self, num_examples: int) -> None:
         """The check that needs the data: a batch no larger than the training set."""
@@ -145,86 +166,68 @@ def env_number(name: str, kind: type = float, default: Any = None, *,
     return value
 
 
-def check_positive(**values: int | None) -> None:
-    """One-line errors for counts that must be positive."""
-    for name, value in values.items():
-        if value is not None and value <= 0:
-            raise MemjaxError(f"{name} must be positive, got {value}")
-
-
-def check_fraction(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise MemjaxError(f"{name} must be in [0, 1], got {value}")
-
-
-def check_nonnegative(name: str, value: float | None) -> None:
-    """One-line error for a quantity that must be >= 0 (e.g. the LASS radius r)."""
-    if value is not None and value < 0:
-        raise MemjaxError(f"{name} must be >= 0, got {value}")
-
-
-# Field-name rules `validate` applies wherever the field appears in a study's config.
-_POSITIVE = {"members", "epochs", "batch_size", "hidden", "conv_channels", "train_size",
-             "validation_size", "downscale", "member_chunk", "eval_chunk", "tracked",
-             "widths", "sizes", "steps", "iterations", "max_iterations", "lr_halving_epochs"}
-_NONNEGATIVE = {"r", "radius", "weight_decay", "momentum", "alpha", "beta", "step_size",
-                "noise_std", "input_noise_std", "hidden_noise_std", "keep_validation"}
 MAX_SEED = 2 ** 31 - 1  # seeds travel as int32 into jitted code
 KNOWN_DATASETS = ("embedded", "mnist", "cifar10")
 KNOWN_MODELS = ("mlp", "cnn")
 
 
+def check_numbers(config: Any, prefix: str = "", *, positive=(), nonnegative=(), fractions=(),
+                  seeds=(), nonempty=()) -> None:
+    """One-line errors (MemjaxError naming `prefix` + field) for fields of `config` that
+    hold a number or a tuple of numbers: `positive` > 0, `nonnegative` >= 0, `fractions` in
+    [0, 1], `seeds` integers in [0, 2^31 - 1], `nonempty` tuples with at least one value;
+    every number finite. None passes (unset)."""
+    for name in nonempty:
+        if getattr(config, name) == ():
+            raise MemjaxError(f"{prefix}{name} needs at least one value")
+    for names, ok, rule in ((positive, lambda v: v > 0, "must be positive"),
+                            (nonnegative, lambda v: v >= 0, "must be >= 0"),
+                            (fractions, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+                            (seeds, lambda v: 0 <= v <= MAX_SEED,
+                             f"must be an integer in [0, {MAX_SEED}]")):
+        for name in names:
+            value = getattr(config, name)
+            for v in value if isinstance(value, tuple) else (value,):
+                if v is None:
+                    continue
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise MemjaxError(f"{prefix}{name} must be a finite number, got {v}")
+                if not ok(v):
+                    raise MemjaxError(f"{prefix}{name} {rule}, got {v}")
+
+
+def check_fraction(name: str, value: float) -> None:
+    """One-line error for a function argument that must lie in [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise MemjaxError(f"{name} must be in [0, 1], got {value}")
+
+
+def check_choices(name: str, values: tuple, known: tuple) -> None:
+    """One-line error for values of `name` outside `known`."""
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise MemjaxError(f"unknown {name} {', '.join(map(repr, unknown))}; known: "
+                          f"{', '.join(known)}")
+
+
 def validate(config: Any, prefix: str = "") -> None:
-    """Check a study's config before anything runs; raise MemjaxError naming the problem.
-
-    Applies everywhere in the (nested) config: counts and widths (members, epochs,
-    batch_size, hidden, ... and any `*_size`) must be positive; fractions (`*fraction*`,
-    `*fractions`, `*rate*` of dropout) must lie in [0, 1]; radii (`r`, `radius`,
-    `*_radius`), step sizes and regularizer strengths must be >= 0; every number must be
-    finite; the learning rate positive; momentum in [0, 1); seeds in [0, 2^31 - 1]; a data
-    set name must be known and an `npz:PATH` file readable. Checks that need the data (batch size against the number of
-    examples) happen when it is loaded.
-    """
+    """Check a study's config before anything runs; raise MemjaxError naming the problem:
+    every number anywhere in it must be finite, and each nested config (DataConfig,
+    ModelConfig, TrainConfig, ...) runs its own `check`. The study's own fields are its
+    study's `check` to judge (checks that need the data happen when it is loaded)."""
     for f in dataclasses.fields(config):
-        name, value = f.name, getattr(config, f.name)
-        label = f"{prefix}{name}"
+        value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
-            validate(value, f"{label}.")
+            if hasattr(value, "check"):
+                value.check(f"{prefix}{f.name}.")
+            validate(value, f"{prefix}{f.name}.")
             continue
-        values = value if isinstance(value, tuple) else (value,)
-        if value == () and name != "hidden" and (name in _POSITIVE or name.endswith("_sizes")):
-            # (hidden=() is a linear model; an empty sweep list is a mistake)
-            raise MemjaxError(f"{label} needs at least one value")
-        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        for v in numbers:
+        for v in value if isinstance(value, tuple) else (value,):
             if isinstance(v, float) and not math.isfinite(v):
-                raise MemjaxError(f"{label} must be a finite number, got {v}")
-            if name in ("learning_rate", "learning_rates"):
-                if not v > 0:
-                    raise MemjaxError(f"{label} must be positive, got {v}")
-            elif name == "momentum":
-                if not 0 <= v < 1:
-                    raise MemjaxError(f"{label} must be in [0, 1), got {v}")
-            elif name.endswith("seed"):
-                if not 0 <= v <= MAX_SEED:
-                    raise MemjaxError(f"{label} must be an integer in [0, {MAX_SEED}], got {v}")
-            elif name in _POSITIVE or name.endswith("_size") or name.endswith("_sizes"):
-                check_positive(**{label: v})
-            elif "fraction" in name or name.endswith("_rate") or name.endswith("_rates") \
-                    or name.startswith("dropout"):
-                check_fraction(label, v)
-            elif name in _NONNEGATIVE or name.endswith("radius") or name.endswith("_std"):
-                check_nonnegative(label, v)
-    if isinstance(config, DataConfig):
-        _check_data(config, prefix)
-    if isinstance(config, TrainConfig) and config.compute_dtype not in ("float32", "bfloat16"):
-        raise MemjaxError(f"{prefix}compute_dtype must be float32 or bfloat16, got "
-                          f"{config.compute_dtype!r}")
-    if isinstance(config, ModelConfig) and config.kind not in KNOWN_MODELS:
-        raise MemjaxError(f"unknown model {config.kind!r}; known: {', '.join(KNOWN_MODELS)}")
+                raise MemjaxError(f"{prefix}{f.name} must be a finite number, got {v}")
 
 
-def _check_data(config: DataConfig, prefix: str) -> None:
+def _check_data(config: DataConfig) -> None:
     name = config.name
     if name.startswith("npz:"):
         path = name[4:]

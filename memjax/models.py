@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from memjax.config import ModelConfig, check_positive
+from memjax.config import ModelConfig
 from memjax.errors import MemjaxError
 
 Variables = Any
@@ -163,12 +163,12 @@ def build_network(config: ModelConfig, num_classes: int, *, masked: bool = False
                   regularized: bool = False) -> Network:
     """masked: hidden-unit masks (MLP only); regularized: per-member regularizer strengths."""
     if config.kind == "mlp":
-        check_positive(**{f"hidden width {i + 1}": w for i, w in enumerate(config.hidden)})
+        config.check()
         return Network(MLP(tuple(config.hidden), num_classes, masked, regularized))
     if config.kind == "cnn":
         if masked:
             raise MemjaxError("width masks are implemented for the MLP only")
-        check_positive(conv_channels=config.conv_channels)
+        config.check()
         return Network(PaperCNN(num_classes, config.batchnorm, config.conv_channels,
                                 regularized=regularized))
     raise MemjaxError(f"unknown model {config.kind!r}; known: mlp, cnn")

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from memjax.config import override, to_dict, validate
+from memjax.config import override, to_dict
 from memjax.errors import MemjaxError
 from memjax.results import RunDir, atomic_path, differences_from_run, read_manifest
 
@@ -38,9 +38,8 @@ def registered() -> dict[str, object]:
 
 
 def check_config(module, config) -> None:
-    """Everything the config alone shows wrong (memjax.config.validate and the study's own
-    `check`), before a run directory is made or anything trained."""
-    validate(config)
+    """Everything the config alone shows wrong (the study's `check`, which validates its
+    nested configs too), before a run directory is made or anything trained."""
     module.check(config)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from memjax.cli import main
-from memjax.config import validate
+from memjax.config import check_numbers, validate
 from memjax.errors import MemjaxError
 from memjax.results import RunDir
 
@@ -44,7 +44,7 @@ def _error(capsys, argv) -> str:
     (SMOKE + ["--set", "train.learning_rate=inf"], "train.learning_rate must be a finite number"),
     (SMOKE + ["--set", "train.weight_decay=inf"], "train.weight_decay must be a finite number"),
     (SMOKE + ["--set", "train.momentum=1"], "train.momentum must be in [0, 1), got 1.0"),
-    (SMOKE + ["--set", "input_noise_stats=foo"], "input_noise_stats must be one of per_pixel"),
+    (SMOKE + ["--set", "input_noise_stats=foo"], "unknown input_noise_stats 'foo'; known: per_pixel, global"),
     (["run", "capacity", "--preset", "smoke", "--set", "tolerance=-1"],
      "tolerance must be >= 0"),
     (["run", "noise-curves", "--preset", "smoke", "--set", "csr_examples=0"],
@@ -54,7 +54,7 @@ def _error(capsys, argv) -> str:
     (["run", "regularization", "--preset", "smoke", "--set", "adversarial_weight=0.5,0.5"],
      "adversarial_weight and adversarial_dropout must pair up"),
     (["run", "filters", "--preset", "smoke", "--set", "model.kind=mlp"], "needs model.kind=cnn"),
-    (["run", "sensitivity", "--preset", "smoke", "--set", "loss_on=all"], "loss_on must be"),
+    (["run", "sensitivity", "--preset", "smoke", "--set", "loss_on=all"], "unknown loss_on 'all'; known: full, batch"),
     (["run", "csr", "--preset", "smoke", "--set", "conditions=real,nope"], "unknown condition"),
     (SMOKE + ["--dataset", "npz:/"], "data file / is a directory"),
     (SMOKE + ["--seed", "2147483648"], "train.seed must be an integer in [0, 2147483647]"),
@@ -218,11 +218,20 @@ class _LassConfig:
     ({"radius": float("nan")}, "radius must be a finite number, got nan"),
     ({"step_size": float("inf")}, "step_size must be a finite number, got inf"),
 ])
-def test_validate_applies_name_rules_to_any_study_config(change, message):
-    validate(_LassConfig())
+def test_check_numbers_applies_the_rules_a_study_names(change, message):
+    rules = dict(positive=("max_iterations",), nonnegative=("radius", "step_size"),
+                 fractions=("noise_fractions",))
+    check_numbers(_LassConfig(), **rules)
     with pytest.raises(MemjaxError) as e:
-        validate(_LassConfig(**change))
+        check_numbers(_LassConfig(**change), **rules)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("change", [{"radius": float("nan")}, {"step_size": float("inf")}])
+def test_validate_finds_a_number_that_is_not_finite_in_any_field(change):
+    validate(_LassConfig())
+    with pytest.raises(MemjaxError, match="must be a finite number"):
+        validate(_LassConfig(**change))
 
 
 @pytest.mark.parametrize("env, message", [

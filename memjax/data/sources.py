@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memjax.config import DataConfig, check_positive
+from memjax.config import DataConfig
 from memjax.data.dataset import Dataset, downscale, make_split
 from memjax.errors import MemjaxError
 
@@ -29,8 +29,7 @@ DATA_DIR_ENV = "MEMJAX_DATA_DIR"
 
 def load_dataset(config: DataConfig) -> Dataset:
     """Load the data set named by `config.name`, cut to the configured sizes."""
-    check_positive(train_size=config.train_size, validation_size=config.validation_size,
-                   downscale=config.downscale)
+    config.check()
     name = config.name
     if name == "embedded":
         dataset = _embedded()
