@@ -106,8 +106,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
     n = len(dataset.train)
     tc = config.train
     tc.check_data(n)
-    members = np.arange(tc.members)
-    order, weight = trainer_order(tc.seed, members, num_examples=n, batch_size=tc.batch_size,
+    order, weight = trainer_order(tc.seed, np.arange(tc.members), num_examples=n, batch_size=tc.batch_size,
                                   epochs=tc.epochs, shared_order=tc.shared_order)
     steps_per_epoch = order.shape[1] // tc.epochs
     if not config.direct:
@@ -118,73 +117,84 @@ def run(config: Config, run_dir: RunDir) -> dict:
                     f"{order.shape[1]} SGD steps and the first chosen step is t = {name}")
     arrays: dict[str, np.ndarray] = {}
     summary: dict[str, dict] = {}
-    seconds = model_examples = 0.0
+    seconds = 0.0
     from tqdm.auto import tqdm
 
     # one compiled computation per condition (the unrolled trajectory and its backward pass)
     for condition in tqdm(config.conditions, desc="sensitivity", unit="condition", leave=False,
                           mininterval=0):
-        split, classes = _condition_split(dataset.train, condition, dataset.num_classes,
-                                          config.data.data_seed)
-        lr = tc.learning_rate
-        if CONDITIONS[condition][1] and config.per_example_learning_rate is not None:
-            lr = config.per_example_learning_rate
-        network, _, state = build_ensemble(
-            config.model, replace(tc, learning_rate=lr), classes,
-            np.zeros((1,) + split.x.shape[1:], np.float32), Members(members))
-        x, y = jax.device_put(split.x), jax.device_put(split.y)
-        common = dict(learning_rate=lr, loss_on=config.loss_on, direct=config.direct,
-                      cotangent_chunk=config.cotangent_chunk, member_chunk=tc.member_chunk)
-        started = time.perf_counter()
-        result = unrolled_loss_sensitivity(network.apply, state.variables, x, y, order, weight,
-                                           every=config.every, **common)
-        jax.block_until_ready(result.per_step)
-        seconds += time.perf_counter() - started
-        model_examples += float(np.sum(weight))  # every member's trained examples
-        # g-bar_x over the chosen steps so far, at each chosen step: [M, K, N]
-        k = result.per_step.shape[1]
-        running = np.cumsum(np.asarray(result.per_step), 1) / np.arange(1, k + 1)[None, :, None]
-        gini_running = np.asarray(gini(running))  # [M, K]
-        final = {**state.variables, "params": result.params}
-        instant = loss_sensitivity(network.apply, final, x, y, chunk=tc.eval_chunk,
-                                   member_chunk=tc.member_chunk)
-        accuracy = evaluate(network.apply, final, x, y, chunk=tc.eval_chunk,
-                            member_chunk=tc.member_chunk)["correct"].mean(1)
-        epochs_at = np.asarray(result.steps) / steps_per_epoch
-        arrays.update({f"gbar_{condition}": np.asarray(result.mean),
-                       f"gini_{condition}": gini_running,
-                       f"instant_sensitivity_{condition}": np.asarray(instant),
-                       f"train_loss_at_steps_{condition}": np.asarray(result.losses)})
-        arrays["steps"], arrays["epochs_at_steps"] = np.asarray(result.steps), epochs_at
-        summary[condition] = {
-            "classes": classes,
-            "learning_rate": lr,
-            "gini_gbar_final": float(gini_running[:, -1].mean()),
-            "gini_gbar_final_min_member": float(gini_running[:, -1].min()),
-            "gini_gbar_final_max_member": float(gini_running[:, -1].max()),
-            "gini_instant_final": float(np.asarray(gini(instant)).mean()),
-            "train_accuracy_final": float(np.asarray(accuracy).mean()),
-            "train_loss_first": float(np.asarray(result.losses)[:, 0].mean()),
-            "train_loss_last": float(np.asarray(result.losses)[:, -1].mean()),
-        }
-        if not CONDITIONS[condition][1]:
-            per_class = unrolled_loss_sensitivity(
-                network.apply, state.variables, x, y, order, weight,
-                every=config.class_matrix_every, num_classes=classes, **common).per_class
-            arrays[f"per_class_{condition}"] = np.asarray(per_class)
-            matrix = np.asarray(per_class).mean(0)
-            diagonal = np.trace(matrix) / classes
-            summary[condition]["per_class_diagonal_over_offdiagonal"] = float(
-                diagonal / ((matrix.sum() - np.trace(matrix)) / (classes * (classes - 1))))
-        for i, epoch in enumerate(epochs_at):
-            run_dir.log_metrics({"condition": condition, "step": int(result.steps[i]),
-                                 "epoch": float(epoch), "gini_gbar": float(gini_running[:, i].mean()),
-                                 "train_loss": float(np.asarray(result.losses)[:, i].mean())})
+        seconds += _run_condition(config, dataset, condition, order, weight, arrays, summary,
+                                  run_dir)
+    arrays["epochs_at_steps"] = arrays["steps"] / steps_per_epoch
+    for condition in config.conditions:
+        for i, epoch in enumerate(arrays["epochs_at_steps"]):
+            run_dir.log_metrics({
+                "condition": condition, "step": int(arrays["steps"][i]), "epoch": float(epoch),
+                "gini_gbar": float(arrays[f"gini_{condition}"][:, i].mean()),
+                "train_loss": float(arrays[f"train_loss_at_steps_{condition}"][:, i].mean())})
+    model_examples = len(config.conditions) * float(np.sum(weight))  # every member's examples
     run_dir.write_npz("results.npz", arrays)
     run_dir.write_json("summary.json", summary)
     _figures(arrays, config.conditions, run_dir)
     # the unrolled trajectories: training steps with the backward pass through them
     return {"summary": summary, "model_examples_per_second": model_examples / max(seconds, 1e-9)}
+
+
+def _run_condition(config: Config, dataset, condition: str, order, weight, arrays: dict,
+                   summary: dict, run_dir: RunDir) -> float:
+    """The unrolled sensitivity of one condition into `arrays` and `summary`; returns the
+    seconds of the unrolled trajectory and its backward pass."""
+    tc = config.train
+    split, classes = _condition_split(dataset.train, condition, dataset.num_classes,
+                                      config.data.data_seed)
+    lr = tc.learning_rate
+    if CONDITIONS[condition][1] and config.per_example_learning_rate is not None:
+        lr = config.per_example_learning_rate
+    network, _, state = build_ensemble(
+        config.model, replace(tc, learning_rate=lr), classes,
+        np.zeros((1,) + split.x.shape[1:], np.float32), Members(np.arange(tc.members)))
+    x, y = jax.device_put(split.x), jax.device_put(split.y)
+    common = dict(learning_rate=lr, loss_on=config.loss_on, direct=config.direct,
+                  cotangent_chunk=config.cotangent_chunk, member_chunk=tc.member_chunk)
+    started = time.perf_counter()
+    result = unrolled_loss_sensitivity(network.apply, state.variables, x, y, order, weight,
+                                       every=config.every, **common)
+    jax.block_until_ready(result.per_step)
+    seconds = time.perf_counter() - started
+    # g-bar_x over the chosen steps so far, at each chosen step: [M, K, N]
+    k = result.per_step.shape[1]
+    running = np.cumsum(np.asarray(result.per_step), 1) / np.arange(1, k + 1)[None, :, None]
+    gini_running = np.asarray(gini(running))  # [M, K]
+    final = {**state.variables, "params": result.params}
+    instant = loss_sensitivity(network.apply, final, x, y, chunk=tc.eval_chunk,
+                               member_chunk=tc.member_chunk)
+    accuracy = evaluate(network.apply, final, x, y, chunk=tc.eval_chunk,
+                        member_chunk=tc.member_chunk)["correct"].mean(1)
+    losses = np.asarray(result.losses)
+    arrays.update({f"gbar_{condition}": np.asarray(result.mean),
+                   f"gini_{condition}": gini_running,
+                   f"instant_sensitivity_{condition}": np.asarray(instant),
+                   f"train_loss_at_steps_{condition}": losses, "steps": np.asarray(result.steps)})
+    summary[condition] = {
+        "classes": classes, "learning_rate": lr,
+        "gini_gbar_final": float(gini_running[:, -1].mean()),
+        "gini_gbar_final_min_member": float(gini_running[:, -1].min()),
+        "gini_gbar_final_max_member": float(gini_running[:, -1].max()),
+        "gini_instant_final": float(np.asarray(gini(instant)).mean()),
+        "train_accuracy_final": float(np.asarray(accuracy).mean()),
+        "train_loss_first": float(losses[:, 0].mean()),
+        "train_loss_last": float(losses[:, -1].mean()),
+    }
+    if not CONDITIONS[condition][1]:
+        per_class = np.asarray(unrolled_loss_sensitivity(
+            network.apply, state.variables, x, y, order, weight,
+            every=config.class_matrix_every, num_classes=classes, **common).per_class)
+        arrays[f"per_class_{condition}"] = per_class
+        matrix = per_class.mean(0)
+        diagonal = np.trace(matrix) / classes
+        summary[condition]["per_class_diagonal_over_offdiagonal"] = float(
+            diagonal / ((matrix.sum() - np.trace(matrix)) / (classes * (classes - 1))))
+    return seconds
 
 
 def _figures(arrays: dict, conditions, run_dir: RunDir) -> None:

@@ -1,0 +1,15 @@
+"""Epoch orders restricted to a member's own examples."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from memjax.order import epoch_order
+
+
+def test_epoch_order_with_example_mask_visits_own_examples_once():
+    mask = jnp.zeros(100, bool).at[jnp.arange(3, 100, 4)].set(True)
+    order, weight = epoch_order(jax.random.key(0), 100, 8, mask)
+    seen = np.asarray(order)[np.asarray(weight) > 0]
+    np.testing.assert_array_equal(np.sort(seen), np.arange(3, 100, 4))
+    full, _ = epoch_order(jax.random.key(0), 100, 8, jnp.ones(100, bool))
+    np.testing.assert_array_equal(full, epoch_order(jax.random.key(0), 100, 8)[0])
