@@ -62,6 +62,8 @@ def lass_search(apply_fn: ApplyFn, member_variables, x: jax.Array, key: jax.Arra
     """
     apply_fn = computing_in(apply_fn, compute_dtype)
     x = as_float(x)
+    # (One function past 60 lines: the search is one while_loop whose probe, condition and
+    # body share the box, the keys and the original prediction.)
     n = x.shape[0]
     ids = jnp.arange(n) if example_ids is None else example_ids
     example_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)

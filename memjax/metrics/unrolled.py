@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from memjax import keys
+from memjax.chunks import map_example_chunks
 from memjax.ensemble import map_members
 from memjax.metrics.sensitivity import per_example_norm
 from memjax.models import ApplyFn, as_float
@@ -108,6 +109,15 @@ def _one_member(apply_fn, variables, order, weight, lr, x, y, *, every, loss_on,
         return loss, params  # [K, classes]
 
     loss, vjp, params = jax.vjp(losses, as_float(x), has_aux=True)
+    per_step, per_class = _cotangent_norms(vjp, y, k, num_classes, ord, cotangent_chunk)
+    return per_step, per_class, loss.sum(-1), params
+
+
+def _cotangent_norms(vjp, y, k: int, num_classes: int | None, ord, cotangent_chunk: int):
+    """Per chosen step the norm of dL_t/dx for every input ([k, N]) and, with num_classes,
+    the per-class matrix [C (loss class i), C (input class j)]: one backward sweep per
+    cotangent, `cotangent_chunk` of them vectorized at a time."""
+    classes = num_classes or 1
     # Cotangents: per chosen step, the total loss, then (per class) each class term.
     eye = jnp.eye(k, dtype=jnp.float32)
     cots = [eye[:, :, None] * jnp.ones((classes,))]
@@ -115,21 +125,16 @@ def _one_member(apply_fn, variables, order, weight, lr, x, y, *, every, loss_on,
         cots.append((eye[:, None, :, None] * jnp.eye(classes)[None, :, None, :]).reshape(
             k * classes, k, classes))
     cots = jnp.concatenate(cots)
-    q = cots.shape[0]
-    c = min(cotangent_chunk, q)
-    groups = -(-q // c)
-    cots = jnp.concatenate([cots, jnp.zeros((groups * c - q, k, classes))]).reshape(
-        groups, c, k, classes)
-    norms = jax.lax.map(jax.vmap(lambda ct: per_example_norm(vjp(ct)[0], ord)), cots)
-    norms = norms.reshape(groups * c, -1)[:q]  # [q, N]
-    per_step = norms[:k]
+    norms = map_example_chunks(jax.vmap(lambda ct: per_example_norm(vjp(ct)[0], ord)), (cots,),
+                               min(cotangent_chunk, cots.shape[0]), member_axis=False)
+    per_step = norms[:k]  # [k, N]
     per_class = None
     if num_classes:
         by_loss_class = norms[k:].reshape(k, classes, -1).mean(0)  # [C(loss i), N]
         counts = jax.ops.segment_sum(jnp.ones(y.shape[0]), y, num_segments=classes)
         per_class = jax.ops.segment_sum(by_loss_class.T, y, num_segments=classes).T / \
             jnp.maximum(counts, 1.0)  # [i, j]
-    return per_step, per_class, loss.sum(-1), params
+    return per_step, per_class
 
 
 @functools.partial(jax.jit, static_argnames=(
