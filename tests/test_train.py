@@ -1,23 +1,35 @@
 """The ensemble trainer against independent references: members trained alone, plain
-per-example evaluation, and invariance to ensemble size and chunking."""
+per-example evaluation, invariance to ensemble size and chunking, and members trained on
+their own views (dataset-size masks, noised copies, adversarial points)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from memjax import keys
 from memjax.config import DataConfig, ModelConfig
 from memjax.data import load_dataset
 from memjax.ensemble import init_ensemble, make_optimizer, map_members
 from memjax.models import as_float, build_network
-from memjax.evaluation import evaluate
+from memjax.evaluation import evaluate, member_accuracy
 from memjax.order import epoch_order
 from memjax.train import make_train_epoch
+from memjax.views import MemberView, noise_masks, noise_source, size_masks
+
+EXAMPLE = jnp.zeros((1, 28, 28, 1))
 
 
 @pytest.fixture(scope="module")
 def data():
     d = load_dataset(DataConfig(train_size=300, validation_size=50))
+    return d, jnp.asarray(d.train.x), jnp.asarray(d.train.y)
+
+
+@pytest.fixture(scope="module")
+def data160():
+    """The smaller set the per-member view tests train on."""
+    d = load_dataset(DataConfig(train_size=160, validation_size=10))
     return d, jnp.asarray(d.train.x), jnp.asarray(d.train.y)
 
 
@@ -39,6 +51,13 @@ def _train(network, ids, data, *, epochs=2, lr=0.05, chunk=None, momentum=0.0, s
 def _leaves_close(a, b, **tol):
     for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), **tol)
+
+
+_close = _leaves_close  # the name the per-member view tests below use
+
+
+def _member(tree, m):
+    return jax.tree_util.tree_map(lambda l: l[m], tree)
 
 
 def test_member_trained_alone_matches_reference_sgd(data):
@@ -245,3 +264,113 @@ def test_compiled_epoch_does_not_copy_the_weights_each_step():
     hlo = make_train_epoch(network, tx, batch_size=32).lower(state, 0, x, y).compile().as_text()
     for shape in ("4,784,64", "4,64,64", "4,64,10"):
         assert not re.findall(rf"f32\[{shape}\]\S* copy\(", hlo), shape
+
+
+def test_dataset_size_member_matches_reference_sgd_on_its_examples(data160):
+    """Momentum and weight decay: the empty batches past a member's data must not move it."""
+    d, x, y = data160
+    network = build_network(ModelConfig(hidden=(8,)), 10)
+    tx = make_optimizer(0.9)
+    state = init_ensemble(network, tx, EXAMPLE, seed=5, member_ids=np.array([0, 1]),
+                          learning_rate=0.05, weight_decay=0.01)
+    params0 = _member(state.variables["params"], 0)
+    masks = jnp.asarray(size_masks(np.array([40, 160]), 160, data_seed=0))
+    epoch = make_train_epoch(network, tx, batch_size=32)
+    state, metrics = epoch(state, 5, x, y, MemberView(example_mask=masks))
+    # Independent reference: hand-written momentum SGD over the member's own batches only.
+    order, weight = epoch_order(keys.order_key(5, 0, 0), 160, 32, masks[0])
+    params, velocity, correct = params0, jax.tree_util.tree_map(jnp.zeros_like, params0), 0
+    for idx, w in zip(np.asarray(order), np.asarray(weight)):
+        idx = idx[w > 0]
+        if len(idx) == 0:
+            continue
+
+        def loss(p):
+            logits = network.apply({"params": p}, as_float(x[idx]))
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y[idx]).mean(), logits
+
+        (_, logits), g = jax.value_and_grad(loss, has_aux=True)(params)
+        correct += int(np.sum(np.argmax(logits, -1) == np.asarray(y[idx])))
+        g = jax.tree_util.tree_map(lambda g, p: g + 0.01 * p, g, params)
+        velocity = jax.tree_util.tree_map(lambda v, g: 0.9 * v + g, velocity, g)
+        params = jax.tree_util.tree_map(lambda p, v: p - 0.05 * v, params, velocity)
+    _close(_member(state.variables["params"], 0), params, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(metrics["train_accuracy"][0], correct / 40, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["input", "label"])
+def test_fully_noised_member_equals_training_on_the_noised_copy(data160, kind):
+    d, x, y = data160
+    noise = noise_source(d.train, 10, data_seed=0)
+    network = build_network(ModelConfig(hidden=(8,)), 10)
+    tx = make_optimizer()
+    fresh = lambda: init_ensemble(network, tx, EXAMPLE, seed=1, member_ids=np.array([0, 1]),
+                                  learning_rate=0.1)
+    masks = jnp.asarray(noise_masks(np.array([1.0, 0.0]), 160, 0))
+    view = (MemberView(input_noise_mask=masks) if kind == "input"
+            else MemberView(label_noise_mask=masks))
+    device_noise = jax.device_put(noise)
+    epoch = make_train_epoch(network, tx, batch_size=32)
+    mixed, metrics = epoch(fresh(), 1, x, y, view, device_noise)
+    noisy_x = jnp.asarray(noise.x) if kind == "input" else x
+    noisy_y = jnp.asarray(noise.y) if kind == "label" else y
+    on_noise, _ = epoch(fresh(), 1, noisy_x, noisy_y)
+    on_clean, _ = epoch(fresh(), 1, x, y)
+    _close(_member(mixed.variables, 0), _member(on_noise.variables, 0), rtol=1e-5, atol=1e-6)
+    _close(_member(mixed.variables, 1), _member(on_clean.variables, 1), rtol=1e-5, atol=1e-6)
+    acc = member_accuracy(network.apply, mixed.variables, x, y, view, device_noise)["accuracy"]
+    pred_noise = np.argmax(network.apply(_member(mixed.variables, 0), as_float(noisy_x)), -1)
+    np.testing.assert_allclose(acc[0], np.mean(pred_noise == np.asarray(noisy_y)), rtol=1e-6)
+
+
+def test_adversarial_training_seam(data160):
+    d, x, y = data160
+    network = build_network(ModelConfig(hidden=(8,)), 10)
+    tx = make_optimizer()
+    fresh = lambda: init_ensemble(network, tx, EXAMPLE, seed=2, member_ids=np.array([0, 1]),
+                                  learning_rate=0.1)
+    weights = MemberView(adversarial_weight=jnp.array([1.0, 0.0]))
+    # A stand-in source: w = 1 trains only on its points, w = 0 only on the clean ones.
+    flipped = lambda apply_fn, v, xb, yb, key: 1.0 - xb
+    epoch = make_train_epoch(network, tx, batch_size=32, adversarial_examples=flipped)
+    adv, _ = epoch(fresh(), 2, x, y, weights)
+    plain = make_train_epoch(network, tx, batch_size=32)
+    on_flipped, _ = plain(fresh(), 2, 1.0 - as_float(x), y)
+    on_clean, _ = plain(fresh(), 2, x, y)
+    _close(_member(adv.variables, 0), _member(on_flipped.variables, 0), rtol=1e-5, atol=1e-6)
+    _close(_member(adv.variables, 1), _member(on_clean.variables, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_adversarial_training_trains_on_lass_points(data160):
+    """w = 1 with LASS points (the runner's source) equals plain SGD on lass_search's points, searched with
+    the step's ATTACK key from the parameters before the step (one step: batch = all)."""
+    from memjax.metrics.lass import TRAINING_LASS, lass_adversarial_examples
+    from memjax.keys import ATTACK, DATA
+    from memjax.metrics import lass_search
+    from memjax.order import epoch_order
+
+    d, x, y = data160
+    x, y = x[:32], y[:32]
+    network = build_network(ModelConfig(hidden=(8,)), 10)
+    tx = make_optimizer()
+    state = init_ensemble(network, tx, EXAMPLE, seed=4, member_ids=np.array([0]),
+                          learning_rate=0.5)
+    before = _member(state.variables, 0)
+    epoch = make_train_epoch(network, tx, batch_size=32,
+                             adversarial_examples=lass_adversarial_examples)
+    trained, _ = epoch(state, 4, x, y, MemberView(adversarial_weight=jnp.array([1.0])))
+    member_key = jax.random.fold_in(jax.random.key(4), 0)
+    order, _ = epoch_order(jax.random.fold_in(jax.random.fold_in(member_key, DATA), 0), 32, 32)
+    xb, yb = as_float(x[order[0]]), y[order[0]]
+    attack = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(member_key, ATTACK), 0), 0)
+    search_key, _ = jax.random.split(attack)
+    points = lass_search(network.apply, before, xb, search_key, **TRAINING_LASS).points
+    assert float(jnp.abs(points - xb).max()) <= TRAINING_LASS["radius"] + 1e-6
+
+    def loss(p):
+        logits = network.apply({**before, "params": p}, points)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+    expected = jax.tree_util.tree_map(lambda p, g: p - 0.5 * g, before["params"],
+                                      jax.grad(loss)(before["params"]))
+    _close(_member(trained.variables, 0)["params"], expected, rtol=1e-5, atol=1e-6)
