@@ -69,6 +69,7 @@ def test_missing_benchmark_module_is_a_note():
                      "its cases are skipped"]
 
 
+@pytest.mark.slow
 def test_bench_command_writes_results(tmp_path, monkeypatch, capsys):
     tiny = throughput.Case(ModelConfig(hidden=(8,)), (28, 28, 1), 3, 2, 1, batch=16)
     monkeypatch.setitem(throughput.PRESETS["cpu"], "a_mlp512", tiny)
@@ -92,6 +93,7 @@ def test_bench_command_writes_results(tmp_path, monkeypatch, capsys):
     assert "--cases names nothing" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_metric_cases_time_ensemble_loop_and_report_targets(monkeypatch):
     from memjax.benchmarks import metrics
 
@@ -126,6 +128,7 @@ def test_metric_cases_time_ensemble_loop_and_report_targets(monkeypatch):
         assert "target" not in gpu["e_loss_sensitivity"]
 
 
+@pytest.mark.slow
 def test_torch_lass_baseline_runs_memjax_algorithm():
     """The PyTorch LASS the benchmark times finds the same critical examples and points as
     memjax.metrics.lass_search on the same weights (PGD: no noise, so both are exact)."""

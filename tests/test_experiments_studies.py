@@ -19,6 +19,7 @@ def _run(module, config, path):
     return out, dict(np.load(path / "results.npz")), json.loads((path / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_sensitivity_study(tmp_path):
     config = dataclasses.replace(
         sensitivity.PRESETS["smoke"], data=DataConfig(train_size=60, downscale=4),
@@ -51,6 +52,7 @@ def test_one_class_per_example_labels():
     assert classes == 5 and split.noisy.all()
 
 
+@pytest.mark.slow
 def test_csr_study(tmp_path):
     config = dataclasses.replace(
         csr.PRESETS["smoke"], data=DataConfig(train_size=128, validation_size=32),

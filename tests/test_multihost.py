@@ -16,6 +16,8 @@ import pytest
 
 from memjax.cli import main
 
+pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses (CI runs them)
+
 STUDIES = {
     "consistency": ["--set", "conditions=real", "--members", "4"],
     "csr": ["--set", "conditions=real", "--set", "train.epochs=1"],

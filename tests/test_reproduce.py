@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from memjax.cli import main
 from memjax.experiments import capacity, consistency, convergence, filters, noise_curves
@@ -9,6 +10,7 @@ from memjax.experiments import regularization
 from memjax.reproduce import CLAIMS, reproduce, verdict
 
 
+@pytest.mark.slow
 def test_reproduce_smoke_writes_report_and_skips_finished(tmp_path):
     logs = []
     report, failed = reproduce("smoke", tmp_path, only=["noise-curves", "filters"],

@@ -8,6 +8,8 @@ import pytest
 
 from memjax.cli import main
 
+pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses (CI runs them)
+
 ARGS = ["run", "csr", "--preset", "smoke", "--set", "train.epochs=3",
         "--set", "conditions=real,randY"]
 

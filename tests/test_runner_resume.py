@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses (CI runs them)
+
 # Two phases (real, then randY) of 6 epochs each, so the kill lands inside the second phase
 # and the resume must skip the first one and continue the second from a checkpoint.
 ARGS = ["run", "consistency", "--preset", "smoke", "--set", "train.epochs=6",

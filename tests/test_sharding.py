@@ -106,6 +106,7 @@ def _results(path):
 @pytest.mark.parametrize("study,extra", [
     ("consistency", ["--members", "11", "--set", "conditions=real,randY"]),  # 16 stored
     ("noise-curves", []),  # a sweep: noise masks, own-view accuracy, LASS per epoch
+    ("sensitivity", ["--set", "conditions=real"]),  # the unrolled trajectory (map_members)
 ])
 def test_study_on_eight_devices_equals_one_device(study, extra, tmp_path, monkeypatch):
     from memjax.cli import main
