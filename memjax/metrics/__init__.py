@@ -29,11 +29,18 @@ from memjax.metrics.consistency import (binomial_reference, class_binomial_refer
                                         misclassification_rate)
 from memjax.metrics.gini import gini
 from memjax.metrics.lass import PAPER_LASS, LassResult, critical_sample_ratio, lass, lass_search
+from memjax.metrics.scores import (ForgettingEvents, TopInfluence, aum, balanced_masks,
+                                   cartography, cscore, el2n, first_learned_epoch,
+                                   forgetting_events, holdout_consistency, influence,
+                                   learned_for_good_epoch, margin, memorization)
 from memjax.metrics.sensitivity import input_gradients, loss_sensitivity, per_example_norm
 from memjax.metrics.unrolled import (UnrolledSensitivity, trainer_order,
                                      unrolled_loss_sensitivity)
 
-__all__ = ["PAPER_LASS", "LassResult", "UnrolledSensitivity", "binomial_reference",
-           "class_binomial_reference", "critical_sample_ratio", "gini", "input_gradients",
-           "lass", "lass_search", "loss_sensitivity", "misclassification_rate",
+__all__ = ["PAPER_LASS", "ForgettingEvents", "LassResult", "TopInfluence", "UnrolledSensitivity",
+           "aum", "balanced_masks", "binomial_reference", "cartography",
+           "class_binomial_reference", "critical_sample_ratio", "cscore", "el2n",
+           "first_learned_epoch", "forgetting_events", "gini", "holdout_consistency",
+           "influence", "input_gradients", "lass", "lass_search", "learned_for_good_epoch",
+           "loss_sensitivity", "margin", "memorization", "misclassification_rate",
            "per_example_norm", "trainer_order", "unrolled_loss_sensitivity"]
