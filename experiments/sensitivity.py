@@ -94,6 +94,9 @@ def check(config: Config) -> None:
                                     "per_example_learning_rate"))
     check_choices("conditions", config.conditions, tuple(CONDITIONS))
     check_choices("loss_on", (config.loss_on,), ("full", "batch"))
+    if config.train.record_dynamics:
+        raise MemjaxError("sensitivity trains no epochs to record dynamics of: its unrolled "
+                          "trajectory is the measurement (drop --record)")
     if config.train.momentum or config.train.weight_decay or config.train.lr_halving_epochs:
         raise MemjaxError("the unrolled trajectory is plain SGD: momentum, weight decay and "
                           "learning-rate halving must be off")

@@ -42,6 +42,10 @@ def build_config(module, args: argparse.Namespace):
         value = getattr(args, flag)
         if value is not None:
             config = override(config, dotted, str(value))
+    if args.record:  # every training phase of the study keeps its per-example records
+        for name in ("train", "cnn_train"):
+            if hasattr(config, name):
+                config = override(config, f"{name}.record_dynamics", "true")
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -173,6 +177,9 @@ def add_shared_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="folder with <dataset>.npz (default: $MEMJAX_DATA_DIR, "
                                       "else tensorflow-datasets)")
     p.add_argument("--members", type=int, help="ensemble size (consistency, sensitivity, csr)")
+    p.add_argument("--record", choices=["dynamics"],
+                   help="also record per-example training dynamics (forgetting, AUM, data "
+                        "maps, learned epochs) and save them as dynamics-<phase>.npz")
     p.add_argument("--seeds", type=int,
                    help="members per sweep cell (capacity, convergence, noise-curves, "
                         "regularization, filters)")

@@ -66,6 +66,8 @@ class TrainConfig:
     eval_chunk: examples per evaluation chunk.
     compute_dtype: `float32`, or `bfloat16` for mixed precision (bf16 compute, float32
       master weights and loss).
+    record_dynamics: keep per-example training records in the state (memjax.dynamics) and
+      save their scores with each training phase (`--record dynamics`).
     """
 
     members: int = 100
@@ -80,6 +82,7 @@ class TrainConfig:
     member_chunk: int | None = None
     eval_chunk: int = 2048
     compute_dtype: str = "float32"
+    record_dynamics: bool = False
 
     def check(self, prefix: str = "train.") -> None:
         check_numbers(self, prefix, positive=("members", "epochs", "batch_size", "learning_rate",

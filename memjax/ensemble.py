@@ -39,6 +39,7 @@ class EnsembleState:
     epoch: scalar int32, the number of epochs completed.
     diverged: [M] bool, members whose minibatch loss became non-finite; their state is
       frozen from that step on (see train.make_train_epoch) while the others train on.
+    dynamics: per-example training records [M, N] (memjax.dynamics), or None (not kept).
     """
 
     variables: Variables
@@ -48,6 +49,7 @@ class EnsembleState:
     weight_decay: jax.Array
     epoch: jax.Array
     diverged: jax.Array | None = None
+    dynamics: Any = None
 
     @property
     def members(self) -> int:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from memjax import convergence
+from memjax import convergence, dynamics
 from memjax.config import ModelConfig, TrainConfig
 from memjax.data import Split
 from memjax.ensemble import (EnsembleState, init_ensemble, init_width_ensemble, make_optimizer,
@@ -145,6 +145,8 @@ class Runner:
         self.network, tx, state = build_ensemble(model, train, num_classes, example, padded)
         self.apply = self.network.apply
         self._base_lr = np.asarray(state.learning_rate)  # (the epoch donates the state)
+        if train.record_dynamics:
+            state = state.replace(dynamics=dynamics.empty(self.padded, len(split)))
         self.state = shard_members(state, self.mesh, self.padded)
         view = member_view(padded, len(split), data_seed)
         self.view = shard_members(view, self.mesh, self.padded)
@@ -271,6 +273,8 @@ class Runner:
                                       np.asarray(diverged)[:self.members],
                                       np.asarray(ids)[:self.members])
             run_dir.record_placement(desc, self.placement())
+            if self.state.dynamics is not None:
+                self._save_dynamics(run_dir, desc)
         history.pop("stopped", None)
         return {k: np.stack([np.asarray(v) for v in values]) for k, values in history.items()}
 
@@ -309,6 +313,25 @@ class Runner:
         if stop:
             history["stopped"] = [True]
         return record, stop
+
+    def dynamics_scores(self) -> dict[str, np.ndarray]:
+        """The real members' per-example training-dynamics scores [M, N]
+        (memjax.dynamics.scores); needs train.record_dynamics."""
+        if self.state.dynamics is None:
+            raise ValueError("no training dynamics recorded: set train.record_dynamics")
+        return dynamics.scores(jax.tree.map(lambda a: np.asarray(a)[:self.members],
+                                            to_host(self.state.dynamics)))
+
+    def _save_dynamics(self, run_dir: RunDir, desc: str) -> None:
+        """dynamics-<phase>.npz: each score [M, N], its member average `<score>_mean` [N]
+        (over the members that saw the example), and member_ids [M]."""
+        scores = self.dynamics_scores()
+        averages = {f"{k}_mean": np.nanmean(np.where(scores["presentations"] > 0,
+                                                     v.astype(float), np.nan), 0)
+                    for k, v in scores.items() if k != "presentations"}
+        ids = np.asarray(to_host(self.state.member_ids))[:self.members]
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", desc).strip("-").lower()
+        run_dir.write_npz(f"dynamics-{slug}.npz", {**scores, **averages, "member_ids": ids})
 
     def _real(self, values: dict) -> dict[str, np.ndarray]:
         """Host values with dummy members cut off."""

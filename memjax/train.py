@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from memjax import keys
+from memjax import dynamics, keys
+from memjax.dynamics import Dynamics
 from memjax.ensemble import EnsembleState, map_members, member_plan
 from memjax.models import Network, in_compute_dtype
 from memjax.order import epoch_order
@@ -42,11 +43,13 @@ class Trainer:
 
 @flax.struct.dataclass
 class Carry:
-    """One member's state through the steps of an epoch; frozen: it diverged."""
+    """One member's state through the steps of an epoch; frozen: it diverged; dynamics:
+    its per-example training records (memjax.dynamics), or None."""
 
     variables: dict
     opt_state: optax.OptState
     frozen: jax.Array
+    dynamics: Dynamics | None = None
 
 
 @flax.struct.dataclass
@@ -86,7 +89,7 @@ def step_loss(params, variables, xb, yb, w, t, step_keys: StepKeys, view: Member
 
 
 def train_step(carry: Carry, batch, *, data, step_keys: StepKeys, view: MemberView,
-               trainer: Trainer):
+               trainer: Trainer, epoch=None):
     """One SGD step of one member: batch = (t, indices [B], weights [B]); data = (x, y,
     noise). Returns the new carry and (summed loss, correct count) of the batch.
 
@@ -113,7 +116,10 @@ def train_step(carry: Carry, batch, *, data, step_keys: StepKeys, view: MemberVi
         ({**variables, **updates, "params": params}, opt_state), (variables, carry.opt_state))
     correct = jnp.sum(w * (jnp.argmax(logits, -1) == yb))
     frozen = carry.frozen | ((n > 0) & ~finite)
-    return Carry(variables, opt_state, frozen), (loss * n, correct)
+    records = carry.dynamics
+    if records is not None:
+        records = dynamics.update(records, idx, (w > 0) & ok, logits, yb, epoch)
+    return Carry(variables, opt_state, frozen, records), (loss * n, correct)
 
 
 def member_epoch(trainer: Trainer, seed, epoch, data, member_id, lr, wd, carry: Carry,
@@ -132,7 +138,7 @@ def member_epoch(trainer: Trainer, seed, epoch, data, member_id, lr, wd, carry: 
     step_keys = StepKeys(keys.epoch_stream(seed, member_id, keys.DROPOUT, epoch),
                          keys.epoch_stream(seed, member_id, keys.ATTACK, epoch))
     step = functools.partial(train_step, data=data, step_keys=step_keys, view=view,
-                             trainer=trainer)
+                             trainer=trainer, epoch=epoch)
     carry, (loss_sum, correct) = jax.lax.scan(
         step, carry, (jnp.arange(order.shape[0]), order, weight))
     finite = jax.tree.reduce(jnp.logical_and,
@@ -176,7 +182,7 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
         diverged = (jnp.zeros(state.member_ids.shape, bool) if state.diverged is None
                     else state.diverged)
         return one, (state.member_ids, state.learning_rate, state.weight_decay,
-                     Carry(state.variables, state.opt_state, diverged),
+                     Carry(state.variables, state.opt_state, diverged, state.dynamics),
                      MemberView() if view is None else view)
 
     @functools.partial(jax.jit, donate_argnums=0)
@@ -185,7 +191,8 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
         one, stacked = per_member(state, seed, x, y, view, noise)
         carry, metrics = map_members(one, member_chunk, mesh=mesh)(*stacked)
         return state.replace(variables=carry.variables, opt_state=carry.opt_state,
-                             diverged=carry.frozen, epoch=state.epoch + 1), \
+                             diverged=carry.frozen, dynamics=carry.dynamics,
+                             epoch=state.epoch + 1), \
             {**metrics, "diverged": carry.frozen}
 
     def placement(state, seed, x, y, view=None, noise=None) -> dict:

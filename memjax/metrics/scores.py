@@ -45,6 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from memjax.dynamics import margin  # noqa: F401  (defined beside the training records)
+
 # Train examples per influence chunk when `chunk` is None: at most this many influence
 # values ([chunk, T] float32, 64 MiB) exist at once.
 _INFLUENCE_BLOCK = 2 ** 24
@@ -257,26 +259,6 @@ def learned_for_good_epoch(correct: jax.Array) -> jax.Array:
     to_end = jnp.flip(jnp.cumprod(jnp.flip(c, 0).astype(jnp.int32), axis=0), 0)
     tail = to_end.sum(0, dtype=jnp.int32)  # length of the final run of correct presentations
     return jnp.where(tail > 0, c.shape[0] - tail + 1, -1).astype(jnp.int32)
-
-
-@jax.jit
-def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Assigned logit minus the largest other logit (the AUM margin; on logits, not softmax
-    probabilities). Positive iff the assigned label is the unique arg max.
-
-    logits: [..., N, C] (C >= 2). labels: [N] int (or any shape that broadcasts to
-    logits.shape[:-1]), the assigned (possibly noisy) labels. Returns [..., N] float32, in
-    logit units.
-
-    Follows asappresearch/aum (aum/aum.py, `AUMCalculator.update`: gather the target logit,
-    scatter -inf over it, max of the rest).
-    """
-    z = logits.astype(jnp.float32)
-    y = jnp.broadcast_to(labels, z.shape[:-1])
-    is_label = jax.nn.one_hot(y, z.shape[-1], dtype=bool)
-    assigned = jnp.take_along_axis(z, y[..., None], axis=-1)[..., 0]
-    other = jnp.where(is_label, -jnp.inf, z).max(-1)
-    return assigned - other
 
 
 @jax.jit
