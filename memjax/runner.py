@@ -34,7 +34,7 @@ from memjax import convergence, dynamics
 from memjax.config import ModelConfig, TrainConfig
 from memjax.data import Split
 from memjax.ensemble import (EnsembleState, init_ensemble, init_width_ensemble, make_optimizer,
-                             member_plan, pad_members, set_regularization)
+                             pad_members, set_regularization)
 from memjax.evaluation import evaluate, member_accuracy
 from memjax.metrics.lass import lass_adversarial_examples
 from memjax.models import Network, build_network

@@ -3,7 +3,6 @@ per-epoch logits of a replayed run (memjax.metrics.scores), and their bookkeepin
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import memjax.metrics as mm
