@@ -3,6 +3,14 @@ import os
 # Tests run on the CPU with 8 virtual devices, so sharding code is exercised everywhere.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# One compilation cache for the session and the processes its tests start: many tests build
+# the same small ensembles, and a program compiled once is read back instead of compiled.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    _OWN_CACHE = tempfile.mkdtemp(prefix="memjax-test-xla-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -27,3 +35,11 @@ def fake_npz(tmp_path):
         return path
 
     return make
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE is not None:
+        import shutil
+
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
