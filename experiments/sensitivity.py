@@ -82,7 +82,7 @@ def _condition_split(train: Split, condition: str, num_classes: int, seed: int) 
     kind, per_example = CONDITIONS[condition]
     split = with_noise(train, kind, 1.0, num_classes, seed)
     if per_example:
-        split = Split(split.x, np.arange(len(split), dtype=np.int32), split.noisy)
+        split = replace(split, y=np.arange(len(split), dtype=np.int32))
         return split, len(split)
     return split, num_classes
 

@@ -23,6 +23,9 @@ class DataConfig:
       or `npz:PATH`. data_dir: folder holding `<name>.npz` (else tensorflow-datasets).
     train_size / validation_size: keep only the first n examples of a split (None: all).
     downscale: integer factor to average-pool images by (E2 uses 2: 28x28 -> 14x14).
+    test_as_validation: train on the whole official training split and validate on the
+      official test split (mnist, cifar10; npz:PATH always does). Default: the paper's
+      split, validation taken from the end of the official training split.
     """
 
     name: str = "embedded"
@@ -31,6 +34,7 @@ class DataConfig:
     validation_size: int | None = None
     downscale: int = 1
     data_seed: int = 0
+    test_as_validation: bool = False
 
     def check(self, prefix: str = "data.") -> None:
         check_numbers(self, prefix, positive=("train_size", "validation_size", "downscale"),
@@ -243,6 +247,10 @@ def _check_data(config: DataConfig) -> None:
             raise MemjaxError(f"data file {path} is not readable (permission denied)")
     elif name not in KNOWN_DATASETS:
         raise MemjaxError(f"unknown dataset {name!r}; use embedded, mnist, cifar10 or npz:PATH")
+    if name == "embedded" and config.test_as_validation:
+        raise MemjaxError("the embedded subset has no test split (its validation images are "
+                          "official MNIST training images 50000-51999); use data.name=mnist "
+                          "for data.test_as_validation")
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
         what = "is a file, not a directory" if os.path.exists(config.data_dir) else "does not exist"
         raise MemjaxError(f"data directory {config.data_dir} {what}")

@@ -133,3 +133,54 @@ def test_fraction_outside_unit_interval(fraction):
         with_noise(train, "randY", fraction, 10, 0)
     with pytest.raises(MemjaxError, match=r"in \[0, 1\]"):
         with_noise(train, "randX", fraction, 10, 0)
+
+
+def test_indices_follow_the_source_order(fake_npz, tmp_path):
+    fake_npz("mnist.npz", n_train=10_500, n_test=20)
+    raw = np.load(tmp_path / "mnist.npz")
+    d = load_dataset(DataConfig("mnist", data_dir=str(tmp_path), train_size=300))
+    np.testing.assert_array_equal(d.train.index, np.arange(300))
+    np.testing.assert_array_equal(d.validation.index, 500 + np.arange(10_000))
+    assert "training split" in d.order["validation"]
+    t = load_dataset(DataConfig("mnist", data_dir=str(tmp_path), test_as_validation=True))
+    assert len(t.train) == 10_500 and "test split" in t.order["validation"]
+    np.testing.assert_array_equal(t.validation.x[..., 0], raw["x_test"])
+    np.testing.assert_array_equal(t.validation.index, np.arange(20))
+    # index survives subsets and noise
+    noisy = random_labels(d.train.subset(np.array([5, 2, 9])), 0.5, 10, 0)
+    np.testing.assert_array_equal(noisy.index, [5, 2, 9])
+    assert noisy.image_sha1()[0] == d.train.image_sha1()[5]
+
+
+def test_embedded_indices_are_official_mnist_indices():
+    """The embedded subset is official MNIST training images 0-9999 and 50000-51999: its
+    images hash like those of the official files (checked against them when present)."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    d = load_dataset(DataConfig())
+    np.testing.assert_array_equal(d.train.index, np.arange(10_000))
+    np.testing.assert_array_equal(d.validation.index, 50_000 + np.arange(2_000))
+    official = Path(os.environ.get("MEMJAX_DATA_DIR", "../shared/data")) / "mnist.npz"
+    if official.exists():
+        x = np.load(official)["x_train"]
+        for split in (d.train, d.validation):
+            rows = split.index[[0, 123, len(split) - 1]]
+            want = [hashlib.sha1(np.ascontiguousarray(x[i][..., None]).tobytes()).hexdigest()
+                    for i in rows]
+            assert list(split.image_sha1()[[0, 123, len(split) - 1]]) == want
+
+
+def test_embedded_has_no_test_split():
+    with pytest.raises(MemjaxError, match="no test split"):
+        load_dataset(DataConfig(test_as_validation=True))
+
+
+def test_tfds_order_is_named(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+    monkeypatch.delenv("MEMJAX_DATA_DIR", raising=False)
+    with tfds.testing.mock_data(num_examples=10_050):
+        d = load_dataset(DataConfig("mnist", test_as_validation=True))
+    assert "tensorflow-datasets mnist:" in d.order["train"] and "image_sha1" in d.order["train"]
+    assert len(d.train) == 10_050 and "test split" in d.order["validation"]

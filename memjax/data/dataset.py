@@ -1,7 +1,9 @@
-"""The Dataset: train and validation splits of uint8 images, labels and noisy-example masks."""
+"""The Dataset: train and validation splits of uint8 images, labels, noisy-example masks
+and each example's index in its source's order."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import hashlib
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -13,11 +15,18 @@ class Split:
     x: [N, H, W, C] uint8 pixels (0..255), or float16 already in [0, 1] units once some
        inputs are replaced by Gaussian noise (noise is not representable in uint8).
     y: [N] int32 labels. noisy: [N] bool, True where the input or label was replaced.
+    index: [N] int64, each example's index in its source's order (`Dataset.order` says
+       which order; default 0..N-1), kept through take, subset and noise.
     """
 
     x: np.ndarray
     y: np.ndarray
     noisy: np.ndarray
+    index: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        if self.index is None:
+            object.__setattr__(self, "index", np.arange(len(self.y), dtype=np.int64))
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -25,20 +34,29 @@ class Split:
     def take(self, n: int | None) -> "Split":
         if n is None:
             return self
-        return Split(self.x[:n], self.y[:n], self.noisy[:n])
+        return self.subset(slice(0, n))
 
-    def subset(self, indices: np.ndarray) -> "Split":
-        return Split(self.x[indices], self.y[indices], self.noisy[indices])
+    def subset(self, indices: np.ndarray | slice) -> "Split":
+        return Split(self.x[indices], self.y[indices], self.noisy[indices], self.index[indices])
+
+    def image_sha1(self) -> np.ndarray:
+        """[N] str: the SHA-1 of each image's bytes as stored (uint8 [H, W, C] for every
+        source): a key that joins these examples to the same images in any other order."""
+        return np.array([hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest()
+                         for x in self.x])
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """name, num_classes, image_shape (H, W, C), and the train / validation splits."""
+    """name, num_classes, image_shape (H, W, C), the train / validation splits, and
+    `order`: {"train": ..., "validation": ...}, what each split's `index` counts."""
 
     name: str
     train: Split
     validation: Split
     num_classes: int
+    order: dict = field(default_factory=lambda: {"train": "position in the split",
+                                                 "validation": "position in the split"})
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -48,10 +66,12 @@ class Dataset:
         return replace(self, train=train)
 
 
-def make_split(x: np.ndarray, y: np.ndarray) -> Split:
+def make_split(x: np.ndarray, y: np.ndarray, start: int = 0) -> Split:
+    """A clean split whose examples sit at start, start + 1, ... in their source's order."""
     if x.ndim == 3:
         x = x[..., None]
-    return Split(np.ascontiguousarray(x), y.astype(np.int32), np.zeros(len(y), bool))
+    return Split(np.ascontiguousarray(x), y.astype(np.int32), np.zeros(len(y), bool),
+                 np.arange(start, start + len(y), dtype=np.int64))
 
 
 def downscale(split: Split, factor: int) -> Split:

@@ -5,6 +5,8 @@ seed alone, independent of every model seed.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from memjax.config import check_fraction
@@ -31,7 +33,7 @@ def random_labels(split: Split, fraction: float, num_classes: int, seed: int) ->
     mask = _choose(len(split), fraction, rng)
     y = split.y.copy()
     y[mask] = rng.integers(0, num_classes, size=int(mask.sum()), dtype=np.int32)
-    return Split(split.x, y, split.noisy | mask)
+    return replace(split, y=y, noisy=split.noisy | mask)
 
 
 def random_inputs(split: Split, fraction: float, seed: int, stats: str = "per_pixel") -> Split:
@@ -52,7 +54,7 @@ def random_inputs(split: Split, fraction: float, seed: int, stats: str = "per_pi
     mean, std = x.mean(axis=axis), x.std(axis=axis)
     noise = rng.standard_normal((int(mask.sum()),) + x.shape[1:], dtype=np.float32)
     x[mask] = mean + std * noise
-    return Split(x.astype(np.float16), split.y, split.noisy | mask)
+    return replace(split, x=x.astype(np.float16), noisy=split.noisy | mask)
 
 
 def with_noise(split: Split, kind: str, fraction: float, num_classes: int, seed: int,

@@ -12,6 +12,7 @@ import os
 import sys
 import zipfile
 from importlib import resources
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +35,14 @@ def load_dataset(config: DataConfig) -> Dataset:
     if name == "embedded":
         dataset = _embedded()
     elif name in VALIDATION_SIZE:
-        dataset = _named(name, config.data_dir or os.environ.get(DATA_DIR_ENV))
+        dataset = _named(name, config.data_dir or os.environ.get(DATA_DIR_ENV),
+                         config.test_as_validation)
     elif name.startswith("npz:"):
         arrays = read_npz(Path(name[4:]))
         dataset = _from_arrays(name, arrays["x_train"], arrays["y_train"],
                                arrays["x_test"], arrays["y_test"])
+        dataset = replace(dataset, order={"train": f"index in {name[4:]}'s x_train",
+                                          "validation": f"index in {name[4:]}'s x_test"})
     else:
         raise MemjaxError(
             f"unknown dataset {name!r}; use embedded, mnist, cifar10 or npz:PATH")
@@ -54,11 +58,11 @@ def load_dataset(config: DataConfig) -> Dataset:
                           f"blocks)")
     train = downscale(dataset.train.take(config.train_size), config.downscale)
     validation = downscale(dataset.validation.take(config.validation_size), config.downscale)
-    return Dataset(dataset.name, train, validation, dataset.num_classes)
+    return replace(dataset, train=train, validation=validation)
 
 
-def _from_arrays(name: str, x_train, y_train, x_val, y_val) -> Dataset:
-    train, validation = make_split(x_train, y_train), make_split(x_val, y_val)
+def _from_arrays(name: str, x_train, y_train, x_val, y_val, val_start: int = 0) -> Dataset:
+    train, validation = make_split(x_train, y_train), make_split(x_val, y_val, val_start)
     num_classes = int(max(train.y.max(), validation.y.max())) + 1
     return Dataset(name, train, validation, num_classes)
 
@@ -66,30 +70,50 @@ def _from_arrays(name: str, x_train, y_train, x_val, y_val) -> Dataset:
 def _embedded() -> Dataset:
     path = resources.files("memjax.data") / "mnist_subset.npz"
     with resources.as_file(path) as file, np.load(file) as d:
-        return _from_arrays("embedded", d["x_train"], d["y_train"],
-                            d["x_validation"], d["y_validation"])
+        # official MNIST training images 0-9999 and 50000-51999 (tests/test_data.py)
+        dataset = _from_arrays("embedded", d["x_train"], d["y_train"],
+                               d["x_validation"], d["y_validation"], val_start=50_000)
+    order = "index in the official MNIST training files (train-images-idx3-ubyte)"
+    return replace(dataset, order={"train": order, "validation": order})
 
 
-def _split_official_train(name: str, x: np.ndarray, y: np.ndarray) -> Dataset:
+def _official(name: str, train: tuple, test: tuple, test_as_validation: bool,
+              order: str) -> Dataset:
+    """The paper's split (validation = the end of the official training split) or, with
+    test_as_validation, the whole training split and the test split."""
+    (x, y), (x_test, y_test) = train, test
+    if test_as_validation:
+        return replace(_from_arrays(name, x, y, x_test, y_test),
+                       order={"train": f"{order}, training split",
+                              "validation": f"{order}, test split"})
     n_val = VALIDATION_SIZE[name]
     if len(y) <= n_val:
         raise MemjaxError(f"{name}: {len(y)} training examples, need more than {n_val}")
-    return _from_arrays(name, x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:])
+    dataset = _from_arrays(name, x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:],
+                           val_start=len(y) - n_val)
+    return replace(dataset, order={"train": f"{order}, training split",
+                                   "validation": f"{order}, training split"})
 
 
-def _named(name: str, data_dir: str | None) -> Dataset:
+def _named(name: str, data_dir: str | None, test_as_validation: bool = False) -> Dataset:
     if data_dir is not None:
         if not Path(data_dir).is_dir():
             raise MemjaxError(f"data directory {data_dir} does not exist")
         local = Path(data_dir) / f"{name}.npz"
         if local.exists():
-            arrays = read_npz(local, image_shape=IMAGE_SHAPE[name])
-            return _split_official_train(name, arrays["x_train"], arrays["y_train"])
+            a = read_npz(local, image_shape=IMAGE_SHAPE[name])
+            return _official(name, (a["x_train"], a["y_train"]), (a["x_test"], a["y_test"]),
+                             test_as_validation, f"index in {local} (the official files' order)")
         print(f"memjax: note: no {name}.npz in {data_dir}; loading {name} through "
               f"tensorflow-datasets, with {data_dir} as its data directory (it downloads "
               f"there if it has no copy)", file=sys.stderr)
-    x, y = _tfds_train(name, data_dir)
-    return _split_official_train(name, x, y)
+    train, version = _tfds_split(name, "train", data_dir)
+    test = _tfds_split(name, "test", data_dir)[0] if test_as_validation else (None, None)
+    # tensorflow-datasets stores MNIST in another order than the official files; its
+    # position is all that identifies an example, so exports add each image's SHA-1
+    return _official(name, train, test, test_as_validation,
+                     f"position in tensorflow-datasets {name}:{version} (NOT the official "
+                     f"files' order for mnist; join on image_sha1)")
 
 
 def read_npz(path: Path, image_shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
@@ -131,8 +155,9 @@ def read_npz(path: Path, image_shape: tuple[int, ...] | None = None) -> dict[str
     return arrays
 
 
-def _tfds_train(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """The official training split through tensorflow-datasets, as uint8 images and labels."""
+def _tfds_split(name: str, split: str, data_dir: str | None) -> tuple[tuple, str]:
+    """An official split through tensorflow-datasets: ((uint8 images, labels), the data
+    set's version), its examples in the order tensorflow-datasets enumerates them."""
     try:
         import tensorflow_datasets as tfds
     except ImportError:
@@ -140,16 +165,17 @@ def _tfds_train(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray
             f"{name}: no {name}.npz in the data directory and tensorflow-datasets is not "
             f"installed; pass --data-dir or `pip install tensorflow-datasets`") from None
     try:
-        source = tfds.data_source(name, split="train", data_dir=data_dir)
+        source = tfds.data_source(name, split=split, data_dir=data_dir)
         records = [source[i] for i in range(len(source))]
         x = np.stack([r["image"] for r in records])
         y = np.array([r["label"] for r in records])
     except Exception as first:  # no array_record support / not prepared: try tfds.load
         try:
-            data = tfds.as_numpy(tfds.load(name, split="train", batch_size=-1, data_dir=data_dir))
+            data = tfds.as_numpy(tfds.load(name, split=split, batch_size=-1, data_dir=data_dir))
             x, y = data["image"], data["label"]
         except Exception as second:
             raise MemjaxError(f"{name}: could not load through tensorflow-datasets "
                               f"({type(first).__name__}: {first}; then {type(second).__name__}: "
                               f"{second})".replace("\n", " ")) from None
-    return np.asarray(x, np.uint8), np.asarray(y, np.int32)
+    version = str(tfds.builder(name, data_dir=data_dir).version)
+    return (np.asarray(x, np.uint8), np.asarray(y, np.int32)), version
