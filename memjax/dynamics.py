@@ -14,6 +14,8 @@ forgetting (Toneva et al.) and AUM (Pleiss et al.) record them.
 """
 from __future__ import annotations
 
+import warnings
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -119,3 +121,13 @@ def scores(records: Dynamics) -> dict[str, np.ndarray]:
                 "first_learned_epoch": r.first_learned,
                 "learned_for_good_epoch": np.where(r.last_correct & ~never,
                                                    r.last_incorrect + 1, -1)}
+
+
+def member_means(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`<score>_mean` [N] for each score of `scores` [M, N]: its mean over the members that
+    were presented the example (NaN where none was)."""
+    seen = scores["presentations"] > 0
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an example no member saw: NaN
+        return {f"{k}_mean": np.nanmean(np.where(seen, v.astype(float), np.nan), 0)
+                for k, v in scores.items() if k != "presentations"}

@@ -157,12 +157,13 @@ class Runner:
                 source.x if view.input_noise_mask is not None else None,
                 source.y if view.label_noise_mask is not None else None), self.mesh)
         self.x, self.y = replicate((split.x, split.y), self.mesh)
+        mask = members.example_mask
         self.train_epoch = make_train_epoch(
             self.network, tx, batch_size=train.batch_size,
             shared_order=train.shared_order, lr_halving_epochs=train.lr_halving_epochs,
             member_chunk=train.member_chunk, mesh=self.mesh, compute_dtype=train.compute_dtype,
-            adversarial_examples=lass_adversarial_examples)
-        mask = members.example_mask
+            adversarial_examples=lass_adversarial_examples,
+            max_examples=None if mask is None else int(np.sum(mask, 1).max()))
         self.examples_per_epoch = float(self.members * len(split) if mask is None
                                         else np.sum(mask))
         self.seconds = self.model_examples = 0.0
@@ -326,9 +327,7 @@ class Runner:
         """dynamics-<phase>.npz: each score [M, N], its member average `<score>_mean` [N]
         (over the members that saw the example), and member_ids [M]."""
         scores = self.dynamics_scores()
-        averages = {f"{k}_mean": np.nanmean(np.where(scores["presentations"] > 0,
-                                                     v.astype(float), np.nan), 0)
-                    for k, v in scores.items() if k != "presentations"}
+        averages = dynamics.member_means(scores)
         ids = np.asarray(to_host(self.state.member_ids))[:self.members]
         slug = re.sub(r"[^A-Za-z0-9]+", "-", desc).strip("-").lower()
         run_dir.write_npz(f"dynamics-{slug}.npz", {**scores, **averages, "member_ids": ids})

@@ -29,7 +29,8 @@ class Trainer:
 
     adversarial_examples(apply_fn, variables, x, y, key) -> x_adv: the points adversarial
     training trains on (memjax.metrics.lass.lass_adversarial_examples for the paper's);
-    needed only when some member's adversarial weight is set.
+    needed only when some member's adversarial weight is set. max_examples: no member's
+    example mask holds more examples (memjax.order.epoch_order; None: all of them).
     """
 
     network: Network
@@ -39,6 +40,7 @@ class Trainer:
     lr_halving_epochs: int | None = None
     compute_dtype: str = "float32"
     adversarial_examples: Callable | None = None
+    max_examples: int | None = None
 
 
 @flax.struct.dataclass
@@ -131,7 +133,8 @@ def member_epoch(trainer: Trainer, seed, epoch, data, member_id, lr, wd, carry: 
     look at the parameters per epoch flags it.
     """
     order, weight = epoch_order(keys.order_key(seed, member_id, epoch, trainer.shared_order),
-                                data[1].shape[0], trainer.batch_size, view.example_mask)
+                                data[1].shape[0], trainer.batch_size, view.example_mask,
+                                trainer.max_examples)
     if trainer.lr_halving_epochs:
         lr = lr * 0.5 ** (epoch // trainer.lr_halving_epochs)
     carry.opt_state.hyperparams.update(learning_rate=lr, weight_decay=wd)
@@ -153,7 +156,8 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
                      shared_order: bool = False, lr_halving_epochs: int | None = None,
                      member_chunk: int | None = None, mesh=None,
                      compute_dtype: str = "float32",
-                     adversarial_examples: Callable | None = None) -> Callable:
+                     adversarial_examples: Callable | None = None,
+                     max_examples: int | None = None) -> Callable:
     """Build `train_epoch(state, seed, x, y, view=None, noise=None) -> (state, metrics)`,
     jitted, state donated.
 
@@ -173,9 +177,11 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
     Its variables stay as they were before the first such step (if an update overflowed,
     they are the non-finite result of that update, which made the next loss non-finite).
     A member whose parameters are not finite at the end of an epoch is flagged too.
+    max_examples: the most examples any member's example mask holds, so that an epoch
+    stops after the steps that hold them (memjax.order.epoch_order).
     """
     trainer = Trainer(network, tx, batch_size, shared_order, lr_halving_epochs, compute_dtype,
-                      adversarial_examples)
+                      adversarial_examples, max_examples)
 
     def per_member(state, seed, x, y, view, noise):
         one = functools.partial(member_epoch, trainer, seed, state.epoch, (x, y, noise))

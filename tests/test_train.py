@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from memjax import keys
+from memjax import dynamics, keys
 from memjax.config import DataConfig, ModelConfig
 from memjax.data import load_dataset
 from memjax.ensemble import init_ensemble, make_optimizer, map_members
@@ -374,3 +374,23 @@ def test_adversarial_training_trains_on_lass_points(data160):
     expected = jax.tree_util.tree_map(lambda p, g: p - 0.5 * g, before["params"],
                                       jax.grad(loss)(before["params"]))
     _close(_member(trained.variables, 0)["params"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_epoch_cut_to_the_largest_member_changes_nothing(data160):
+    """max_examples ends the epoch after the largest member's examples: the same state,
+    dynamics records included, as running every weight-0 batch."""
+    d, x, y = data160
+    network = build_network(ModelConfig(hidden=(8,)), 10)
+    tx = make_optimizer(0.9)
+    masks = jnp.asarray(size_masks(np.array([40, 70]), 160, data_seed=0))
+    out = []
+    for max_examples in (None, 70):
+        state = init_ensemble(network, tx, EXAMPLE, seed=5, member_ids=np.array([0, 1]),
+                              learning_rate=0.05)
+        state = state.replace(dynamics=dynamics.empty(2, 160))
+        epoch = make_train_epoch(network, tx, batch_size=32, max_examples=max_examples)
+        for _ in range(2):
+            state, metrics = epoch(state, 5, x, y, MemberView(example_mask=masks))
+        out.append((jax.device_get(state.variables), jax.device_get(state.dynamics), metrics))
+    jax.tree.map(np.testing.assert_array_equal, out[0][:2], out[1][:2])
+    np.testing.assert_allclose(out[0][2]["train_loss"], out[1][2]["train_loss"], rtol=1e-6)
