@@ -3,7 +3,7 @@
 MemjaxError before anything runs; `run` calls it too), `run(config, run_dir) -> dict` and `evidence(summary) -> list` (the
 lines `memjax reproduce` puts under PAPER.md's claims). Installed as memjax.experiments."""
 
-# name on the command line -> module in this package
+# The paper's studies: name on the command line -> module in this package
 EXPERIMENTS = {
     "consistency": "consistency",
     "sensitivity": "sensitivity",
@@ -14,3 +14,10 @@ EXPERIMENTS = {
     "regularization": "regularization",
     "filters": "filters",
 }
+# Per-example memorization scores beyond the paper: `memjax run` runs them, `memjax
+# reproduce` only when named with --only.
+SCORES = {
+    "cscore": "cscore",
+    "memorization": "memorization",
+}
+STUDIES = {**EXPERIMENTS, **SCORES}

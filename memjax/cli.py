@@ -16,11 +16,11 @@ from memjax.errors import MemjaxError
 
 
 def _experiment(name: str):
-    from memjax.experiments import EXPERIMENTS
+    from memjax.experiments import STUDIES
 
-    if name not in EXPERIMENTS:
-        raise MemjaxError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
-    return importlib.import_module(f"memjax.experiments.{EXPERIMENTS[name]}")
+    if name not in STUDIES:
+        raise MemjaxError(f"unknown experiment {name!r}; known: {', '.join(STUDIES)}")
+    return importlib.import_module(f"memjax.experiments.{STUDIES[name]}")
 
 
 # The flags every `memjax run NAME` accepts, and the config field each one sets.
@@ -125,9 +125,11 @@ def _print_summary(result: dict) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from memjax.experiments import EXPERIMENTS
+    from memjax.experiments import SCORES, STUDIES
 
-    for name in EXPERIMENTS:
+    for name in STUDIES:
+        if name == next(iter(SCORES)):
+            print("\nper-example scores (not part of `memjax reproduce` unless named):")
         first = " ".join(_experiment(name).__doc__.strip().split("\n\n")[0].split())
         print(textwrap.fill(first, 92, initial_indent=f"{name:15s}", subsequent_indent=" " * 15))
     return 0
@@ -176,13 +178,14 @@ def add_shared_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="embedded | mnist | cifar10 | npz:PATH")
     p.add_argument("--data-dir", help="folder with <dataset>.npz (default: $MEMJAX_DATA_DIR, "
                                       "else tensorflow-datasets)")
-    p.add_argument("--members", type=int, help="ensemble size (consistency, sensitivity, csr)")
+    p.add_argument("--members", type=int,
+                   help="ensemble size (consistency, sensitivity, csr, memorization)")
     p.add_argument("--record", choices=["dynamics"],
                    help="also record per-example training dynamics (forgetting, AUM, data "
                         "maps, learned epochs) and save them as dynamics-<phase>.npz")
     p.add_argument("--seeds", type=int,
                    help="members per sweep cell (capacity, convergence, noise-curves, "
-                        "regularization, filters)")
+                        "regularization, filters) or per subset ratio (cscore)")
     p.add_argument("--seed", type=int, help="root seed of model initialization and data order")
     p.add_argument("--out", help="run directory (default: runs/NAME-PRESET-TIMESTAMP)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

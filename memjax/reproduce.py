@@ -31,10 +31,20 @@ CLAIMS = {
 
 
 def registered() -> dict[str, object]:
-    from memjax.experiments import EXPERIMENTS
+    """Every study's module: the paper's (EXPERIMENTS, run by default) first, then the
+    per-example score studies (SCORES, run when named)."""
+    from memjax.experiments import STUDIES
 
     return {name: importlib.import_module(f"memjax.experiments.{module}")
-            for name, module in EXPERIMENTS.items()}
+            for name, module in STUDIES.items()}
+
+
+def default_names(out: Path | None = None) -> list[str]:
+    """The paper's studies, and any score study already run in `out`."""
+    from memjax.experiments import EXPERIMENTS, SCORES
+
+    return list(EXPERIMENTS) + [n for n in SCORES
+                                if out is not None and (out / n / "manifest.json").exists()]
 
 
 def check_config(module, config) -> None:
@@ -80,7 +90,7 @@ def reproduce(preset: str, out: str | Path, *, only: list[str] | None = None,
     others still run. Returns (report path, number of failed studies)."""
     out = Path(out)
     modules = registered()
-    names = list(modules) if not only else only
+    names = default_names() if not only else only
     unknown = [n for n in names if n not in modules]
     if unknown:
         raise MemjaxError(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(modules)}")
@@ -157,7 +167,7 @@ def write_report(out: Path, preset: str, names: list[str] | None = None,
     or `names`). A finished study whose settings are not the `preset` preset's is listed
     as such and its evidence left out of the verdicts."""
     modules = registered()
-    names = names or list(modules)
+    names = names or default_names(out)
     sections, by_claim = [], {c: [] for c in CLAIMS}
     for name in names:
         path = out / name

@@ -164,6 +164,26 @@ class RunDir:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
 
+    def write_csv(self, name: str, columns: dict[str, np.ndarray]) -> None:
+        """One row per index of the equal-length columns; floats with 7 significant
+        digits (nan where missing), bools as 0/1."""
+        import csv
+
+        arrays = {k: np.asarray(v) for k, v in columns.items()}
+        lengths = {len(v) for v in arrays.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"columns of unequal length: {sorted(lengths)}")
+        def cell(v):
+            if isinstance(v, (bool, np.bool_)):
+                return int(v)
+            return f"{v:.7g}" if isinstance(v, (float, np.floating)) else v
+        with atomic_path(self.path / name) as tmp:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(arrays)
+                writer.writerows(zip(*[[cell(v) for v in a.tolist()] if a.dtype != object
+                                       else a for a in arrays.values()]))
+
     def save_figure(self, fig, name: str) -> None:
         """Write a matplotlib figure to `name` (atomically) and close it."""
         import matplotlib.pyplot as plt
