@@ -1,6 +1,8 @@
 import os
 
-# Tests run on the CPU with 8 virtual devices, so sharding code is exercised everywhere.
+# Tests run on the CPU with 8 virtual devices. Ensembles use one of them unless a test is
+# marked `all_devices` (the sharding and multi-process tests, which compare 8 devices, or
+# several processes, with one): on 2 cores, 8 devices cost about 1.6x the time per test.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # One compilation cache for the session and the processes its tests start: many tests build
@@ -14,6 +16,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_device_unless_marked(request, monkeypatch):
+    if request.node.get_closest_marker("all_devices") is None \
+            and "MEMJAX_DEVICES" not in os.environ:
+        monkeypatch.setenv("MEMJAX_DEVICES", "1")
 
 
 @pytest.fixture

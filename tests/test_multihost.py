@@ -2,7 +2,7 @@
 train one ensemble sharded over all 4 devices; process 0 writes the one run directory, and
 its results equal a single-process run's. Covered: a study that evaluates (consistency),
 one that reads metric results (csr: LASS, with fewer members than devices) and a sweep
-(capacity)."""
+(capacity, killed mid-run and resumed)."""
 import json
 import os
 import signal
@@ -16,12 +16,12 @@ import pytest
 
 from memjax.cli import main
 
-pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses (CI runs them)
+# end-to-end runs in subprocesses (CI runs them)
+pytestmark = [pytest.mark.slow, pytest.mark.all_devices]
 
 STUDIES = {
     "consistency": ["--set", "conditions=real", "--members", "4"],
     "csr": ["--set", "conditions=real", "--set", "train.epochs=1"],
-    "capacity": ["--set", "noise_levels=0.5", "--set", "train.epochs=1"],
 }
 
 
@@ -100,5 +100,7 @@ def test_two_processes_killed_and_resumed_equal_an_uninterrupted_run(tmp_path):
     assert all("width <= 8: resumed from the checkpoint of epoch" in o for o in outputs)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "finished" and len(manifest["resumed"]) == 1
+    assert (out / "hosts" / "1" / "manifest.json").exists() and not (out / "hosts" / "0").exists()
+    assert not (out / "checkpoints").exists()
     assert main([*args, "--out", str(tmp_path / "single")]) == 0
     _assert_equal_runs(out, tmp_path / "single")

@@ -15,6 +15,8 @@ from memjax.sharding import member_mesh, padded_members, shard_members
 from memjax.evaluation import evaluate
 from memjax.train import make_train_epoch
 
+pytestmark = pytest.mark.all_devices
+
 
 @pytest.fixture(scope="module")
 def data():

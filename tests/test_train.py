@@ -127,7 +127,7 @@ def test_trainer_follows_the_documented_schedule_keys_and_order(data, setting):
                           member_ids=np.array([2, 5]), learning_rate=0.1)
     if setting == "dropout":
         state = state.replace(variables=set_regularization(state.variables, dropout=0.3))
-    start = state.variables
+    start = jax.device_get(state.variables)  # (the epoch donates the state)
     epoch = make_train_epoch(network, tx, batch_size=64, shared_order=kw.get("shared", False),
                              lr_halving_epochs=kw.get("halving"))
     for _ in range(3):
@@ -229,7 +229,7 @@ def test_batchnorm_statistics_count_only_the_weighted_rows():
     tx = make_optimizer()
     state = init_ensemble(network, tx, jnp.zeros((1, 12, 12, 3)), seed=3,
                           member_ids=np.arange(2), learning_rate=0.05)
-    start = state.variables
+    start = jax.device_get(state.variables)  # (the epoch donates the state)
     trained, _ = make_train_epoch(network, tx, batch_size=32)(state, 3, x, y)
     order, weight = trainer_order(3, np.arange(2), num_examples=40, batch_size=32, epochs=1)
     assert (np.asarray(weight)[:, -1] == 0).any()  # the padded last batch
