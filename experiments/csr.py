@@ -4,13 +4,14 @@ networks trained on real data, random inputs (randX) and random labels (randY).
     memjax run csr --preset cpu [--dataset mnist --data-dir ../shared/data]
 
 After every epoch, Langevin Adversarial Sample Search (LASS, the paper's alpha, beta, r)
-looks for a point within L_inf distance r of each tracked validation input that changes
+looks for a point within L_inf distance r of each searched validation input that changes
 the member's prediction; CSR is the fraction of inputs for which it finds one. Networks
 fitted to noise have far more critical samples (a more complex decision boundary): CSR is
 far higher for randX and randY than for real data, rising over the epochs and then levelling
-off. Presets: smoke (seconds), cpu (MLP 2x256 on 10k MNIST digits, 4 members, 8 epochs, 20
-LASS iterations on 300 validation digits, a few minutes on 2 cores), paper (the paper's CNN on CIFAR-10, 100 members,
-100 LASS iterations on 5000 validation images; GPU).
+off. The search runs as the authors' code ran it (`protocol`, see Config). Presets: smoke
+(seconds), cpu (MLP 2x256 on 10k MNIST digits, 4 members, 8 epochs, 500 random validation
+digits per epoch, a few minutes on 2 cores), paper (the paper's CNN on CIFAR-10, 100
+members, 60 epochs, 500 random validation images per epoch; GPU).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from memjax.data import load_dataset, with_noise
 from memjax.errors import MemjaxError
 from memjax.experiments.common import new_figure
 from memjax.keys import ATTACK, study_key
-from memjax.metrics import PAPER_LASS, critical_sample_ratio, lass
+from memjax.metrics import PAPER_LASS, PROTOCOLS, critical_sample_ratio, validation_search
 from memjax.results import RunDir
 from memjax.runner import Runner
 
@@ -34,9 +35,15 @@ CONDITIONS = ("real", "randX", "randY")
 
 @dataclass(frozen=True)
 class Config:
-    """examples: validation inputs searched each epoch (None: all). radius, step_size,
-    noise_scale: LASS r, alpha, beta in [0, 1] pixel units (default: the paper's 0.3, 0.25
-    and 0.2 on the 0-255 scale). lass_chunk: examples per search (each stops early alone)."""
+    """protocol: how LASS searches (memjax.metrics.PROTOCOLS). "authors" (the authors'
+    code and CSR callback): `examples` validation images drawn afresh at random every epoch
+    (they drew 500), no clip to the pixel range, each member's search over all of them
+    stopping after the first iteration that adds fewer than 20 critical samples; validation
+    accuracy on the whole validation split. "exhaustive": the first `examples` validation
+    images (None: all), searched for all `max_iterations` inside the pixel range, in chunks
+    of `lass_chunk` (each stops early alone once every example is decided). radius,
+    step_size, noise_scale: LASS r, alpha, beta in [0, 1] pixel units (default: the paper's
+    0.3, 0.25 and 0.2 on the 0-255 scale)."""
 
     data: DataConfig = field(default_factory=lambda: DataConfig(train_size=10_000))
     model: ModelConfig = field(default_factory=lambda: ModelConfig(hidden=(256, 256)))
@@ -50,13 +57,14 @@ class Config:
     noise_scale: float = PAPER_LASS["noise_scale"]
     max_iterations: int = 20
     lass_chunk: int | None = None
+    protocol: str = "authors"
 
 
 PAPER = Config(data=DataConfig(name="cifar10", train_size=None),
                model=ModelConfig(kind="cnn", conv_channels=200, batchnorm=True),
                train=TrainConfig(members=100, epochs=60, learning_rate=0.01, momentum=0.9,
                                  lr_halving_epochs=15, member_chunk=25, eval_chunk=1000),
-               examples=None, max_iterations=PAPER_LASS["max_iterations"], lass_chunk=1000)
+               examples=500, max_iterations=PAPER_LASS["max_iterations"], lass_chunk=1000)
 PRESETS = {
     "smoke": replace(PAPER, data=DataConfig(train_size=512, validation_size=128),
                      model=ModelConfig(hidden=(32,)),
@@ -67,7 +75,7 @@ PRESETS = {
     "cpu": replace(PAPER, data=DataConfig(train_size=10_000),
                    model=ModelConfig(hidden=(256, 256)),
                    train=TrainConfig(members=4, epochs=8, learning_rate=0.05),
-                   examples=300, max_iterations=20, lass_chunk=None),
+                   max_iterations=PAPER_LASS["max_iterations"], lass_chunk=None),
     "paper": PAPER,
 }
 
@@ -79,7 +87,7 @@ def check(config: Config) -> None:
                   nonnegative=("radius", "step_size", "noise_scale"),
                   fractions=("noise_fraction",))
     check_choices("conditions", config.conditions, CONDITIONS)
-
+    check_choices("protocol", (config.protocol,), tuple(PROTOCOLS))
 
 
 def run(config: Config, run_dir: RunDir) -> dict:
@@ -88,12 +96,15 @@ def run(config: Config, run_dir: RunDir) -> dict:
     if config.examples is not None and config.examples > len(dataset.validation):
         raise MemjaxError(f"examples={config.examples} is more than the "
                           f"{len(dataset.validation)} validation images (None: all of them)")
-    validation = dataset.validation.take(config.examples)
+    authors = config.protocol == "authors"
+    validation = dataset.validation if authors else dataset.validation.take(config.examples)
     x_val, y_val = jax.device_put(validation.x), jax.device_put(validation.y)
+    searched = config.examples or len(validation)
     tc = config.train
     search = dict(radius=config.radius, step_size=config.step_size,
                   noise_scale=config.noise_scale, max_iterations=config.max_iterations,
-                  member_chunk=tc.member_chunk, chunk=config.lass_chunk)
+                  member_chunk=tc.member_chunk, chunk=config.lass_chunk,
+                  protocol=config.protocol, examples=config.examples)
     arrays: dict[str, np.ndarray] = {}
     summary: dict[str, dict] = {}
     seconds = model_examples = 0.0
@@ -104,7 +115,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
         def measure(runner, epoch, c_index=c_index):
             key = jax.random.fold_in(jax.random.fold_in(study_key(tc.seed, ATTACK), c_index),
                                      epoch)
-            found = lass(runner.apply, runner.variables, x_val, key, **search)
+            found = validation_search(runner.apply, runner.variables, x_val, key, **search)
             return {"csr": critical_sample_ratio(found.critical),
                     "validation_accuracy": runner.evaluate(x_val, y_val)["correct"].mean(1),
                     # (summed exactly on the device, averaged on the host)
@@ -121,7 +132,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
         seconds += runner.seconds
         model_examples += runner.model_examples
         history.pop("train_loss")
-        history["lass_iterations"] = history["lass_iterations"] / (runner.members * len(validation))
+        history["lass_iterations"] = history["lass_iterations"] / (runner.members * searched)
         for name, values in history.items():
             arrays[f"{name}_{condition}"] = values  # [epochs, M] (iterations: [epochs])
         csr = arrays[f"csr_{condition}"]
@@ -130,8 +141,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
             "csr_max_epoch_mean": float(csr.mean(1).max()),
             "validation_accuracy_last": float(arrays[f"validation_accuracy_{condition}"][-1].mean()),
             "train_accuracy_last": float(arrays[f"train_accuracy_{condition}"][-1].mean()),
-            # what was searched (examples None: the whole validation split)
-            "examples_searched": int(validation.y.shape[0]),
+            # what was searched each epoch (examples None: the whole validation split)
+            "examples_searched": int(searched), "protocol": config.protocol,
         }
     arrays["epochs"] = np.arange(1, tc.epochs + 1)
     run_dir.write_npz("results.npz", arrays)

@@ -7,8 +7,8 @@ One ensemble: a member per (noise kind, level, seed), each seeing its own fracti
 training set noised. After every epoch, `epoch_evaluation` measures each member's accuracy
 on its own (noisy) training set and on the real validation set. Under label noise the
 validation accuracy should peak before the training accuracy gets high, then fall as the
-noise is fitted, while the validation CSR (LASS, PAPER.md E5, on the first `csr_examples`
-validation images, `csr_iterations` iterations) rises.
+noise is fitted, while the validation CSR (LASS, PAPER.md E5, on `csr_examples` validation
+images searched as the authors did, `csr_protocol`) rises.
 Presets: smoke (seconds); cpu (embedded 10k MNIST, MLP 2x256, 2 seeds per curve, 30 epochs,
 lr 0.05: ~4 minutes on 2 cores); paper (MNIST 50k, MLP 2x4096, lr 0.01, 100 epochs; and
 the CIFAR-10 CNN, `cnn=True`).
@@ -27,7 +27,7 @@ from memjax.errors import MemjaxError
 from memjax.experiments.common import (check_sweep_members, first_epoch_at_least, grid,
                                        new_figure)
 from memjax.keys import ATTACK, study_key
-from memjax.metrics import PAPER_LASS, critical_sample_ratio, lass
+from memjax.metrics import PAPER_LASS, PROTOCOLS, critical_sample_ratio, validation_search
 from memjax.results import RunDir
 from memjax.runner import Members, Runner
 
@@ -48,8 +48,9 @@ class Config:
     cnn_model: ModelConfig = field(default_factory=lambda: ModelConfig(kind="cnn", batchnorm=True))
     cnn_train: TrainConfig = PAPER_CNN_TRAIN
     high_train_accuracy: float = 0.9  # "training accuracy gets high"
-    csr_examples: int | None = 1000  # validation images searched by LASS each epoch
+    csr_examples: int | None = 500  # validation images searched by LASS each epoch
     csr_iterations: int = 100
+    csr_protocol: str = "authors"  # memjax.metrics.PROTOCOLS (see memjax.metrics.lass)
 
 
 PAPER = Config(data=DataConfig(name="mnist"), model=ModelConfig(hidden=(4096, 4096)),
@@ -61,7 +62,7 @@ PRESETS = {
                      noise_levels=(0.5,), csr_examples=32, csr_iterations=5, cnn=False),
     "cpu": replace(PAPER, data=DataConfig(), model=ModelConfig(hidden=(256, 256)),
                    train=replace(PAPER.train, epochs=30, learning_rate=0.05), seeds=2,
-                   csr_examples=200, csr_iterations=20, cnn=False),
+                   cnn=False),
     "paper": PAPER,
 }
 
@@ -70,11 +71,14 @@ def epoch_evaluation(runner: Runner, validation: tuple[jax.Array, jax.Array], co
                      epoch: int) -> dict[str, jax.Array]:
     """Per-member measurements after an epoch, each [M]: training accuracy on the member's
     own (noisy) training set, validation accuracy on real data, and validation CSR (LASS
-    with the paper's r, alpha, beta on the first `config.csr_examples` validation images)."""
+    with the paper's r, alpha, beta on `config.csr_examples` validation images, searched as
+    `config.csr_protocol` says: memjax.metrics.validation_search)."""
     key = jax.random.fold_in(study_key(runner.train.seed, ATTACK), epoch)
-    found = lass(runner.apply, runner.variables, validation[0][:config.csr_examples], key,
-                 **{**PAPER_LASS, "max_iterations": config.csr_iterations},
-                 member_chunk=runner.train.member_chunk, member_ids=runner.state.member_ids)
+    found = validation_search(runner.apply, runner.variables, validation[0], key,
+                              protocol=config.csr_protocol, examples=config.csr_examples,
+                              **{**PAPER_LASS, "max_iterations": config.csr_iterations},
+                              member_chunk=runner.train.member_chunk,
+                              member_ids=runner.state.member_ids)
     return {"train_accuracy": runner.own_accuracy(),
             "validation_accuracy": runner.evaluate(*validation)["correct"].mean(1),
             "validation_csr": critical_sample_ratio(found.critical)}
@@ -93,6 +97,7 @@ def check(config: Config) -> None:
     check_numbers(config, positive=("seeds", "csr_examples", "csr_iterations"),
                   fractions=("noise_levels", "high_train_accuracy"))
     check_choices("noise_kinds", config.noise_kinds, ("randX", "randY"))
+    check_choices("csr_protocol", (config.csr_protocol,), tuple(PROTOCOLS))
     check_sweep_members(config)
 
 

@@ -40,7 +40,8 @@ class Config:
     data: DataConfig = field(default_factory=lambda: DataConfig(name="cifar10"))
     model: ModelConfig = field(default_factory=lambda: ModelConfig(kind="cnn", batchnorm=True))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        members=1, epochs=100, momentum=0.9, lr_halving_epochs=15))
+        members=1, epochs=100, momentum=0.9, lr_halving_epochs=15,
+        adversarial_protocol="authors"))
     dropout: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     input_dropout: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     input_noise: tuple[float, ...] = (0.05, 0.2, 0.5, 1.0, 5.0)

@@ -72,6 +72,8 @@ class TrainConfig:
       master weights and loss).
     record_dynamics: keep per-example training records in the state (memjax.dynamics) and
       save their scores with each training phase (`--record dynamics`).
+    adversarial_protocol: how adversarial training's in-step LASS searches
+      (memjax.metrics.PROTOCOLS: `exhaustive` or `authors`).
     """
 
     members: int = 100
@@ -87,6 +89,7 @@ class TrainConfig:
     eval_chunk: int = 2048
     compute_dtype: str = "float32"
     record_dynamics: bool = False
+    adversarial_protocol: str = "exhaustive"
 
     def check(self, prefix: str = "train.") -> None:
         check_numbers(self, prefix, positive=("members", "epochs", "batch_size", "learning_rate",
@@ -97,6 +100,9 @@ class TrainConfig:
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise MemjaxError(f"{prefix}compute_dtype must be float32 or bfloat16, got "
                               f"{self.compute_dtype!r}")
+        if self.adversarial_protocol not in ("exhaustive", "authors"):
+            raise MemjaxError(f"{prefix}adversarial_protocol must be exhaustive or authors, "
+                              f"got {self.adversarial_protocol!r}")
 
     def check_data(self, num_examples: int) -> None:
         """The check that needs the data: a batch no larger than the training set."""

@@ -21,6 +21,7 @@ checkpoints hold the real members only, so a run may resume on another device co
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import time
 from typing import Callable
@@ -162,7 +163,8 @@ class Runner:
             self.network, tx, batch_size=train.batch_size,
             shared_order=train.shared_order, lr_halving_epochs=train.lr_halving_epochs,
             member_chunk=train.member_chunk, mesh=self.mesh, compute_dtype=train.compute_dtype,
-            adversarial_examples=lass_adversarial_examples,
+            adversarial_examples=functools.partial(lass_adversarial_examples,
+                                                   protocol=train.adversarial_protocol),
             max_examples=None if mask is None else int(np.sum(mask, 1).max()))
         self.examples_per_epoch = float(self.members * len(split) if mask is None
                                         else np.sum(mask))

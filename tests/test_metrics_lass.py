@@ -204,3 +204,109 @@ def test_inputs_outside_the_clip_range_stay_within_the_radius():
     inside = (x >= 0) & (x <= 1)
     assert (points[:, inside] >= -1e-7).all() and (points[:, inside] <= 1 + 1e-7).all()
     assert (points != x).any()  # the search moved
+
+
+def _authors_find(apply_fn, variables, X, key, a, b, r, iter_max, bs, threshold=20):
+    """A line-by-line port of lass.find in the authors' lass_tf.py ("Code from Devansh
+    Arpit", xingjunm/dimensionality-driven-learning): batches of bs, every point moved at
+    every iteration (critical or not), no clip, stop after an iteration that adds fewer than
+    `threshold` critical samples. Its np.random.randn noise is replaced by the draws memjax
+    makes for example n at iteration i, so that both searches see the same noise."""
+    n = X.shape[0]
+    predict = lambda x: np.asarray(apply_fn(variables, jnp.asarray(x)))
+    # (the Keras model's output is the softmax)
+    Y_pred = np.concatenate([np.asarray(jax.nn.softmax(predict(X[k:k + bs])))
+                             for k in range(0, n, bs)])
+    Y_pred = (Y_pred // np.max(Y_pred, axis=1)[:, None]).astype(np.float32)
+    Y_pred_vec = np.argmax(Y_pred, axis=1)
+
+    def grad_fn(x, y):  # K.gradients(K.mean(categorical_crossentropy), x)
+        loss = lambda x: -jnp.mean(jnp.sum(y * jax.nn.log_softmax(apply_fn(variables, x)), 1))
+        return np.asarray(jax.grad(loss)(jnp.asarray(x)))
+
+    keys = [jax.random.fold_in(key, i) for i in range(n)]
+    X_adv = 1. * X
+    adv_ind = np.zeros(n, bool)
+    adv_num_old, i, converged = 0, 0, False
+    while i < iter_max and not converged:
+        noise = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(k, i), X.shape[1:]))
+                          for k in keys])
+        i += 1
+        pred_adv = []
+        for k in range(0, n, bs):
+            s = slice(k, k + bs)
+            X_adv[s] += a * np.sign(grad_fn(X_adv[s], Y_pred[s])) + b * noise[s]
+            diff = X_adv[s] - X[s]
+            ind = np.abs(diff) > r
+            X_adv[s][ind] = X[s][ind] + r * np.sign(diff[ind])
+            pred_adv.extend(np.argmax(predict(X_adv[s]), axis=1))
+        adv_ind = adv_ind + (Y_pred_vec != np.asarray(pred_adv))
+        adv_num_new = np.sum(adv_ind)
+        if adv_num_new - adv_num_old < threshold:
+            converged = True
+        adv_num_old = adv_num_new
+    return adv_ind, i
+
+
+@pytest.mark.parametrize("noise_scale", [0.0, 0.004])
+def test_authors_protocol_matches_a_port_of_their_loop(noise_scale):
+    """PROTOCOLS["authors"] (no clip, stop below 20 new critical samples per iteration) finds
+    the same critical samples as the port, and stops at the same iteration."""
+    from memjax.data import load_dataset
+    from memjax.config import DataConfig
+    from memjax.metrics import PROTOCOLS
+
+    network = build_network(ModelConfig(hidden=(32,)), 10)
+    state = init_ensemble(network, make_optimizer(), np.zeros((1, 28, 28, 1)), seed=1,
+                          member_ids=np.array([0]), learning_rate=0.1)
+    variables = jax.tree.map(lambda v: v[0], state.variables)
+    x = load_dataset(DataConfig(validation_size=300)).validation.x.astype(np.float32) / 255
+    key = jax.random.key(4)
+    settings = dict(radius=0.02, step_size=0.004, noise_scale=noise_scale, max_iterations=40)
+    ours = lass_search(network.apply, variables, x, key, **settings, **PROTOCOLS["authors"])
+    theirs, iterations = _authors_find(network.apply, variables, x.copy(), key,
+                                       a=settings["step_size"], b=noise_scale, r=0.02,
+                                       iter_max=40, bs=100)
+    assert 20 <= theirs.sum() < 300 and 1 < iterations < 40  # the rule, not the limit, ended it
+    np.testing.assert_array_equal(np.asarray(ours.critical), theirs)
+    assert int(ours.iterations.max()) == iterations
+
+
+def test_validation_search_draws_or_takes_the_first(problem):
+    """authors: `examples` distinct inputs drawn afresh per key, one search over all of them
+    (chunk ignored); exhaustive: the first `examples`, in chunks. Each equals `lass` on the
+    inputs it searched."""
+    from memjax.metrics import PROTOCOLS, validation_search
+
+    variables, xs, _, radius = problem
+    x = xs[0]  # 12 inputs
+    settings = dict(radius=radius, step_size=radius / 4, noise_scale=0.0, max_iterations=8)
+    member = jax.tree.map(lambda v: v[:1], variables)
+    first = validation_search(linear, member, x, jax.random.key(0), protocol="exhaustive",
+                              examples=5, chunk=2, **settings)
+    np.testing.assert_array_equal(first.critical, lass(
+        linear, member, x[:5], jax.random.key(0), chunk=2, **settings).critical)
+    draws = [validation_search(linear, member, x, jax.random.key(k), protocol="authors",
+                               examples=6, chunk=2, **settings) for k in range(3)]
+    chosen = [np.asarray(jax.random.choice(jax.random.fold_in(jax.random.key(k), 2 ** 31 - 1),
+                                           12, (6,), replace=False)) for k in range(3)]
+    assert all(len(set(c)) == 6 for c in chosen) and len({tuple(c) for c in chosen}) > 1
+    for k, (d, c) in enumerate(zip(draws, chosen)):
+        np.testing.assert_array_equal(d.critical, lass(
+            linear, member, x[c], jax.random.key(k), **settings, **PROTOCOLS["authors"]).critical)
+    with pytest.raises(ValueError, match="unknown LASS protocol"):
+        validation_search(linear, member, x, jax.random.key(0), protocol="x", examples=2,
+                          **settings)
+
+
+def test_authors_adversarial_points_are_not_clipped():
+    from memjax.metrics.lass import TRAINING_LASS, lass_adversarial_examples
+
+    variables = {"w": -jnp.ones((D,)), "b": jnp.float32(-1.0)}  # ascent pushes pixels down
+    x = jnp.zeros((4, 4, 4, 1))  # every pixel at the bottom of the range
+    key = jax.random.key(0)
+    clipped = lass_adversarial_examples(linear, variables, x, None, key)
+    free = lass_adversarial_examples(linear, variables, x, None, key, protocol="authors")
+    r = TRAINING_LASS["radius"]
+    assert float(clipped.min()) >= 0.0 and float(free.min()) < 0.0
+    assert float(jnp.abs(free - x).max()) <= r + 1e-7

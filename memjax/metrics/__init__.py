@@ -28,7 +28,8 @@
 from memjax.metrics.consistency import (binomial_reference, class_binomial_reference,
                                         misclassification_rate)
 from memjax.metrics.gini import gini
-from memjax.metrics.lass import PAPER_LASS, LassResult, critical_sample_ratio, lass, lass_search
+from memjax.metrics.lass import (PAPER_LASS, PROTOCOLS, LassResult, critical_sample_ratio, lass,
+                                 lass_search, validation_search)
 from memjax.metrics.scores import (ForgettingEvents, TopInfluence, aum, balanced_masks,
                                    cartography, cscore, el2n, first_learned_epoch,
                                    forgetting_events, holdout_consistency, influence,
@@ -37,10 +38,10 @@ from memjax.metrics.sensitivity import input_gradients, loss_sensitivity, per_ex
 from memjax.metrics.unrolled import (UnrolledSensitivity, trainer_order,
                                      unrolled_loss_sensitivity)
 
-__all__ = ["PAPER_LASS", "ForgettingEvents", "LassResult", "TopInfluence", "UnrolledSensitivity",
+__all__ = ["PAPER_LASS", "PROTOCOLS", "ForgettingEvents", "LassResult", "TopInfluence", "UnrolledSensitivity",
            "aum", "balanced_masks", "binomial_reference", "cartography",
            "class_binomial_reference", "critical_sample_ratio", "cscore", "el2n",
            "first_learned_epoch", "forgetting_events", "gini", "holdout_consistency",
            "influence", "input_gradients", "lass", "lass_search", "learned_for_good_epoch",
            "loss_sensitivity", "margin", "memorization", "misclassification_rate",
-           "per_example_norm", "trainer_order", "unrolled_loss_sensitivity"]
+           "per_example_norm", "trainer_order", "unrolled_loss_sensitivity", "validation_search"]

@@ -7,6 +7,17 @@ prediction, kept inside the L_inf box around x (and the valid pixel range):
     x~ <- clip(x~ + alpha * sign(grad CE(f(x~), y^(x))) + beta * eta),  eta ~ N(0, I).
 An example found critical is frozen at the point that flipped; the search stops as soon as
 every example is decided or after `max_iterations`. beta = 0 is plain sign-gradient PGD.
+
+Two protocols (`PROTOCOLS`): "exhaustive" searches every example for all iterations inside
+the pixel range; "authors" is the authors' code (lass_tf.py, "Code from Devansh Arpit", in
+github.com/xingjunm/dimensionality-driven-learning): no clip to the pixel range
+(clip_min=-inf, clip_max=inf), and the whole search stops after the first iteration that
+adds fewer than 20 new critical samples over the searched set. memjax follows that code in
+the ascent (the sign of the gradient of the CE of the original prediction: the sign is the
+same for the mean loss it differentiates), the Gaussian noise, the box and "critical if the
+prediction ever changed"; it differs in freezing a critical example at the point that
+flipped (that code keeps moving it; its flag is sticky, so the flags are the same) and in
+stopping once every example is decided (that code runs on; nothing changes).
 """
 from __future__ import annotations
 
@@ -26,6 +37,10 @@ from memjax.sharding import everywhere
 # authors' code), converted to [0, 1] pixels.
 PAPER_LASS = dict(radius=0.3 / 255, step_size=0.25 / 255, noise_scale=0.2 / 255,
                   max_iterations=100)
+# How a search ends and where its points may go: `clip` the valid pixel range (None:
+# anywhere in the box), `stop_below` new critical samples per iteration (0: never stop early).
+PROTOCOLS = {"exhaustive": dict(clip=(0.0, 1.0), stop_below=0),
+             "authors": dict(clip=None, stop_below=20)}
 
 
 class LassResult(NamedTuple):
@@ -41,7 +56,7 @@ class LassResult(NamedTuple):
 def lass_search(apply_fn: ApplyFn, member_variables, x: jax.Array, key: jax.Array, *,
                 radius: float, step_size: float, noise_scale: float,
                 max_iterations: int = 100, clip: tuple[float, float] | None = (0.0, 1.0),
-                example_ids: jax.Array | None = None,
+                stop_below: int = 0, example_ids: jax.Array | None = None,
                 compute_dtype: str | None = None) -> LassResult:
     """LASS for ONE member: pure, jittable and vmappable (usable inside a training step).
 
@@ -51,6 +66,8 @@ def lass_search(apply_fn: ApplyFn, member_variables, x: jax.Array, key: jax.Arra
     pixel range, or None; the box is [x - radius, x + radius] cut to that range, and never
     cut past x itself (a pixel outside the range, as in unclipped Gaussian randX inputs,
     keeps a box around its own value, so no point is ever farther than radius from x).
+    stop_below: stop after an iteration that finds fewer than this many new critical
+    examples among the N searched (the authors' rule: 20; 0: run to `max_iterations`).
     key: typed PRNG key; example n draws its noise at iteration i from
     fold_in(fold_in(key, example_ids[n]), i) (example_ids default arange(N)), so an
     example's search does not depend on which other examples share the batch.
@@ -85,14 +102,14 @@ def lass_search(apply_fn: ApplyFn, member_variables, x: jax.Array, key: jax.Arra
     _, predicted, direction = probe(x)
 
     def cond(carry):
-        i, _, _, critical, _ = carry
-        return (i < max_iterations) & ~jnp.all(critical)
+        i, _, _, critical, _, found = carry
+        return (i < max_iterations) & ~jnp.all(critical) & (found >= stop_below)
 
     def body(carry):
         # The forward pass that checks a proposal is also the one the next step's gradient
         # needs (an example still searching moves to its proposal), so an iteration costs
         # one forward and one backward pass, not two forwards and a backward.
-        i, points, direction, critical, iterations = carry
+        i, points, direction, critical, iterations, _ = carry
         noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:]))(
             example_keys)
         proposal = jnp.clip(points + step_size * direction + noise_scale * noise, low, high)
@@ -102,24 +119,29 @@ def lass_search(apply_fn: ApplyFn, member_variables, x: jax.Array, key: jax.Arra
         keep = active.reshape((n,) + (1,) * (x.ndim - 1))
         points = jnp.where(keep, proposal, points)
         iterations = jnp.where(active, i + 1, iterations)
+        found = jnp.sum(active & flipped, dtype=jnp.int32)
         # a decided example's direction is never used again
-        return i + 1, points, next_direction, critical | (active & flipped), iterations
+        return i + 1, points, next_direction, critical | (active & flipped), iterations, found
 
-    init = (jnp.int32(0), x, direction, jnp.zeros((n,), bool), jnp.zeros((n,), jnp.int32))
-    _, points, _, critical, iterations = jax.lax.while_loop(cond, body, init)
+    init = (jnp.int32(0), x, direction, jnp.zeros((n,), bool), jnp.zeros((n,), jnp.int32),
+            jnp.int32(stop_below))
+    _, points, _, critical, iterations, _ = jax.lax.while_loop(cond, body, init)
     return LassResult(critical, points, iterations)
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "apply_fn", "max_iterations", "clip", "member_chunk", "chunk", "compute_dtype"))
+    "apply_fn", "max_iterations", "clip", "stop_below", "member_chunk", "chunk",
+    "compute_dtype"))
 def lass(apply_fn: ApplyFn, variables, x: jax.Array, key: jax.Array, *, radius: float,
          step_size: float, noise_scale: float, max_iterations: int = 100,
-         clip: tuple[float, float] | None = (0.0, 1.0), member_chunk: int | None = None,
-         chunk: int | None = None, member_ids: jax.Array | None = None,
-         compute_dtype: str | None = None) -> LassResult:
+         clip: tuple[float, float] | None = (0.0, 1.0), stop_below: int = 0,
+         member_chunk: int | None = None, chunk: int | None = None,
+         member_ids: jax.Array | None = None, compute_dtype: str | None = None) -> LassResult:
     """LASS for every member of an ensemble and every example.
 
-    variables: stacked [M, ...]; x: [N, H, W, C]; other arguments as `lass_search`.
+    variables: stacked [M, ...]; x: [N, H, W, C]; other arguments as `lass_search`. With
+    `stop_below`, each member stops on its own, counting over a chunk's examples: leave
+    `chunk` None to count over all N, as the authors do.
     Member m searches with fold_in(key, member_ids[m]) (default ids arange(M)), so its
     result does not depend on the ensemble size, `member_chunk` or `chunk` (examples per
     search; each chunk stops early on its own). Returns LassResult with a leading member
@@ -139,10 +161,39 @@ def lass(apply_fn: ApplyFn, variables, x: jax.Array, key: jax.Array, *, radius: 
         search = functools.partial(
             lass_search, apply_fn, x=xb, radius=radius, step_size=step_size,
             noise_scale=noise_scale, max_iterations=max_iterations, clip=clip,
-            example_ids=example_ids, compute_dtype=compute_dtype)
+            stop_below=stop_below, example_ids=example_ids, compute_dtype=compute_dtype)
         return map_members(lambda v, k: search(v, key=k), member_chunk)(variables, keys)
 
     return LassResult(*everywhere(map_example_chunks(on_chunk, (x, jnp.arange(n)), chunk), m))
+
+
+_DRAW = 2 ** 31 - 1  # folded into the key of a search for the authors' random draw
+
+
+def validation_search(apply_fn: ApplyFn, variables, x: jax.Array, key: jax.Array, *,
+                      protocol: str, examples: int | None, member_chunk: int | None = None,
+                      chunk: int | None = None, member_ids: jax.Array | None = None,
+                      **settings) -> LassResult:
+    """The search a study runs after an epoch to measure CSR on validation inputs x [N, ...].
+
+    protocol "authors" (their CSR callback, callback_util.py): `examples` inputs drawn at
+    random from x with `key` (a fresh draw for every key; the authors drew 500 per epoch;
+    None: all of x), every member searching all of them at once, so the stop rule counts
+    over the whole draw. "exhaustive": the first `examples` inputs (None: all), searched in
+    chunks of `chunk`. settings: radius, step_size, noise_scale, max_iterations (as `lass`).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown LASS protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    n = x.shape[0]
+    if protocol == "authors":
+        chunk = None
+        if examples is not None and examples < n:
+            x = x[jax.random.choice(jax.random.fold_in(key, _DRAW), n, (examples,),
+                                    replace=False)]
+    else:
+        x = x[:examples]
+    return lass(apply_fn, variables, x, key, member_chunk=member_chunk, chunk=chunk,
+                member_ids=member_ids, **settings, **PROTOCOLS[protocol])
 
 
 @jax.jit
@@ -158,14 +209,16 @@ TRAINING_LASS = {**PAPER_LASS, "max_iterations": 10}
 
 
 def lass_adversarial_examples(apply_fn, variables, x: jax.Array, y: jax.Array,
-                              key: jax.Array) -> jax.Array:
+                              key: jax.Array, protocol: str = "exhaustive") -> jax.Array:
     """The points adversarial training trains on (E7's dropout + adversarial training):
     LASS around one member's minibatch with TRAINING_LASS settings; memjax.runner hands it
     to the trainer (`memjax.train.Trainer.adversarial_examples`).
 
     apply_fn(variables, x) -> logits; variables: ONE member's; x: [B, H, W, C] float32 in
     [0, 1]; y: [B] int labels (unused: LASS moves away from the predicted class); key: this
-    step's ATTACK-stream key. Returns [B, H, W, C] float32 in [0, 1] within the L-infinity
-    radius of x (gradients are stopped by the caller).
+    step's ATTACK-stream key; protocol: PROTOCOLS ("authors": unclipped points, and the
+    search ends after an iteration that finds fewer than 20 new critical points in the
+    minibatch). Returns [B, H, W, C] float32 within the L-infinity radius of x (in [0, 1]
+    unless the protocol leaves points unclipped; gradients are stopped by the caller).
     """
-    return lass_search(apply_fn, variables, x, key, **TRAINING_LASS).points
+    return lass_search(apply_fn, variables, x, key, **TRAINING_LASS, **PROTOCOLS[protocol]).points
