@@ -77,8 +77,8 @@ def check(config: Config) -> None:
         if not 0 < k < config.seeds:
             raise MemjaxError(
                 f"ratio {ratio} of {config.seeds} seeds puts each example in {k} members: "
-                f"none would {'train on' if k == 0 else 'hold out'} it; use ratios in (0, 1) "
-                f"and more seeds")
+                f"no member would {'train on it' if k == 0 else 'hold it out'}; use ratios "
+                f"in (0, 1) and more seeds")
 
 
 def run(config: Config, run_dir: RunDir) -> dict:

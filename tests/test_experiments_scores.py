@@ -78,7 +78,7 @@ def test_cscore_study(tmp_path):
 
 def test_cscore_config_errors():
     smoke = cscore.PRESETS["smoke"]
-    with pytest.raises(MemjaxError, match="none would hold out"):
+    with pytest.raises(MemjaxError, match="no member would hold it out"):
         cscore.check(dataclasses.replace(smoke, ratios=(0.95,)))
     with pytest.raises(MemjaxError, match="set seeds"):
         cscore.check(dataclasses.replace(smoke, train=dataclasses.replace(smoke.train,
