@@ -5,7 +5,8 @@
 (a) 100 x MLP 784-512-512-10, (b) 100 x MLP 784-4096-4096-10, (c) 100 x the paper's CNN on
 28 x 28 x 3 (32 x 32 images cropped), batch 128, plain SGD (momentum 0.9 for the CNN), on
 synthetic device-resident uint8 data; e1: the consistency study's cpu preset (100 x MLP
-2 x 256 on the embedded MNIST subset). Implementations, all timed in the same run:
+2 x 256 on the embedded MNIST subset); f_cscore: the C-score protocol's training (members on
+their own 50 % subsets). Implementations, all timed in the same run:
   jax-ensemble        memjax's jitted epoch, members vmapped (planned chunks)
   jax-one-at-a-time   the same jitted epoch on one member at a time (a Python loop)
   plain-jax           (MLPs) reference: a straightforward vmap + scan of plain SGD, without
@@ -272,6 +273,53 @@ def e1_consistency(preset: str) -> list[dict]:
     return [{"case": "e1_consistency", **costs, **row} for row in rows]
 
 
+# The C-score anchor's model and training (pluskid/structural-regularity, mnist.py)
+CSCORE_SIZES = {"gpu": dict(members=200, serial=5, hidden=(512, 256)),
+                "cpu": dict(members=20, serial=3, hidden=(512, 256))}
+
+
+def f_cscore(preset: str) -> list[dict]:
+    """The C-score protocol's training: the anchor's MLP 784-512-256-10 (SGD momentum 0.9,
+    learning rate 0.1, batch 128), each member on its own balanced 50 % subset of the
+    embedded 10k MNIST, one epoch: memjax's ensemble (one program, memjax run cscore's
+    phase for one ratio) against the same members one at a time, as the anchor trains them
+    (one model after another). A model-example is an example a member trains on (its
+    subset's size)."""
+    from memjax.data import load_dataset
+    from memjax.metrics import balanced_masks
+
+    size = CSCORE_SIZES[preset]
+    d = load_dataset(DataConfig())
+    masks = balanced_masks(size["members"], len(d.train), 0.5)
+    case = Case(ModelConfig(hidden=size["hidden"]), (28, 28, 1), size["members"], 0,
+                size["serial"], momentum=0.9)
+    train = TrainConfig(batch_size=128, learning_rate=0.1, momentum=0.9)
+
+    def runner(ids):
+        return Runner(case.model, train, d.train, 10, Members(ids, example_mask=masks[ids]))
+
+    def ensemble():
+        r = runner(np.arange(case.members))
+        compile_s = r.compile()
+        seconds = _timed(r.epoch, repeats=1)
+        return {"impl": "jax-ensemble", "members": case.members, "seconds": seconds,
+                "model_examples_per_s": masks.sum() / seconds, "compile_s": compile_s}
+
+    def one_at_a_time():
+        runners = [runner(np.array([i])) for i in range(case.serial)]
+        for r in runners:
+            r.compile()
+        seconds = _timed(lambda: [r.epoch() for r in runners], repeats=1)
+        return {"impl": "jax-one-at-a-time", "members": case.serial, "seconds": seconds,
+                "model_examples_per_s": masks[:case.serial].sum() / seconds,
+                "note": f"{case.serial} members timed, one after another"}
+
+    rows = [_guarded(ensemble, "jax-ensemble", case),
+            _guarded(one_at_a_time, "jax-one-at-a-time", case)]
+    return [{"case": "f_cscore", **training_costs(case), **row} for row in rows]
+
+
 CASES = {name: (lambda preset, name=name: run_case(name, preset))
          for name in ("a_mlp512", "b_mlp4096", "c_cnn")}
 CASES["e1_consistency"] = e1_consistency
+CASES["f_cscore"] = f_cscore

@@ -96,7 +96,9 @@ def run(config: Config, run_dir: RunDir) -> dict:
     runner = Runner(config.model, config.train, train, dataset.num_classes,
                     Members(np.arange(members), example_mask=mask),
                     data_seed=config.data.data_seed)
-    runner.run(config.train.epochs, desc="subsets", run_dir=run_dir)
+    runner.run(config.train.epochs, desc="subsets", run_dir=run_dir,
+               log=lambda epoch, record: {"epoch": epoch, **{
+                   k: float(np.mean(record[k])) for k in ("train_loss", "train_accuracy")}})
     correct = np.asarray(runner.evaluate(runner.x, runner.y)["correct"])
     validation = dataset.validation
     correct_val = runner.evaluate(jax.device_put(validation.x), jax.device_put(validation.y))[

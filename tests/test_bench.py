@@ -159,3 +159,17 @@ def test_torch_lass_baseline_runs_memjax_algorithm():
     np.testing.assert_array_equal(critical.numpy(), np.asarray(found.critical))
     np.testing.assert_allclose(points.numpy(), np.asarray(found.points).reshape(48, 16),
                                atol=1e-6)
+
+
+def test_cscore_case_times_ensemble_and_loop_over_subsets(monkeypatch):
+    from memjax.benchmarks import throughput
+
+    monkeypatch.setitem(throughput.CSCORE_SIZES, "cpu", dict(members=3, serial=1, hidden=(8,)))
+    rows = {r["impl"]: r for r in throughput.f_cscore("cpu")}
+    assert set(rows) == {"jax-ensemble", "jax-one-at-a-time"}
+    # a model-example is an example of a member's own subset: each of the 10k examples is
+    # in round(0.5 x 3) = 2 members
+    assert rows["jax-ensemble"]["model_examples_per_s"] * rows["jax-ensemble"]["seconds"] \
+        == pytest.approx(20_000)
+    assert rows["jax-one-at-a-time"]["members"] == 1
+    assert rows["jax-one-at-a-time"]["model_examples_per_s"] > 0

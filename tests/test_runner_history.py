@@ -35,14 +35,22 @@ def test_csr_resumes_with_its_history(tmp_path):
     assert (out / "metrics.jsonl").read_text().splitlines() == lines
 
 
-@pytest.mark.parametrize("study", ["noise-curves", "convergence"])
-def test_sweep_resumes_from_its_previous_checkpoint(tmp_path, study):
-    """A sweep resumed from the checkpoint before its last one (as if killed just before
-    the last save) ends with the uninterrupted run's arrays and metrics.jsonl."""
+def _arrays(out):
+    """Every .npz of a run (results, score exports, training dynamics), by file and key."""
+    return {(f.name, k): v for f in sorted(out.glob("*.npz")) for k, v in np.load(f).items()}
+
+
+@pytest.mark.parametrize("study,extra", [("noise-curves", []), ("convergence", []),
+                                         ("cscore", ["--set", "one_epoch_members=0"]),
+                                         ("memorization", [])])
+def test_sweep_resumes_from_its_previous_checkpoint(tmp_path, study, extra):
+    """A study resumed from the checkpoint before its last one (as if killed just before
+    the last save) ends with the uninterrupted run's arrays (training dynamics and score
+    exports included) and metrics.jsonl."""
     out = tmp_path / "run"
-    args = ["run", study, "--preset", "smoke", "--out", str(out)]
+    args = ["run", study, "--preset", "smoke", "--out", str(out), *extra]
     assert main([*args, "--keep-checkpoints"]) == 0
-    clean = dict(np.load(out / "results.npz"))
+    clean = _arrays(out)
     lines = (out / "metrics.jsonl").read_text().splitlines()
     last_phase = sorted((out / "checkpoints").iterdir())[-1]
     steps = sorted((p for p in last_phase.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
@@ -50,10 +58,12 @@ def test_sweep_resumes_from_its_previous_checkpoint(tmp_path, study):
     shutil.rmtree(steps[-1])
     manifest = json.loads((out / "manifest.json").read_text())
     (out / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
-    (out / "results.npz").unlink()
+    for f in out.glob("*.npz"):
+        f.unlink()
 
     assert main([*args, "--resume"]) == 0
-    resumed = np.load(out / "results.npz")
+    resumed = _arrays(out)
+    assert sorted(resumed) == sorted(clean)
     for key in clean:
-        np.testing.assert_array_equal(resumed[key], clean[key], err_msg=key)
+        np.testing.assert_array_equal(resumed[key], clean[key], err_msg=str(key))
     assert (out / "metrics.jsonl").read_text().splitlines() == lines

@@ -109,6 +109,7 @@ def _results(path):
     ("consistency", ["--members", "11", "--set", "conditions=real,randY"]),  # 16 stored
     ("noise-curves", []),  # a sweep: noise masks, own-view accuracy, LASS per epoch
     ("sensitivity", ["--set", "conditions=real"]),  # the unrolled trajectory (map_members)
+    ("memorization", ["--members", "11"]),  # subset masks, dynamics, influence; 16 stored
 ])
 def test_study_on_eight_devices_equals_one_device(study, extra, tmp_path, monkeypatch):
     from memjax.cli import main
