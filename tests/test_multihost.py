@@ -1,8 +1,8 @@
 """Two processes joined by jax.distributed (a localhost coordinator, 2 CPU devices each)
 train one ensemble sharded over all 4 devices; process 0 writes the one run directory, and
-its results equal a single-process run's. Covered: a study that evaluates (consistency),
-one that reads metric results (csr: LASS, with fewer members than devices) and a sweep
-(capacity, killed mid-run and resumed)."""
+its results equal a single-process run's. Covered: a study that evaluates (consistency)
+and a sweep (capacity, killed mid-run and resumed). LASS across devices is the 8-device
+tests' (tests/test_sharding.py, noise-curves)."""
 import json
 import os
 import signal
@@ -21,7 +21,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.all_devices]
 
 STUDIES = {
     "consistency": ["--set", "conditions=real", "--members", "4"],
-    "csr": ["--set", "conditions=real", "--set", "train.epochs=1"],
 }
 
 
