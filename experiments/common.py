@@ -101,6 +101,12 @@ def example_figure(run_dir: RunDir, name: str, split: Split, score: np.ndarray, 
     run_dir.save_figure(fig, name)
 
 
+def spread(values: np.ndarray, percentiles: tuple[int, ...]) -> dict[str, float]:
+    """mean, std and the given percentiles (`qNN`) of a per-example score, NaN left out."""
+    return {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)),
+            **{f"q{q:02d}": float(np.nanpercentile(values, q)) for q in percentiles}}
+
+
 def _ranks(values: np.ndarray) -> np.ndarray:
     """1-based ranks, ties sharing their mean rank."""
     _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)

@@ -31,8 +31,8 @@ from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_numbers, 
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import (check_sweep_members, example_figure, new_figure,
-                                       spearman, write_example_scores)
-from memjax.metrics import balanced_masks, cscore, holdout_consistency
+                                       spearman, spread, write_example_scores)
+from memjax.metrics import balanced_masks, cscore, holdout_consistency, members_holding
 from memjax.metrics.consistency import misclassification_rate
 from memjax.results import RunDir
 from memjax.runner import Members, Runner
@@ -73,7 +73,7 @@ def check(config: Config) -> None:
     check_numbers(config, positive=("seeds", "per_class"), nonnegative=("one_epoch_members",),
                   fractions=("ratios",), nonempty=("ratios",), seeds=("mask_seed",))
     for ratio in config.ratios:
-        k = int(np.floor(ratio * config.seeds + 0.5))
+        k = members_holding(ratio, config.seeds)
         if not 0 < k < config.seeds:
             raise MemjaxError(
                 f"ratio {ratio} of {config.seeds} seeds puts each example in {k} members: "
@@ -86,7 +86,9 @@ def run(config: Config, run_dir: RunDir) -> dict:
     dataset = load_dataset(config.data)
     train, n = dataset.train, len(dataset.train)
     ratios = config.ratios
-    included, correct, summary = [], [], {"order": dataset.order, "ratios": {}}
+    included, correct, scores = [], [], {}
+    summary = {"order": dataset.order, "ratios": {}}
+    x_val, y_val = jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y)
     seconds = model_examples = 0.0
     for r, ratio in enumerate(ratios):
         mask = balanced_masks(config.seeds, n, ratio, seed=config.mask_seed + r)
@@ -98,11 +100,10 @@ def run(config: Config, run_dir: RunDir) -> dict:
                    run_dir=run_dir)
         seconds, model_examples = seconds + runner.seconds, model_examples + runner.model_examples
         right = np.asarray(runner.evaluate(runner.x, runner.y)["correct"])
-        validation = runner.evaluate(jax.device_put(dataset.validation.x),
-                                     jax.device_put(dataset.validation.y))["correct"]
+        validation = runner.evaluate(x_val, y_val)["correct"]
         included.append(mask)
         correct.append(right)
-        held = np.asarray(holdout_consistency(mask, right))
+        held = scores[f"heldout_{ratio:g}"] = np.asarray(holdout_consistency(mask, right))
         summary["ratios"][f"{ratio:g}"] = {
             "members": config.seeds, "mean_subset_size": float(mask.sum(1).mean()),
             # each example is in exactly round(ratio * seeds) members
@@ -113,20 +114,15 @@ def run(config: Config, run_dir: RunDir) -> dict:
         run_dir.log_metrics({"ratio": ratio, **summary["ratios"][f"{ratio:g}"]})
     included, correct = np.concatenate(included), np.concatenate(correct)
     ratio_ids = np.repeat(np.arange(len(ratios)), config.seeds)
-    scores = {"cscore": np.asarray(cscore(included, correct, ratio_ids, len(ratios)))}
-    for r, ratio in enumerate(ratios):
-        rows = ratio_ids == r
-        scores[f"heldout_{ratio:g}"] = np.asarray(holdout_consistency(included[rows],
-                                                                      correct[rows]))
+    scores = {"cscore": np.asarray(cscore(included, correct, ratio_ids, len(ratios))),
+              **scores}
     if config.one_epoch_members:
         scores["one_epoch_error"] = _one_epoch_error(config, dataset, run_dir)
         summary["spearman_cscore_one_epoch_accuracy"] = spearman(
             scores["cscore"], 1.0 - scores["one_epoch_error"])
         summary["one_epoch_mean_error"] = float(scores["one_epoch_error"].mean())
     c = scores["cscore"]
-    summary["cscore"] = {"mean": float(np.nanmean(c)), "std": float(np.nanstd(c)),
-                         **{f"q{q:02d}": float(np.nanpercentile(c, q)) for q in (1, 10, 50, 90)},
-                         "below_0.5": float(np.mean(c < 0.5))}
+    summary["cscore"] = {**spread(c, (1, 10, 50, 90)), "below_0.5": float(np.mean(c < 0.5))}
     run_dir.write_npz("results.npz", {"included": included, "correct": correct,
                                       "ratio_ids": ratio_ids, "ratios": np.asarray(ratios),
                                       "index": train.index})

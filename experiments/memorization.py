@@ -33,9 +33,10 @@ from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, v
 from memjax import dynamics
 from memjax.data import load_dataset, random_labels
 from memjax.errors import MemjaxError
-from memjax.experiments.common import (detection_auc, example_figure, new_figure,
+from memjax.experiments.common import (detection_auc, example_figure, new_figure, spread,
                                        write_example_scores)
-from memjax.metrics import balanced_masks, holdout_consistency, influence, memorization
+from memjax.metrics import (balanced_masks, holdout_consistency, influence, members_holding,
+                            memorization)
 from memjax.results import RunDir
 from memjax.runner import Members, Runner
 
@@ -74,7 +75,7 @@ def check(config: Config) -> None:
     validate(config)
     check_numbers(config, positive=("influence_top", "per_class"),
                   fractions=("fraction", "label_noise"), seeds=("mask_seed",))
-    k = int(np.floor(config.fraction * config.train.members + 0.5))
+    k = members_holding(config.fraction, config.train.members)
     if not 0 < k < config.train.members:
         raise MemjaxError(f"fraction {config.fraction} of {config.train.members} members puts "
                           f"each example in {k} of them: memorization needs members that "
@@ -104,24 +105,13 @@ def run(config: Config, run_dir: RunDir) -> dict:
     correct_val = runner.evaluate(jax.device_put(validation.x), jax.device_put(validation.y))[
         "correct"]
     top = influence(mask, correct_val, config.influence_top)
-    scores = {"memorization": np.asarray(memorization(mask, correct)),
-              "heldout_accuracy": np.asarray(holdout_consistency(mask, correct)),
-              "noisy": train.noisy}
-    if config.train.record_dynamics:
-        raw = runner.dynamics_scores()
-        # Toneva et al. rank an example a member never learned as forgotten at every
-        # presentation (mtoneva/example_forgetting)
-        raw["forgetting_rank"] = np.where(raw["never_learned"], raw["presentations"],
-                                          raw["forgetting_events"])
-        means = dynamics.member_means(raw)
-        scores.update({k: means[f"{k}_mean"] for k in (
-            "aum", "forgetting_events", "forgetting_rank", "never_learned", "confidence",
-            "variability", "correctness", "first_learned_epoch")})
+    scores = _example_scores(runner, mask, correct, train.noisy)
+    m = scores["memorization"]
     summary = {"order": dataset.order, "members": members, "fraction": config.fraction,
                "mean_subset_size": float(mask.sum(1).mean()),
                "validation_accuracy": float(np.asarray(correct_val).mean()),
                "train_seconds": runner.seconds,
-               "memorization": _spread(scores["memorization"]),
+               "memorization": {**spread(m, (50, 90, 99)), "above_0.5": float(np.mean(m > 0.5))},
                "label_noise": config.label_noise, "noisy_examples": int(train.noisy.sum())}
     if train.noisy.any():
         summary["label_noise_auc"] = {
@@ -145,10 +135,25 @@ def run(config: Config, run_dir: RunDir) -> dict:
             "model_examples_per_second": runner.model_examples / max(runner.seconds, 1e-9)}
 
 
-def _spread(values: np.ndarray) -> dict:
-    return {"mean": float(np.nanmean(values)),
-            **{f"q{q:02d}": float(np.nanpercentile(values, q)) for q in (50, 90, 99)},
-            "above_0.5": float(np.mean(values > 0.5))}
+def _example_scores(runner: Runner, mask: np.ndarray, correct: np.ndarray,
+                    noisy: np.ndarray) -> dict[str, np.ndarray]:
+    """Per training example [N]: memorization and held-out accuracy from the masks and
+    correctness, the noisy mask, and (when recorded) the training-dynamics scores averaged
+    over the members that trained on the example."""
+    scores = {"memorization": np.asarray(memorization(mask, correct)),
+              "heldout_accuracy": np.asarray(holdout_consistency(mask, correct)),
+              "noisy": noisy}
+    if runner.state.dynamics is not None:
+        raw = runner.dynamics_scores()
+        # Toneva et al. rank an example a member never learned as forgotten at every
+        # presentation (mtoneva/example_forgetting)
+        raw["forgetting_rank"] = np.where(raw["never_learned"], raw["presentations"],
+                                          raw["forgetting_events"])
+        means = dynamics.member_means(raw)
+        scores.update({k: means[f"{k}_mean"] for k in (
+            "aum", "forgetting_events", "forgetting_rank", "never_learned", "confidence",
+            "variability", "correctness", "first_learned_epoch")})
+    return scores
 
 
 def _write_influence(run_dir: RunDir, top, train, validation, order: dict) -> None:

@@ -33,7 +33,8 @@ from memjax.metrics.lass import (PAPER_LASS, PROTOCOLS, LassResult, critical_sam
 from memjax.metrics.scores import (ForgettingEvents, TopInfluence, aum, balanced_masks,
                                    cartography, cscore, el2n, first_learned_epoch,
                                    forgetting_events, holdout_consistency, influence,
-                                   learned_for_good_epoch, margin, memorization)
+                                   learned_for_good_epoch, margin, members_holding,
+                                   memorization)
 from memjax.metrics.sensitivity import input_gradients, loss_sensitivity, per_example_norm
 from memjax.metrics.unrolled import (UnrolledSensitivity, trainer_order,
                                      unrolled_loss_sensitivity)
@@ -43,5 +44,5 @@ __all__ = ["PAPER_LASS", "PROTOCOLS", "ForgettingEvents", "LassResult", "TopInfl
            "class_binomial_reference", "critical_sample_ratio", "cscore", "el2n",
            "first_learned_epoch", "forgetting_events", "gini", "holdout_consistency",
            "influence", "input_gradients", "lass", "lass_search", "learned_for_good_epoch",
-           "loss_sensitivity", "margin", "memorization", "misclassification_rate",
+           "loss_sensitivity", "margin", "members_holding", "memorization", "misclassification_rate",
            "per_example_norm", "trainer_order", "unrolled_loss_sensitivity", "validation_search"]

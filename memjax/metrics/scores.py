@@ -312,6 +312,12 @@ def el2n(probs: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.linalg.norm(p - target, axis=-1)
 
 
+def members_holding(fraction: float, num_members: int) -> int:
+    """How many of `num_members` members hold each example in `balanced_masks`:
+    round(fraction * num_members), halves up."""
+    return int(np.floor(fraction * num_members + 0.5))
+
+
 def balanced_masks(num_members: int, num_examples: int, fraction: float,
                    seed: int = 0) -> np.ndarray:
     """Inclusion masks in which every example is in exactly round(fraction * M) members, the
@@ -333,6 +339,6 @@ def balanced_masks(num_members: int, num_examples: int, fraction: float,
                          f"{num_members} and {num_examples}")
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    k = int(np.floor(fraction * num_members + 0.5))
+    k = members_holding(fraction, num_members)
     draws = np.random.RandomState(seed).uniform(0, 1, size=(num_members, num_examples))
     return draws.argsort(0) < k
