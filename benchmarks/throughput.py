@@ -211,7 +211,7 @@ def run_case(name: str, preset: str) -> list[dict]:
     rows = _torch_rows(case, x, y)
     x, y = jax.device_put(x), jax.device_put(y)
     if case.model.kind == "cnn":
-        # The planned default for convolutions is lax.map (memjax.plan.CONV_CHUNK); vmap,
+        # The planned default for convolutions is lax.map (memjax.memory.CONV_CHUNK); vmap,
         # the likeliest to run out of memory, runs last.
         variants = [("jax-lax.map", 1)]
         if 1 < case.members // 4 < case.members:

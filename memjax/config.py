@@ -66,7 +66,7 @@ class TrainConfig:
     lr_halving_epochs: halve the learning rate every that many epochs (None: constant).
     shared_order: every member sees the same data order (default: its own permutation).
     member_chunk: members per vmap group, groups run one after another with lax.map
-      (None: planned from the device's memory and the model's size, see memjax.plan).
+      (None: planned from the device's memory and the model's size, see memjax.memory).
     eval_chunk: examples per evaluation chunk.
     compute_dtype: `float32`, or `bfloat16` for mixed precision (bf16 compute, float32
       master weights and loss).

@@ -192,32 +192,45 @@ def member_plan(fn: Callable, stacked: tuple, chunk: int | None = None, *, mesh=
     """How `map_members(fn, chunk, mesh=mesh)` places stacked arguments [M, ...]: {"devices",
     "members_per_device", "member_chunk" (members per vmap group), "groups" (per device),
     "padded_members" (M rounded up to devices x chunk x groups)}."""
-    from memjax import plan, sharding
+    from memjax import memory, sharding
 
     m = jax.tree_util.tree_leaves(stacked)[0].shape[0]
     mesh = sharding.default_mesh(m) if mesh is None else mesh
     d = mesh.shape[sharding.AXIS]
-    c = chunk or plan.plan_member_chunk(fn, stacked, devices=d)
+    c = chunk or memory.plan_member_chunk(fn, stacked, devices=d)
     c = min(c, -(-m // d))
     total = sharding.padded_members(m, mesh, c)
     return {"devices": d, "members_per_device": -(-m // d), "member_chunk": c,
             "groups": total // (d * c), "padded_members": total}
 
 
-def map_members(fn: Callable, chunk: int | None = None, *, mesh=None) -> Callable:
+def map_members(fn: Callable, chunk: int | None = None, *, mesh=None,
+                light: tuple[Callable, Callable] | None = None) -> Callable:
     """Lift a per-member function to stacked arguments [M, ...]: members split over the
     devices of `mesh` (axis `members`; None: every device, at most one per member), and on
     each device vmap inside groups of `chunk` members, lax.map across groups.
 
-    chunk None: planned from the device's memory and one member's size (memjax.plan): one
+    chunk None: planned from the device's memory and one member's size (memjax.memory): one
     vmap over a device's members when they fit. Every positional argument must carry the
     member axis; close over shared data. The member count is padded to a multiple of the
     devices (memjax.runner stores it so), then each device's block to a multiple of the
     chunk, by repeating the last member, whose extra results are dropped; so member i's
     result does not depend on M, the chunk or the device count, and no member moves
     between devices.
+
+    light: (needed, light_fn), where light_fn gives the same results as fn for members
+    that do not need fn's extra work (members without adversarial weight: no search).
+    needed(*group) -> scalar bool says whether a group (stacked args) has a member that
+    needs fn; a group that has none runs light_fn. It saves the work on one device; on
+    several, vmap over the devices turns the choice into a select that computes both.
     """
     from memjax import sharding
+
+    def vmapped(*group):
+        if light is None:
+            return jax.vmap(fn)(*group)
+        needed, light_fn = light
+        return jax.lax.cond(needed(*group), jax.vmap(fn), jax.vmap(light_fn), *group)
 
     def run(*stacked):
         m = jax.tree_util.tree_leaves(stacked)[0].shape[0]
@@ -225,7 +238,7 @@ def map_members(fn: Callable, chunk: int | None = None, *, mesh=None) -> Callabl
         placed = member_plan(fn, stacked, chunk, mesh=mesh_)
         d, c, groups = placed["devices"], placed["member_chunk"], placed["groups"]
         if d == 1 and c >= m:
-            return jax.vmap(fn)(*stacked)
+            return vmapped(*stacked)
         spec = jax.sharding.NamedSharding(mesh_, jax.sharding.PartitionSpec(sharding.AXIS))
         local = -(-m // d)
 
@@ -241,11 +254,16 @@ def map_members(fn: Callable, chunk: int | None = None, *, mesh=None) -> Callabl
 
         def on_device(args):
             if groups == 1:
-                return jax.tree_util.tree_map(lambda l: l[None], jax.vmap(fn)(*[
+                return jax.tree_util.tree_map(lambda l: l[None], vmapped(*[
                     jax.tree_util.tree_map(lambda l: l[0], a) for a in args]))
-            return jax.lax.map(lambda g: jax.vmap(fn)(*g), args)
+            return jax.lax.map(lambda g: vmapped(*g), args)
 
-        out = jax.vmap(on_device)(jax.tree_util.tree_map(group, stacked))
+        grouped = jax.tree_util.tree_map(group, stacked)
+        if d == 1:  # (no vmap over one device, which would make `light`'s choice a select)
+            out = jax.tree_util.tree_map(lambda l: l[None], on_device(
+                jax.tree_util.tree_map(lambda l: l[0], grouped)))
+        else:
+            out = jax.vmap(on_device)(grouped)
         if d > 1:
             out = jax.lax.with_sharding_constraint(out, spec)
         return jax.tree_util.tree_map(

@@ -44,6 +44,23 @@ from memjax.sharding import default_mesh, replicate, shard_members, to_host
 from memjax.train import make_train_epoch
 from memjax.views import MemberView, NoiseSource, noise_masks, noise_source
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _gather(tree, take: jax.Array, padded: int, mesh):
+    """The members `take` of every leaf with the member axis [padded, ...], kept split over
+    the mesh; other leaves as they are."""
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members"))
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a[take], split)
+                        if a.ndim and a.shape[0] == padded else a, tree)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4), donate_argnums=0)
+def _scatter(full, part, take: jax.Array, padded: int, mesh):
+    """`full` with the members `take` replaced by `part`'s (scalars from `part`)."""
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members"))
+    return jax.tree.map(lambda a, b: jax.lax.with_sharding_constraint(a.at[take].set(b), split)
+                        if a.ndim and a.shape[0] == padded else b, full, part)
+
+
 # A study's per-epoch measurement: (runner, epoch) -> {name: [members] array (or
 # [padded members]: cut to the real ones) or a scalar}, computed on the device.
 Measure = Callable[["Runner", int], dict]
@@ -108,6 +125,34 @@ def build_ensemble(model: ModelConfig, train: TrainConfig, num_classes: int,
     return network, tx, state
 
 
+def abstract_ensemble(model: ModelConfig, train: TrainConfig, num_classes: int,
+                      example_shape: tuple[int, ...], members: Members):
+    """build_ensemble's network, optimizer and state, the state as jax.ShapeDtypeStructs
+    (nothing allocated: for counting the work of a run before it runs, memjax.cost)."""
+    built = {}
+
+    def init():
+        built["network"], built["tx"], state = build_ensemble(
+            model, train, num_classes, np.zeros(example_shape, np.float32), members)
+        return state
+
+    state = jax.eval_shape(init)
+    return built["network"], built["tx"], state
+
+
+def epoch_program(network: Network, tx: optax.GradientTransformation, train: TrainConfig,
+                  mesh, example_mask: np.ndarray | None):
+    """The training epoch a Runner compiles (memjax.train.make_train_epoch) for members
+    with these example masks ([M, N] bool; None: all examples)."""
+    return make_train_epoch(
+        network, tx, batch_size=train.batch_size, shared_order=train.shared_order,
+        lr_halving_epochs=train.lr_halving_epochs, member_chunk=train.member_chunk, mesh=mesh,
+        compute_dtype=train.compute_dtype,
+        adversarial_examples=functools.partial(lass_adversarial_examples,
+                                               protocol=train.adversarial_protocol),
+        max_examples=None if example_mask is None else int(np.sum(example_mask, 1).max()))
+
+
 def member_view(members: Members, num_examples: int, data_seed: int) -> MemberView:
     """The members' masks and adversarial weights as host arrays (None where unused)."""
     def noise(fractions):
@@ -159,17 +204,14 @@ class Runner:
                 source.y if view.label_noise_mask is not None else None), self.mesh)
         self.x, self.y = replicate((split.x, split.y), self.mesh)
         mask = members.example_mask
-        self.train_epoch = make_train_epoch(
-            self.network, tx, batch_size=train.batch_size,
-            shared_order=train.shared_order, lr_halving_epochs=train.lr_halving_epochs,
-            member_chunk=train.member_chunk, mesh=self.mesh, compute_dtype=train.compute_dtype,
-            adversarial_examples=functools.partial(lass_adversarial_examples,
-                                                   protocol=train.adversarial_protocol),
-            max_examples=None if mask is None else int(np.sum(mask, 1).max()))
-        self.examples_per_epoch = float(self.members * len(split) if mask is None
-                                        else np.sum(mask))
+        self.train_epoch = epoch_program(self.network, tx, train, self.mesh, mask)
+        # each member's training examples per epoch
+        self._examples = (np.full(self.padded, len(split)) if mask is None
+                          else np.sum(padded.example_mask, 1))
         self.seconds = self.model_examples = 0.0
         self._compiled = None
+        self.converged = np.zeros(self.padded, bool)  # stopped members: they skip epochs
+        self.training_members = self.padded  # members in the last epoch's program
 
     # ---- what the members are now ----------------------------------------------------
 
@@ -223,15 +265,50 @@ class Runner:
         return time.perf_counter() - start
 
     def epoch(self) -> dict[str, np.ndarray]:
-        """Train one epoch; the trainer's metrics of the real members, on the host."""
+        """Train one epoch; the trainer's metrics of the real members, on the host (NaN
+        loss and accuracy for members that have converged, which no longer train)."""
         start = time.perf_counter()
-        epoch = self.train_epoch if self._compiled is None else self._compiled
-        self.state, metrics = epoch(self.state, self.train.seed, self.x, self.y, self.view,
-                                    self.noise)
-        metrics = {k: np.asarray(v)[:self.members] for k, v in to_host(metrics).items()}
+        if self.converged.any() and not self.converged.all():
+            metrics = self._active_epoch()
+        else:
+            epoch = self.train_epoch if self._compiled is None else self._compiled
+            self.state, metrics = epoch(self.state, self.train.seed, self.x, self.y,
+                                        self.view, self.noise)
+            metrics = {k: np.asarray(v) for k, v in to_host(metrics).items()}
+            self.training_members = self.padded
         self.seconds += time.perf_counter() - start
-        self.model_examples += self.examples_per_epoch
-        return metrics
+        self.model_examples += float(self._examples[:self.members][
+            ~self.converged[:self.members]].sum())
+        return {k: v[:self.members] for k, v in metrics.items()}
+
+    def _active_epoch(self) -> dict[str, np.ndarray]:
+        """An epoch of the members that have not converged only: they are gathered into an
+        ensemble of their own (its size halved at most once per halving of the active
+        count, so it compiles a few times), trained, and put back. Converged members leave
+        the computation: their parameters stay as they are (as at learning rate 0), and so
+        do their BatchNorm statistics and optimizer state. A member's keys derive from its
+        id, so the others train exactly as with them."""
+        active = np.flatnonzero(~self.converged)
+        devices = self.mesh.shape["members"]
+        size = self.padded
+        while size // 2 >= len(active) and size // 2 % devices == 0:
+            size //= 2
+        take = np.concatenate([active, np.repeat(active[-1:], size - len(active))])
+        state, view = _gather((self.state, self.view), jnp.asarray(take), self.padded,
+                              self.mesh)
+        state, metrics = self.train_epoch(state, self.train.seed, self.x, self.y, view,
+                                          self.noise)
+        self.state = _scatter(self.state, state, jnp.asarray(take), self.padded, self.mesh)
+        self.training_members = size
+        out = {}
+        for name, value in to_host(metrics).items():
+            value = np.asarray(value)
+            full = (np.zeros(self.padded, bool) if value.dtype == bool
+                    else np.full(self.padded, np.nan, value.dtype))
+            full[take] = value
+            out[name] = full
+        out["diverged"] = np.asarray(to_host(self.state.diverged))
+        return out
 
     def run(self, epochs: int, *, desc: str, run_dir: RunDir | None = None,
             measure: Measure | None = None, converge_at: float | None = None,
@@ -290,6 +367,9 @@ class Runner:
         checkpoints, restored = run_dir.open_phase(desc, template, epochs, history)
         if restored is not template:
             self.state = self._place(restored)
+            if history.get("first_epoch"):
+                self._freeze(np.asarray(history["first_epoch"][-1])
+                             != convergence.NOT_CONVERGED)
         return checkpoints
 
     def _measured_epoch(self, measure: Measure | None, converge_at: float | None,
@@ -340,10 +420,10 @@ class Runner:
         return {k: cut(np.asarray(v)) for k, v in values.items()}
 
     def _freeze(self, converged: np.ndarray) -> None:
-        """Learning rate 0 for converged members: their SGD steps (momentum and weight decay
-        included, both scaled by the learning rate) leave the parameters unchanged."""
-        mask = jnp.asarray(pad_members(converged, self.padded))
-        lr = jnp.where(mask, 0.0, self._base_lr)
+        """Converged members stop training: they skip later epochs (`_active_epoch`), and
+        their learning rate is 0 (what a checkpoint records)."""
+        self.converged = pad_members(np.asarray(converged, bool), self.padded)
+        lr = jnp.where(jnp.asarray(self.converged), 0.0, self._base_lr)
         self.state = self.state.replace(learning_rate=shard_members(lr, self.mesh, self.padded))
 
     @property

@@ -83,10 +83,17 @@ def step_loss(params, variables, xb, yb, w, t, step_keys: StepKeys, view: Member
         search_key, drop_key = jax.random.split(jax.random.fold_in(step_keys.attack, t))
         x_adv = jax.lax.stop_gradient(
             trainer.adversarial_examples(network.apply, current, xb, yb, search_key))
-        adv_logits, updates = network.apply_train({**current, **updates}, x_adv, drop_key, w > 0)
+        adv_logits, adv_updates = network.apply_train({**current, **updates}, x_adv, drop_key,
+                                                      w > 0)
+        # A member of weight 0 trains as it would alone (its group may search for others):
+        # its clean loss, and its BatchNorm statistics from the clean pass.
         a = view.adversarial_weight
-        losses = (1 - a) * losses + a * optax.softmax_cross_entropy_with_integer_labels(
-            adv_logits, yb)
+        adversarial = a > 0
+        losses = jnp.where(adversarial, (1 - a) * losses
+                           + a * optax.softmax_cross_entropy_with_integer_labels(adv_logits, yb),
+                           losses)
+        updates = jax.tree.map(lambda new, old: jnp.where(adversarial, new, old), adv_updates,
+                               updates)
     return jnp.sum(w * losses) / jnp.maximum(jnp.sum(w), 1.0), (updates, logits)
 
 
@@ -191,11 +198,22 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
                      Carry(state.variables, state.opt_state, diverged, state.dynamics),
                      MemberView() if view is None else view)
 
+    def without_search(one):
+        """(needed, light_fn) for map_members: a group of members whose adversarial weights
+        are all 0 trains without the in-step search."""
+        def light_fn(*args):
+            *rest, view = args
+            return one(*rest, view.replace(adversarial_weight=None))
+
+        return lambda *group: jnp.any(group[-1].adversarial_weight > 0), light_fn
+
     @functools.partial(jax.jit, donate_argnums=0)
     def train_epoch(state: EnsembleState, seed, x, y, view: MemberView | None = None,
                     noise: NoiseSource | None = None):
         one, stacked = per_member(state, seed, x, y, view, noise)
-        carry, metrics = map_members(one, member_chunk, mesh=mesh)(*stacked)
+        light = (without_search(one) if view is not None
+                 and view.adversarial_weight is not None else None)
+        carry, metrics = map_members(one, member_chunk, mesh=mesh, light=light)(*stacked)
         return state.replace(variables=carry.variables, opt_state=carry.opt_state,
                              diverged=carry.frozen, dynamics=carry.dynamics,
                              epoch=state.epoch + 1), \

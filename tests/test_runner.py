@@ -80,6 +80,26 @@ def test_convergence_stops_members_and_the_phase(data):
     np.testing.assert_allclose(np.asarray(runner.state.learning_rate), [0.1, 0.0, 0.0])
 
 
+def test_converged_members_leave_the_computation(data):
+    """Once 3 of 4 members have converged the epoch trains the last one alone, which
+    trains exactly as it would beside them, and the converged ones no longer move."""
+    train = TrainConfig(members=4, epochs=30, batch_size=32, learning_rate=0.1)
+    members = Members(np.arange(4), widths=np.array([64, 64, 64, 2]))
+    runner = Runner(ModelConfig(hidden=(64,)), train, data.train.take(64), 10, members,
+                    mesh=member_mesh(1))
+    history = runner.run(30, desc="converge", converge_at=1.0)
+    first = history["first_epoch"][-1]
+    assert (first[:3] > 0).all() and first[3] == -1 and first[:3].max() < 30
+    assert runner.training_members == 1
+    assert np.isnan(history["train_loss"][-1][:3]).all()
+    alone = Runner(ModelConfig(hidden=(64,)), train, data.train.take(64), 10,
+                   Members(np.array([3]), widths=np.array([2])), mesh=member_mesh(1))
+    alone.run(30, desc="alone")
+    for u, v in zip(jax.tree_util.tree_leaves(runner.member_state().variables),
+                    jax.tree_util.tree_leaves(alone.member_state().variables)):
+        np.testing.assert_allclose(np.asarray(u)[3], np.asarray(v)[0], rtol=1e-5, atol=1e-6)
+
+
 def test_checkpointed_history_resumes_and_placement_is_recorded(data, tmp_path):
     train = TrainConfig(members=3, epochs=3, batch_size=64, learning_rate=0.05)
     run_dir = RunDir(tmp_path / "run", keep_checkpoints=True)

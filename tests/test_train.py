@@ -341,6 +341,33 @@ def test_adversarial_training_seam(data160):
     _close(_member(adv.variables, 1), _member(on_clean.variables, 1), rtol=1e-5, atol=1e-6)
 
 
+def test_members_without_adversarial_weight_skip_the_search_and_train_as_alone(data160):
+    """Members of weight 0 train as without any adversarial member (BatchNorm statistics
+    included) whether their group searches for another member (one group of 3) or not
+    (groups of 1, which skip the search: the compiled epoch branches)."""
+    d, x, y = data160
+    x, y = x[:64], y[:64]
+    network = build_network(ModelConfig(kind="cnn", conv_channels=2, batchnorm=True), 10)
+    tx = make_optimizer(0.9)
+    fresh = lambda: init_ensemble(network, tx, EXAMPLE, seed=3, member_ids=np.arange(3),
+                                  learning_rate=0.05)
+    view = MemberView(adversarial_weight=jnp.array([0.0, 0.5, 0.0]))
+    flipped = lambda apply_fn, v, xb, yb, key: 1.0 - xb
+    plain, _ = make_train_epoch(network, tx, batch_size=32, member_chunk=3)(fresh(), 3, x, y)
+    for chunk in (3, 1):
+        epoch = make_train_epoch(network, tx, batch_size=32, member_chunk=chunk,
+                                 adversarial_examples=flipped)
+        if chunk == 1:
+            hlo = epoch.lower(fresh(), 3, x, y, view).as_text()
+            assert "stablehlo.case" in hlo or "stablehlo.if" in hlo
+        trained, _ = epoch(fresh(), 3, x, y, view)
+        for m in (0, 2):
+            _close(_member(trained.variables, m), _member(plain.variables, m), rtol=1e-5,
+                   atol=1e-6)
+        assert not np.allclose(_member(trained.variables, 1)["params"]["Dense_2"]["kernel"],
+                               _member(plain.variables, 1)["params"]["Dense_2"]["kernel"])
+
+
 def test_adversarial_training_trains_on_lass_points(data160):
     """w = 1 with LASS points (the runner's source) equals plain SGD on lass_search's points, searched with
     the step's ATTACK key from the parameters before the step (one step: batch = all)."""
