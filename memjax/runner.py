@@ -212,6 +212,9 @@ class Runner:
         self._compiled = None
         self.converged = np.zeros(self.padded, bool)  # stopped members: they skip epochs
         self.training_members = self.padded  # members in the last epoch's program
+        # what decides whether a smaller program for the active members pays: epochs
+        # still to run (set by `run`), seconds of the last epoch and of compiling one
+        self._remaining, self._epoch_seconds, self._compile_seconds = None, 0.0, 0.0
 
     # ---- what the members are now ----------------------------------------------------
 
@@ -262,7 +265,8 @@ class Runner:
         start = time.perf_counter()
         self._compiled = self.train_epoch.lower(self.state, self.train.seed, self.x, self.y,
                                                 self.view, self.noise).compile()
-        return time.perf_counter() - start
+        self._compile_seconds = time.perf_counter() - start
+        return self._compile_seconds
 
     def epoch(self) -> dict[str, np.ndarray]:
         """Train one epoch; the trainer's metrics of the real members, on the host (NaN
@@ -276,28 +280,28 @@ class Runner:
                                         self.view, self.noise)
             metrics = {k: np.asarray(v) for k, v in to_host(metrics).items()}
             self.training_members = self.padded
-        self.seconds += time.perf_counter() - start
+        self._epoch_seconds = time.perf_counter() - start
+        self.seconds += self._epoch_seconds
         self.model_examples += float(self._examples[:self.members][
             ~self.converged[:self.members]].sum())
         return {k: v[:self.members] for k, v in metrics.items()}
 
     def _active_epoch(self) -> dict[str, np.ndarray]:
         """An epoch of the members that have not converged only: they are gathered into an
-        ensemble of their own (its size halved at most once per halving of the active
-        count, so it compiles a few times), trained, and put back. Converged members leave
-        the computation: their parameters stay as they are (as at learning rate 0), and so
-        do their BatchNorm statistics and optimizer state. A member's keys derive from its
-        id, so the others train exactly as with them."""
+        ensemble of their own, trained, and put back. Converged members leave the
+        computation: their parameters stay as they are (as at learning rate 0), and so do
+        their BatchNorm statistics and optimizer state. A member's keys derive from its id,
+        so the others train exactly as with them. The ensemble keeps its size, filled with
+        copies of an active member, until a program of half the size (or less) holds them
+        all and the epochs left would save more time than compiling it costs."""
         active = np.flatnonzero(~self.converged)
-        devices = self.mesh.shape["members"]
-        size = self.padded
-        while size // 2 >= len(active) and size // 2 % devices == 0:
-            size //= 2
+        size = self._program_size(len(active))
         take = np.concatenate([active, np.repeat(active[-1:], size - len(active))])
         state, view = _gather((self.state, self.view), jnp.asarray(take), self.padded,
                               self.mesh)
-        state, metrics = self.train_epoch(state, self.train.seed, self.x, self.y, view,
-                                          self.noise)
+        epoch = (self._compiled if size == self.padded and self._compiled is not None
+                 else self.train_epoch)
+        state, metrics = epoch(state, self.train.seed, self.x, self.y, view, self.noise)
         self.state = _scatter(self.state, state, jnp.asarray(take), self.padded, self.mesh)
         self.training_members = size
         out = {}
@@ -309,6 +313,18 @@ class Runner:
             out[name] = full
         out["diverged"] = np.asarray(to_host(self.state.diverged))
         return out
+
+    def _program_size(self, active: int) -> int:
+        size, devices = self.training_members, self.mesh.shape["members"]
+        smaller = size
+        while smaller // 2 >= active and smaller // 2 % devices == 0:
+            smaller //= 2
+        if smaller == size:
+            return size
+        if self._remaining is None:  # (an epoch outside `run`)
+            return smaller
+        saved = (self._remaining - 1) * self._epoch_seconds * (1 - smaller / size)
+        return smaller if saved > self._compile_seconds else size
 
     def run(self, epochs: int, *, desc: str, run_dir: RunDir | None = None,
             measure: Measure | None = None, converge_at: float | None = None,
@@ -335,6 +351,7 @@ class Runner:
                 self.compile()
                 for _ in tqdm(range(done, epochs), desc=desc, unit="epoch", leave=False,
                               mininterval=1.0):
+                    self._remaining = epochs - done
                     record, stop = self._measured_epoch(measure, converge_at, history)
                     done = int(self.state.epoch)
                     line = log(done, record) if log else None
@@ -345,6 +362,7 @@ class Runner:
                     if stop:
                         break
         finally:
+            self._remaining = None
             if checkpoints is not None:
                 checkpoints.close()
         if run_dir is not None:

@@ -90,14 +90,20 @@ def test_converged_members_leave_the_computation(data):
     history = runner.run(30, desc="converge", converge_at=1.0)
     first = history["first_epoch"][-1]
     assert (first[:3] > 0).all() and first[3] == -1 and first[:3].max() < 30
-    assert runner.training_members == 1
     assert np.isnan(history["train_loss"][-1][:3]).all()
     alone = Runner(ModelConfig(hidden=(64,)), train, data.train.take(64), 10,
                    Members(np.array([3]), widths=np.array([2])), mesh=member_mesh(1))
-    alone.run(30, desc="alone")
-    for u, v in zip(jax.tree_util.tree_leaves(runner.member_state().variables),
-                    jax.tree_util.tree_leaves(alone.member_state().variables)):
+    alone.run(31, desc="alone")
+    # inside `run` a smaller program is compiled only when the epochs left pay for it (here
+    # they do not); an epoch outside it takes the smallest that holds the active members
+    converged = [np.asarray(leaf) for leaf in
+                 jax.tree_util.tree_leaves(runner.member_state().variables)]
+    runner.epoch()
+    assert runner.training_members == 1
+    for u, v, w in zip(jax.tree_util.tree_leaves(runner.member_state().variables),
+                       jax.tree_util.tree_leaves(alone.member_state().variables), converged):
         np.testing.assert_allclose(np.asarray(u)[3], np.asarray(v)[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(u)[:3], np.asarray(w)[:3])
 
 
 def test_checkpointed_history_resumes_and_placement_is_recorded(data, tmp_path):
