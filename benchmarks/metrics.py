@@ -150,9 +150,45 @@ def lass_case(preset: str) -> list[dict]:
             s["hidden"], np.asarray(x), s["serial"], s["iterations"], **LASS_ARGS))]
 
 
+# E2's program: the unrolled trajectory with its backward pass (the sensitivity study's
+# cpu and paper sizes, fewer epochs)
+UNROLLED = {"cpu": dict(members=4, examples=1000, epochs=6, every=20, chunk=None),
+            "gpu": dict(members=100, examples=1000, epochs=20, every=20, chunk=25)}
+
+
+def unrolled_case(preset: str) -> list[dict]:
+    """(g) memjax.metrics.unrolled_loss_sensitivity for MLPs 2 x 16 on 1000 14 x 14 inputs,
+    batch 100: FLOPs counted by XLA (memjax.cost), as `memjax plan` counts the study's."""
+    from memjax.cost import program_cost
+    from memjax.metrics import trainer_order, unrolled_loss_sensitivity
+
+    s = UNROLLED[preset]
+    network, _, state = build_ensemble(ModelConfig(hidden=(16, 16)),
+                                       TrainConfig(learning_rate=0.2), 10,
+                                       np.zeros((1, 14, 14, 1), np.float32),
+                                       Members(np.arange(s["members"])))
+    rng = np.random.default_rng(0)
+    x = jax.device_put(rng.integers(0, 256, (s["examples"], 14, 14, 1), dtype=np.uint8))
+    y = jax.device_put(rng.integers(0, 10, s["examples"]).astype(np.int32))
+    order, weight = trainer_order(0, np.arange(s["members"]), num_examples=s["examples"],
+                                  batch_size=100, epochs=s["epochs"])
+    program = lambda v, x, y: unrolled_loss_sensitivity(
+        network.apply, v, x, y, order, weight, learning_rate=0.2, every=s["every"],
+        member_chunk=s["chunk"]).mean
+    flops = program_cost(program, state.variables, x, y).flops
+    seconds = _seconds(lambda: program(state.variables, x, y), 1)
+    trained = float(np.sum(weight))
+    return [{"case": "g_unrolled", "impl": "jax-ensemble", "members": s["members"],
+             "seconds": seconds, "model_examples_per_s": trained / seconds,
+             "flops_per_model_example": flops / trained,
+             "note": f"{s['epochs']} epochs of batch 100, g_x^t every {s['every']} steps; "
+                     f"FLOPs by XLA's cost analysis"}]
+
+
 CASES: dict[str, Callable[[str], list[dict]]] = {
     "d_lass": lass_case,
     "e_loss_sensitivity": loss_sensitivity_case,
+    "g_unrolled": unrolled_case,
 }
 
 

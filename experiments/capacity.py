@@ -20,7 +20,8 @@ import numpy as np
 
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
                           check_numbers, validate)
-from memjax.data import load_dataset
+from memjax import cost
+from memjax.data import data_shape, load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import check_sweep_members, grid, new_figure, width_buckets
 from memjax.results import RunDir
@@ -72,25 +73,54 @@ def check(config: Config) -> None:
 
 
 
+def cells(config: Config) -> dict[str, np.ndarray]:
+    """One row per member: width, noise kind and level."""
+    conds = conditions(config)
+    cells = grid(cond=list(range(len(conds))), width=list(config.widths),
+                 repeat=list(range(config.seeds)))
+    return {"width": cells["width"].astype(int),
+            "kind": np.array([conds[c][0] for c in cells["cond"]]),
+            "level": np.array([conds[c][1] for c in cells["cond"]], float)}
+
+
+def phases(config: Config, rows: dict) -> list[tuple[ModelConfig, np.ndarray, Members]]:
+    """One ensemble per width bucket: its masked model, its members' rows and Members."""
+    out = []
+    for model_width, members in width_buckets(rows["width"], config.bucket_limits):
+        kind, level = rows["kind"][members], rows["level"][members]
+        out.append((ModelConfig(hidden=(model_width,) * len(config.model.hidden)), members,
+                    Members(members, widths=rows["width"][members],
+                            input_noise=np.where(kind == "randX", level, 0.0),
+                            label_noise=np.where(kind == "randY", level, 0.0))))
+    return out
+
+
+def work(config: Config) -> list[cost.Step]:
+    """Per width bucket: the training epoch and the validation accuracy after each epoch."""
+    data, tc = data_shape(config.data), config.train
+    steps = []
+    for model, _, members in phases(config, cells(config)):
+        width = model.hidden[0]
+        steps += [cost.training(f"train, width <= {width}", model, tc, data, members,
+                                epochs=tc.epochs, data_seed=config.data.data_seed),
+                  cost.evaluation(f"validation, width <= {width}", model, tc, data,
+                                  members.count, data.validation, runs=tc.epochs)]
+    return steps
+
+
 def run(config: Config, run_dir: RunDir) -> dict:
     check(config)
     dataset = load_dataset(config.data)
     conds = conditions(config)
-    cells = grid(cond=list(range(len(conds))), width=list(config.widths),
-                 repeat=list(range(config.seeds)))
-    widths = cells["width"].astype(int)
-    kind = np.array([conds[c][0] for c in cells["cond"]])
-    level = np.array([conds[c][1] for c in cells["cond"]], float)
+    table = cells(config)
+    widths, kind, level = table["width"], table["kind"], table["level"]
     curves = np.zeros((config.train.epochs, len(widths)))
     val_x, val_y = jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y)
     seconds = examples = 0.0
-    for b, (model_width, rows) in enumerate(width_buckets(widths, config.bucket_limits)):
-        model = ModelConfig(hidden=(model_width,) * len(config.model.hidden))
-        runner = Runner(model, config.train, dataset.train, dataset.num_classes, Members(
-            rows, widths=widths[rows],
-            input_noise=np.where(kind[rows] == "randX", level[rows], 0.0),
-            label_noise=np.where(kind[rows] == "randY", level[rows], 0.0)),
-            data_seed=config.data.data_seed)
+    for b, (model, rows, members) in enumerate(phases(config, table)):
+        model_width = model.hidden[0]
+        runner = Runner(model, config.train, dataset.train, dataset.num_classes, members,
+                        data_seed=config.data.data_seed)
 
         def log(epoch, record, b=b):
             return {"bucket": b, "epoch": epoch,

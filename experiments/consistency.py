@@ -20,7 +20,8 @@ import numpy as np
 from memjax.experiments.common import new_figure
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
                           check_numbers, validate)
-from memjax.data import load_dataset, with_noise
+from memjax import cost
+from memjax.data import data_shape, load_dataset, with_noise
 from memjax.data.noise import INPUT_NOISE_STATS
 from memjax.keys import NOISE, study_key
 from memjax.errors import MemjaxError
@@ -61,6 +62,16 @@ def check(config: Config) -> None:
     check_choices("conditions", config.conditions, CONDITIONS)
     check_choices("input_noise_stats", (config.input_noise_stats,), INPUT_NOISE_STATS)
 
+
+
+def work(config: Config) -> list[cost.Step]:
+    """The programs a run compiles, per condition: the training epoch and the evaluation of
+    the tracked examples (memjax.plan)."""
+    data, c = data_shape(config.data), len(config.conditions)
+    return [cost.training("train", config.model, config.train, data,
+                          epochs=config.train.epochs).times(c),
+            cost.evaluation("tracked examples", config.model, config.train, data,
+                            config.train.members, config.tracked, runs=1).times(c)]
 
 
 def run(config: Config, run_dir: RunDir) -> dict:

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from memjax import convergence
+from memjax import convergence, cost
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
-from memjax.data import load_dataset
+from memjax.data import data_shape, load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import check_sweep_members, grid, new_figure, width_buckets
 from memjax.results import RunDir
@@ -71,10 +71,8 @@ def check(config: Config) -> None:
 
 
 
-def run(config: Config, run_dir: RunDir) -> dict:
-    check(config)
-    dataset = load_dataset(config.data)
-    n = len(dataset.train)
+def cells(config: Config, n: int) -> dict[str, np.ndarray]:
+    """One row per member: part (width / size), width, training set size, noise level."""
     if max(config.widths + (config.width_for_sizes,)) > max(config.model.hidden):
         raise MemjaxError(f"widths must be in 1..{max(config.model.hidden)} (model.hidden)")
     if max(config.sizes) > n:
@@ -83,22 +81,55 @@ def run(config: Config, run_dir: RunDir) -> dict:
     a = grid(x=list(config.widths), level=list(config.noise_levels), repeat=reps)
     b = grid(x=list(config.sizes), level=list(config.noise_levels), repeat=reps)
     m_a, m_b = len(a["x"]), len(b["x"])
-    widths = np.concatenate([a["x"], np.full(m_b, config.width_for_sizes)]).astype(int)
-    sizes = np.concatenate([np.full(m_a, n), b["x"]]).astype(int)
-    levels = np.concatenate([a["level"], b["level"]]).astype(float)
-    part = np.array(["width"] * m_a + ["size"] * m_b)
+    return {"part": np.array(["width"] * m_a + ["size"] * m_b),
+            "width": np.concatenate([a["x"], np.full(m_b, config.width_for_sizes)]).astype(int),
+            "size": np.concatenate([np.full(m_a, n), b["x"]]).astype(int),
+            "level": np.concatenate([a["level"], b["level"]]).astype(float)}
+
+
+def phases(config: Config, table: dict, n: int) -> list[tuple[ModelConfig, np.ndarray, Members]]:
+    """Part (a)'s width buckets, then part (b) at one width: (masked model, rows, Members)."""
+    m_a = int(np.sum(table["part"] == "width"))
+    buckets = [(w, rows) for w, rows in width_buckets(table["width"][:m_a],
+                                                      config.bucket_limits)]
+    buckets.append((config.width_for_sizes, np.arange(m_a, len(table["part"]))))
+    out = []
+    for model_width, rows in buckets:
+        masks = size_masks(table["size"][rows], n, config.data.data_seed)
+        out.append((ModelConfig(hidden=(model_width,) * len(config.model.hidden)), rows,
+                    Members(rows, widths=table["width"][rows], input_noise=table["level"][rows],
+                            example_mask=None if masks.all() else masks)))
+    return out
+
+
+def work(config: Config) -> list[cost.Step]:
+    """Per phase: the training epoch and each member's accuracy on its own training set
+    after each epoch, for all `train.epochs` (the bound: a phase ends once all its members
+    have converged, which the plan cannot know)."""
+    data, tc = data_shape(config.data), config.train
+    steps = []
+    for model, _, members in phases(config, cells(config, data.train), data.train):
+        name = f"width {model.hidden[0]}"
+        steps += [cost.training(f"train, {name}", model, tc, data, members, epochs=tc.epochs,
+                                data_seed=config.data.data_seed),
+                  cost.evaluation(f"own accuracy, {name}", model, tc, data, members.count,
+                                  2 * data.train, runs=tc.epochs)]
+    return steps
+
+
+def run(config: Config, run_dir: RunDir) -> dict:
+    check(config)
+    dataset = load_dataset(config.data)
+    n = len(dataset.train)
+    table = cells(config, n)
+    part, widths, sizes, levels = (table[k] for k in ("part", "width", "size", "level"))
     first = np.full(len(widths), convergence.NOT_CONVERGED)
     curves = np.full((config.train.epochs, len(widths)), np.nan)
     seconds = examples = 0.0
-    # part (b) runs at one width: its own bucket, after part (a)'s width buckets
-    buckets = [(w, rows) for w, rows in width_buckets(widths[:m_a], config.bucket_limits)]
-    buckets.append((config.width_for_sizes, np.arange(m_a, m_a + m_b)))
-    for model_width, rows in buckets:
-        model = ModelConfig(hidden=(model_width,) * len(config.model.hidden))
-        masks = size_masks(sizes[rows], n, config.data.data_seed)
-        runner = Runner(model, config.train, dataset.train, dataset.num_classes, Members(
-            rows, widths=widths[rows], input_noise=levels[rows],
-            example_mask=None if masks.all() else masks), data_seed=config.data.data_seed)
+    for model, rows, members in phases(config, table, n):
+        model_width = model.hidden[0]
+        runner = Runner(model, config.train, dataset.train, dataset.num_classes, members,
+                        data_seed=config.data.data_seed)
 
         def log(epoch, record, rows=rows):
             return {"members": rows.tolist(), "epoch": epoch,

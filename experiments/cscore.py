@@ -28,7 +28,8 @@ import jax
 import numpy as np
 
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_numbers, validate)
-from memjax.data import load_dataset
+from memjax import cost
+from memjax.data import data_shape, load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import (check_sweep_members, example_figure, new_figure,
                                        spearman, spread, write_example_scores)
@@ -91,9 +92,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
     x_val, y_val = jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y)
     seconds = model_examples = 0.0
     for r, ratio in enumerate(ratios):
-        mask = balanced_masks(config.seeds, n, ratio, seed=config.mask_seed + r)
-        members = Members(np.arange(r * config.seeds, (r + 1) * config.seeds),
-                          example_mask=mask)
+        members = _members(config, r, n)
+        mask = members.example_mask
         runner = Runner(config.model, config.train, train, dataset.num_classes, members,
                         data_seed=config.data.data_seed)
         runner.run(config.train.epochs, desc=f"ratio {ratio:g} ({r + 1}/{len(ratios)})",
@@ -134,12 +134,42 @@ def run(config: Config, run_dir: RunDir) -> dict:
     return {"summary": summary, "model_examples_per_second": model_examples / max(seconds, 1e-9)}
 
 
+def _members(config: Config, r: int, n: int) -> Members:
+    """The members of ratio r, each on its balanced subset of the n training examples."""
+    mask = balanced_masks(config.seeds, n, config.ratios[r], seed=config.mask_seed + r)
+    return Members(np.arange(r * config.seeds, (r + 1) * config.seeds), example_mask=mask)
+
+
+def _one_epoch_members(config: Config) -> Members:
+    return Members(np.arange(config.one_epoch_members) + len(config.ratios) * config.seeds)
+
+
+def work(config: Config) -> list[cost.Step]:
+    """Per ratio: the training epoch (a member's steps cover its subset) and the evaluation
+    on the training and validation sets; then E1's one-epoch members."""
+    data, tc = data_shape(config.data), config.train
+    steps = []
+    for r, ratio in enumerate(config.ratios):
+        members = _members(config, r, data.train)
+        steps += [cost.training(f"train, ratio {ratio:g}", config.model, tc, data, members,
+                                epochs=tc.epochs, data_seed=config.data.data_seed),
+                  cost.evaluation(f"evaluate, ratio {ratio:g}", config.model, tc, data,
+                                  members.count, data.train + data.validation, runs=1)]
+    if config.one_epoch_members:
+        members = _one_epoch_members(config)
+        steps += [cost.training("one epoch, all data", config.model, tc, data, members,
+                                epochs=1, data_seed=config.data.data_seed),
+                  cost.evaluation("one epoch, evaluate", config.model, tc, data, members.count,
+                                  data.train, runs=1)]
+    return steps
+
+
 def _one_epoch_error(config: Config, dataset, run_dir: RunDir) -> np.ndarray:
     """E1's difficulty: the fraction of `one_epoch_members` members, each trained one epoch
     on all the training data, that misclassify each training example. [N]."""
-    members = Members(np.arange(config.one_epoch_members) + len(config.ratios) * config.seeds)
     runner = Runner(config.model, replace(config.train, epochs=1), dataset.train,
-                    dataset.num_classes, members, data_seed=config.data.data_seed)
+                    dataset.num_classes, _one_epoch_members(config),
+                    data_seed=config.data.data_seed)
     runner.run(1, desc="one epoch, all data", run_dir=run_dir)
     return np.asarray(misclassification_rate(runner.evaluate(runner.x, runner.y)["correct"]))
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
-from memjax.data import load_dataset
+from memjax import cost
+from memjax.data import data_shape, load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import check_sweep_members, new_figure
 from memjax.results import RunDir
@@ -76,14 +77,29 @@ def check(config: Config) -> None:
 
 
 
+def members(config: Config) -> tuple[np.ndarray, Members]:
+    """The data of each member (real, then randY) and the Members."""
+    data = np.array(["real"] * config.seeds + ["randY"] * config.seeds)
+    return data, Members(np.arange(len(data)), label_noise=(data == "randY").astype(float))
+
+
+def work(config: Config) -> list[cost.Step]:
+    """The training epoch and each member's training accuracy after each epoch."""
+    shape, tc = data_shape(config.data), config.train
+    _, ensemble = members(config)
+    return [cost.training("train", config.model, tc, shape, ensemble, epochs=tc.epochs,
+                          data_seed=config.data.data_seed),
+            cost.evaluation("own accuracy", config.model, tc, shape, ensemble.count,
+                            shape.train, runs=tc.epochs)]
+
+
 def run(config: Config, run_dir: RunDir) -> dict:
     check(config)
     dataset = load_dataset(config.data)
     reps = config.seeds
-    data = np.array(["real"] * reps + ["randY"] * reps)
-    runner = Runner(config.model, config.train, dataset.train, dataset.num_classes, Members(
-        np.arange(2 * reps), label_noise=(data == "randY").astype(float)),
-        data_seed=config.data.data_seed)
+    data, ensemble = members(config)
+    runner = Runner(config.model, config.train, dataset.train, dataset.num_classes, ensemble,
+                    data_seed=config.data.data_seed)
     initial = np.asarray(runner.variables["params"]["Conv_0"]["kernel"])[:2 * reps]
     history = runner.run(
         config.train.epochs, desc="filters", run_dir=run_dir,

@@ -30,8 +30,8 @@ import jax
 import numpy as np
 
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
-from memjax import dynamics
-from memjax.data import load_dataset, random_labels
+from memjax import cost, dynamics
+from memjax.data import data_shape, load_dataset, random_labels
 from memjax.errors import MemjaxError
 from memjax.experiments.common import (detection_auc, example_figure, new_figure, spread,
                                        write_example_scores)
@@ -82,6 +82,24 @@ def check(config: Config) -> None:
                           f"train on it and members that do not")
 
 
+def _members(config: Config, n: int) -> Members:
+    """Every member on its balanced `fraction` of the n training examples."""
+    return Members(np.arange(config.train.members),
+                   example_mask=balanced_masks(config.train.members, n, config.fraction,
+                                               seed=config.mask_seed))
+
+
+def work(config: Config) -> list[cost.Step]:
+    """The training epoch (its per-example records included) and, at the end, the
+    evaluation on the training and validation sets."""
+    data, tc = data_shape(config.data), config.train
+    members = _members(config, data.train)
+    return [cost.training("train", config.model, tc, data, members, epochs=tc.epochs,
+                          data_seed=config.data.data_seed),
+            cost.evaluation("evaluate", config.model, tc, data, members.count,
+                            data.train + data.validation, runs=1)]
+
+
 def run(config: Config, run_dir: RunDir) -> dict:
     check(config)
     dataset = load_dataset(config.data)
@@ -93,9 +111,9 @@ def run(config: Config, run_dir: RunDir) -> dict:
     if config.influence_top > n:
         raise MemjaxError(f"influence_top {config.influence_top} is more than the {n} "
                           f"training examples")
-    mask = balanced_masks(members, n, config.fraction, seed=config.mask_seed)
-    runner = Runner(config.model, config.train, train, dataset.num_classes,
-                    Members(np.arange(members), example_mask=mask),
+    ensemble = _members(config, n)
+    mask = ensemble.example_mask
+    runner = Runner(config.model, config.train, train, dataset.num_classes, ensemble,
                     data_seed=config.data.data_seed)
     runner.run(config.train.epochs, desc="subsets", run_dir=run_dir,
                log=lambda epoch, record: {"epoch": epoch, **{

@@ -22,7 +22,8 @@ import numpy as np
 
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
                           check_numbers, validate)
-from memjax.data import load_dataset
+from memjax import cost
+from memjax.data import data_shape, load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import (check_sweep_members, first_epoch_at_least, grid,
                                        new_figure)
@@ -91,6 +92,36 @@ def _parts(config: Config) -> list[tuple]:
     return parts
 
 
+def _members(config: Config):
+    """The conditions, each member's noise kind and level, and the Members of a part."""
+    conds = [("real", 0.0)] + [(k, p) for k in config.noise_kinds for p in config.noise_levels]
+    cells = grid(cond=list(range(len(conds))), repeat=list(range(config.seeds)))
+    kind = np.array([conds[c][0] for c in cells["cond"]])
+    level = np.array([conds[c][1] for c in cells["cond"]], float)
+    return conds, kind, level, Members(np.arange(len(kind)),
+                                       input_noise=np.where(kind == "randX", level, 0.0),
+                                       label_noise=np.where(kind == "randY", level, 0.0))
+
+
+def work(config: Config) -> list[cost.Step]:
+    """Per part: the training epoch and, after each epoch, the LASS search, the validation
+    accuracy and each member's accuracy on its own training set."""
+    members = _members(config)[3]
+    steps = []
+    for name, data, model, train in _parts(config):
+        shape = data_shape(data)
+        steps += [cost.training(f"train ({name})", model, train, shape, members,
+                                epochs=train.epochs, data_seed=data.data_seed),
+                  cost.search(f"LASS ({name})", model, train, shape, members.count,
+                              protocol=config.csr_protocol, examples=config.csr_examples,
+                              validation=shape.validation, runs=train.epochs,
+                              **{**PAPER_LASS, "max_iterations": config.csr_iterations}),
+                  cost.evaluation(f"validation and own accuracy ({name})", model, train, shape,
+                                  members.count, shape.validation + 2 * shape.train,
+                                  runs=train.epochs)]
+    return steps
+
+
 def check(config: Config) -> None:
     """The checks the config alone allows, before anything runs (MemjaxError)."""
     validate(config)
@@ -123,13 +154,9 @@ def _run_part(name, data, model, train, config, run_dir):
         raise MemjaxError(f"csr_examples={config.csr_examples} is more than the "
                           f"{len(dataset.validation)} validation images of the {name} part "
                           f"(None: all of them)")
-    conds = [("real", 0.0)] + [(k, p) for k in config.noise_kinds for p in config.noise_levels]
-    cells = grid(cond=list(range(len(conds))), repeat=list(range(config.seeds)))
-    kind = np.array([conds[c][0] for c in cells["cond"]])
-    level = np.array([conds[c][1] for c in cells["cond"]], float)
-    runner = Runner(model, train, dataset.train, dataset.num_classes, Members(
-        np.arange(len(kind)), input_noise=np.where(kind == "randX", level, 0.0),
-        label_noise=np.where(kind == "randY", level, 0.0)), data_seed=data.data_seed)
+    conds, kind, level, members = _members(config)
+    runner = Runner(model, train, dataset.train, dataset.num_classes, members,
+                    data_seed=data.data_seed)
     validation = (jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y))
     measured = ("train_accuracy", "validation_accuracy", "validation_csr")
 

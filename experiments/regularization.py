@@ -25,7 +25,8 @@ import jax
 import numpy as np
 
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
-from memjax.data import load_dataset
+from memjax import cost
+from memjax.data import data_shape, load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import check_sweep_members, new_figure
 from memjax.models import REGULARIZERS
@@ -110,14 +111,31 @@ def check(config: Config) -> None:
 
 
 
+def ensemble(rows: dict[str, np.ndarray]) -> Members:
+    """The Members of `members(config)`'s rows."""
+    return Members(np.arange(len(rows["data"])), strengths={k: rows[k] for k in REGULARIZERS},
+                   weight_decay=rows["weight_decay"],
+                   label_noise=(rows["data"] == "randY").astype(float),
+                   adversarial_weight=rows["adversarial_weight"])
+
+
+def work(config: Config) -> list[cost.Step]:
+    """The training epoch (the in-step LASS search of adversarial training included) and,
+    after each epoch, the validation accuracy and each member's training accuracy."""
+    data, tc = data_shape(config.data), config.train
+    rows = ensemble(members(config))
+    return [cost.training("train", config.model, tc, data, rows, epochs=tc.epochs,
+                          data_seed=config.data.data_seed),
+            cost.evaluation("validation and own accuracy", config.model, tc, data, rows.count,
+                            data.validation + data.train, runs=tc.epochs)]
+
+
 def run(config: Config, run_dir: RunDir) -> dict:
     check(config)
     rows = members(config)
     dataset = load_dataset(config.data)
-    runner = Runner(config.model, config.train, dataset.train, dataset.num_classes, Members(
-        np.arange(len(rows["data"])), strengths={k: rows[k] for k in REGULARIZERS},
-        weight_decay=rows["weight_decay"], label_noise=(rows["data"] == "randY").astype(float),
-        adversarial_weight=rows["adversarial_weight"]), data_seed=config.data.data_seed)
+    runner = Runner(config.model, config.train, dataset.train, dataset.num_classes,
+                    ensemble(rows), data_seed=config.data.data_seed)
     validation = (jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y))
     names = ("train_loss", "train_accuracy", "validation_accuracy")
 

@@ -23,14 +23,15 @@ import numpy as np
 
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
                           check_numbers, validate)
-from memjax.data import load_dataset, with_noise
+from memjax import cost
+from memjax.data import data_shape, load_dataset, with_noise
 from memjax.data.dataset import Split
 from memjax.errors import MemjaxError
 from memjax.evaluation import evaluate
 from memjax.experiments.common import new_figure
 from memjax.metrics import gini, loss_sensitivity, trainer_order, unrolled_loss_sensitivity
 from memjax.results import RunDir
-from memjax.runner import Members, build_ensemble
+from memjax.runner import Members, abstract_ensemble, build_ensemble
 
 # condition -> (noise kind, one class per example)
 CONDITIONS = {"real": ("real", False), "randX": ("randX", False), "randY": ("randY", False),
@@ -85,6 +86,55 @@ def _condition_split(train: Split, condition: str, num_classes: int, seed: int) 
         split = replace(split, y=np.arange(len(split), dtype=np.int32))
         return split, len(split)
     return split, num_classes
+
+
+def _learning_rate(config: Config, condition: str) -> float:
+    if CONDITIONS[condition][1] and config.per_example_learning_rate is not None:
+        return config.per_example_learning_rate
+    return config.train.learning_rate
+
+
+def _common(config: Config, condition: str) -> dict:
+    """The settings every unrolled_loss_sensitivity call of a condition shares."""
+    return dict(learning_rate=_learning_rate(config, condition), loss_on=config.loss_on,
+                direct=config.direct, cotangent_chunk=config.cotangent_chunk,
+                member_chunk=config.train.member_chunk)
+
+
+def work(config: Config) -> list[cost.Step]:
+    """Per condition: the unrolled trajectory with its backward pass (and, for 10 classes,
+    the per-class one), then the loss sensitivity and accuracy at the end."""
+    shape, tc = data_shape(config.data), config.train
+    order, weight = trainer_order(tc.seed, np.arange(tc.members), num_examples=shape.train,
+                                  batch_size=tc.batch_size, epochs=tc.epochs,
+                                  shared_order=tc.shared_order)
+    x = jax.ShapeDtypeStruct((shape.train,) + shape.image_shape, np.uint8)
+    y = jax.ShapeDtypeStruct((shape.train,), np.int32)
+    steps = []
+    for condition in config.conditions:
+        per_example = CONDITIONS[condition][1]
+        classes = shape.train if per_example else shape.num_classes
+        network, _, state = abstract_ensemble(config.model, tc, classes,
+                                              (1,) + shape.image_shape,
+                                              Members(np.arange(tc.members)))
+        common = _common(config, condition)
+        unrolled = cost.program_cost(lambda v, x, y: unrolled_loss_sensitivity(
+            network.apply, v, x, y, order, weight, every=config.every, **common),
+            state.variables, x, y)
+        if not per_example:
+            unrolled = unrolled + cost.program_cost(lambda v, x, y: unrolled_loss_sensitivity(
+                network.apply, v, x, y, order, weight, every=config.class_matrix_every,
+                num_classes=classes, **common), state.variables, x, y)
+        steps.append(cost.Step(f"unrolled ({condition})", "unrolled", config.model.kind,
+                               unrolled, 1, per_example=float(np.sum(weight)),
+                               members=tc.members))
+        final = cost.program_cost(lambda v, x, y: loss_sensitivity(
+            network.apply, v, x, y, chunk=tc.eval_chunk, member_chunk=tc.member_chunk),
+            state.variables, x, y)
+        steps.append(cost.Step(f"sensitivity at the end ({condition})", "evaluate",
+                               config.model.kind, final, 1, per_example=tc.members * shape.train,
+                               members=tc.members))
+    return steps
 
 
 def check(config: Config) -> None:
@@ -150,15 +200,12 @@ def _run_condition(config: Config, dataset, condition: str, order, weight, array
     tc = config.train
     split, classes = _condition_split(dataset.train, condition, dataset.num_classes,
                                       config.data.data_seed)
-    lr = tc.learning_rate
-    if CONDITIONS[condition][1] and config.per_example_learning_rate is not None:
-        lr = config.per_example_learning_rate
+    common = _common(config, condition)
+    lr = common["learning_rate"]
     network, _, state = build_ensemble(
         config.model, replace(tc, learning_rate=lr), classes,
         np.zeros((1,) + split.x.shape[1:], np.float32), Members(np.arange(tc.members)))
     x, y = jax.device_put(split.x), jax.device_put(split.y)
-    common = dict(learning_rate=lr, loss_on=config.loss_on, direct=config.direct,
-                  cotangent_chunk=config.cotangent_chunk, member_chunk=tc.member_chunk)
     started = time.perf_counter()
     result = unrolled_loss_sensitivity(network.apply, state.variables, x, y, order, weight,
                                        every=config.every, **common)

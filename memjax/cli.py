@@ -173,6 +173,19 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from memjax import plan
+    from memjax.reproduce import study_configs
+
+    studies = study_configs(args.preset, _names(args.only, "--only"), args.data_dir)
+    result = plan.plan(studies, args.device, progress=lambda name: print(
+        f"memjax: counting {name}'s programs", file=sys.stderr, flush=True))
+    print(json.dumps(result, indent=2) if args.json else plan.format_plan(result, args.verbose))
+    return 0
+
+
 def add_shared_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
     p.add_argument("--dataset", help="embedded | mnist | cifar10 | npz:PATH")
@@ -214,6 +227,19 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="benchmarks/results",
                        help="folder for <date>-<device>.json/.md (default: benchmarks/results)")
     bench.set_defaults(func=cmd_bench)
+    pl = sub.add_parser("plan", help="the work of the studies of a preset and its time on a "
+                                     "device, before running them")
+    pl.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
+    pl.add_argument("--only", help="comma-separated studies (default: the paper's, as "
+                                   "`memjax reproduce` runs them)")
+    pl.add_argument("--device", default="this",
+                    help="this (the machine it runs on; needs a bench record of it) | "
+                         "h100 | h200 | a100 | tpu-v5e | tpu-v4 (default: this)")
+    pl.add_argument("--data-dir", help="folder with npz data (only npz:PATH data is read)")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.add_argument("--verbose", "-v", action="store_true",
+                    help="a line per program: runs, FLOPs, time and the rate it used")
+    pl.set_defaults(func=cmd_plan)
     rep = sub.add_parser("reproduce", help="run every study, then write OUT/report.md")
     rep.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
     rep.add_argument("--out", required=True, help="folder for the studies and report.md; "

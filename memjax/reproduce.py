@@ -79,6 +79,36 @@ def preset_config(module, preset: str, data_dir: str | None):
     return config
 
 
+def study_configs(preset: str, only: list[str] | None = None,
+                  data_dir: str | None = None) -> dict[str, tuple]:
+    """{name: (module, config)} of the paper's studies (or `only` those) at `preset`,
+    each config checked."""
+    modules = registered()
+    names = default_names() if not only else only
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        raise MemjaxError(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(modules)}")
+    configs = {n: (modules[n], preset_config(modules[n], preset, data_dir)) for n in names}
+    for module, config in configs.values():
+        check_config(module, config)
+    return configs
+
+
+def _announce_plan(studies: dict, out: Path, log: Callable[[str], None]) -> None:
+    """Print the plan on this machine and save it as out/plan.json (memjax.plan); a
+    machine without a bench record of its own gets a note instead."""
+    from memjax import plan
+
+    try:
+        result = plan.plan(studies, "this")
+    except MemjaxError as e:
+        log(f"plan: none ({e})")
+        return
+    log(plan.format_plan(result))
+    with atomic_path(out / "plan.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def reproduce(preset: str, out: str | Path, *, only: list[str] | None = None,
               data_dir: str | None = None, overwrite: bool = False,
               log: Callable[[str], None] = print) -> tuple[Path, int]:
@@ -89,14 +119,10 @@ def reproduce(preset: str, out: str | Path, *, only: list[str] | None = None,
     study that fails is recorded (manifest status failed, error in the report) and the
     others still run. Returns (report path, number of failed studies)."""
     out = Path(out)
-    modules = registered()
-    names = default_names() if not only else only
-    unknown = [n for n in names if n not in modules]
-    if unknown:
-        raise MemjaxError(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(modules)}")
-    configs = {n: preset_config(modules[n], preset, data_dir) for n in names}
-    for n in names:
-        check_config(modules[n], configs[n])
+    studies = study_configs(preset, only, data_dir)
+    names = list(studies)
+    modules = {n: module for n, (module, _) in studies.items()}
+    configs = {n: config for n, (_, config) in studies.items()}
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -109,6 +135,7 @@ def reproduce(preset: str, out: str | Path, *, only: list[str] | None = None,
             raise MemjaxError(f"{out} holds runs with other settings than the {preset} preset: "
                               f"{listed}; pass --overwrite to run them again, or use another "
                               f"--out")
+    _announce_plan(studies, out, log)
     failed = 0
     for name in names:
         path = out / name

@@ -173,3 +173,14 @@ def test_cscore_case_times_ensemble_and_loop_over_subsets(monkeypatch):
         == pytest.approx(20_000)
     assert rows["jax-one-at-a-time"]["members"] == 1
     assert rows["jax-one-at-a-time"]["model_examples_per_s"] > 0
+
+
+def test_unrolled_case_counts_its_work_with_xla(monkeypatch):
+    from memjax.benchmarks import metrics
+
+    monkeypatch.setitem(metrics.UNROLLED, "cpu",
+                        dict(members=2, examples=200, epochs=1, every=1, chunk=None))
+    (row,) = metrics.unrolled_case("cpu")
+    # at least a training step's forward and backward pass per model-example
+    assert row["flops_per_model_example"] > 6 * (196 * 16 + 16 * 16 + 16 * 10)
+    assert row["model_examples_per_s"] == pytest.approx(2 * 200 / row["seconds"])

@@ -16,6 +16,10 @@ def test_reproduce_smoke_writes_report_and_skips_finished(tmp_path):
     report, failed = reproduce("smoke", tmp_path, only=["noise-curves", "filters"],
                                log=logs.append)
     assert failed == 0
+    # the plan came first, on this machine, and is kept beside the runs
+    planned = json.loads((tmp_path / "plan.json").read_text())
+    assert set(planned["studies"]) == {"noise-curves", "filters"}
+    assert any(line.startswith("plan on this") for line in logs)
     text = report.read_text()
     assert "![noise-curves: fig7_noise_curves](noise-curves/fig7_noise_curves.png)" in text
     assert "![filters: fig2_filters](filters/fig2_filters.png)" in text

@@ -12,7 +12,7 @@ import os
 import sys
 import zipfile
 from importlib import resources
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,46 @@ def load_dataset(config: DataConfig) -> Dataset:
     train = downscale(dataset.train.take(config.train_size), config.downscale)
     validation = downscale(dataset.validation.take(config.validation_size), config.downscale)
     return replace(dataset, train=train, validation=validation)
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """The sizes load_dataset would give, known without loading: examples per split, the
+    image shape (H, W, C) after downscaling, and the classes."""
+
+    train: int
+    validation: int
+    image_shape: tuple[int, int, int]
+    num_classes: int
+
+
+# (training split, test split) of the official files
+OFFICIAL_SIZES = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000)}
+
+
+def data_shape(config: DataConfig) -> DataShape:
+    """What `load_dataset(config)` would return, in sizes (memjax.cost plans runs with it).
+    The embedded and named data sets need no file; npz:PATH reads the file's headers."""
+    config.check()
+    name = config.name
+    if name == "embedded":
+        sizes, image, classes = (10_000, 2_000), (28, 28, 1), 10
+    elif name in OFFICIAL_SIZES:
+        total, test = OFFICIAL_SIZES[name]
+        sizes = ((total, test) if config.test_as_validation
+                 else (total - VALIDATION_SIZE[name], VALIDATION_SIZE[name]))
+        image, classes = IMAGE_SHAPE[name], 10
+    elif name.startswith("npz:"):
+        arrays = read_npz(Path(name[4:]))
+        sizes = len(arrays["y_train"]), len(arrays["y_test"])
+        image = (arrays["x_train"].shape[1:] + (1,))[:3]
+        classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+    else:
+        raise MemjaxError(f"unknown dataset {name!r}; use embedded, mnist, cifar10 or npz:PATH")
+    train, validation = (n if size is None else min(size, n)
+                         for n, size in zip(sizes, (config.train_size, config.validation_size)))
+    f = config.downscale
+    return DataShape(train, validation, (image[0] // f, image[1] // f, image[2]), classes)
 
 
 def _from_arrays(name: str, x_train, y_train, x_val, y_val, val_start: int = 0) -> Dataset:

@@ -1,0 +1,239 @@
+"""The work of a study before it runs: XLA's cost analysis of the programs it compiles.
+
+A study declares its programs (`Step`: a training epoch, an evaluation, a LASS search) and
+how often it runs each; `training`, `evaluation` and `search` build those programs as the
+Runner and the studies do, from abstract arrays (`jax.eval_shape`: nothing is allocated,
+no data is loaded), and count their FLOPs and bytes with `program_cost`. `memjax.plan`
+turns the counts into time on a device.
+
+XLA's cost analysis (`jax.stages.Lowered.cost_analysis`) counts the body of a loop once.
+`program_cost` walks the program's jaxpr and counts every scan body `length` times and
+every while-loop body `while_trips` times, each body by XLA's own analysis of it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from memjax.config import ModelConfig, TrainConfig
+from memjax.data import DataShape
+
+try:  # jax >= 0.4.33 moved the core types here
+    from jax.extend.core import ClosedJaxpr, jaxpr_as_fun
+except ImportError:  # pragma: no cover
+    from jax.core import ClosedJaxpr, jaxpr_as_fun
+
+# LASS iterations a planned search runs. "exhaustive": every iteration (on real data almost
+# every example stays non-critical to the end). "authors": the search stops after the first
+# iteration with fewer than 20 new critical samples; memjax's csr cpu preset averaged 1 to
+# 2.5 iterations on MNIST (docs/studies.md, "LASS protocols"), so 3 is the plan's count.
+AUTHORS_ITERATIONS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """FLOPs and bytes accessed, as XLA's cost analysis counts them."""
+
+    flops: float = 0.0
+    bytes: float = 0.0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(self.flops + other.flops, self.bytes + other.bytes)
+
+    def __sub__(self, other: "Cost") -> "Cost":
+        return Cost(self.flops - other.flops, self.bytes - other.bytes)
+
+    def __mul__(self, n: float) -> "Cost":
+        return Cost(self.flops * n, self.bytes * n)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One program of a study and how many times the study runs it.
+
+    kind: "train" (one epoch), "evaluate" (forward passes), "search" (LASS) or
+    "unrolled" (E2's trajectory with its backward pass); model: "mlp"
+    or "cnn" (with kind, which measured efficiency applies: memjax.plan). cost: one run.
+    per_example: model-examples one run processes (for matching bench records). probes:
+    LASS example-iterations of one run. checkpoint_bytes: bytes saved after each run.
+    programs: how many times it is compiled (once per phase that builds it).
+    """
+
+    name: str
+    kind: str
+    model: str
+    cost: Cost
+    runs: int
+    per_example: float
+    precision: str = "float32"
+    members: int = 0
+    probes: float = 0.0
+    checkpoint_bytes: float = 0.0
+    programs: int = 1
+
+    def times(self, n: int) -> "Step":
+        """The same program built and run again by n phases (n conditions, n ratios)."""
+        return dataclasses.replace(self, runs=self.runs * n, programs=self.programs * n)
+
+
+def program_cost(fn: Callable, *args: Any, while_trips: float = 1) -> Cost:
+    """FLOPs and bytes of fn(*args) (arrays or jax.ShapeDtypeStruct), every loop counted as
+    many times as it runs (while loops `while_trips` times)."""
+    return _cost(jax.make_jaxpr(fn)(*args), while_trips)
+
+
+def _xla(closed: ClosedJaxpr) -> Cost:
+    avals = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in closed.in_avals]
+    analysis = jax.jit(jaxpr_as_fun(closed)).lower(*avals).cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
+        analysis = analysis[0]
+    return Cost(float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0)))
+
+
+def _cost(closed: ClosedJaxpr, while_trips: float) -> Cost:
+    total = _xla(closed)
+    for body, trips in _loops(closed.jaxpr, while_trips):
+        # XLA counted the body once inside `total`
+        total = total - _xla(body) + _cost(body, while_trips) * trips
+    return total
+
+
+def _loops(jaxpr, while_trips: float):
+    """(body, trip count) of the outermost loops of a jaxpr, looking through calls."""
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "scan":
+            yield eqn.params["jaxpr"], eqn.params["length"]
+        elif name == "while":
+            yield eqn.params["body_jaxpr"], while_trips
+        elif name != "cond":  # (a branch's loops: XLA's own count of the conditional)
+            for value in eqn.params.values():
+                inner = value.jaxpr if isinstance(value, ClosedJaxpr) else value
+                if hasattr(inner, "eqns"):
+                    yield from _loops(inner, while_trips)
+
+
+def search_iterations(protocol: str, max_iterations: int) -> int:
+    """The LASS iterations the plan counts for one search (see AUTHORS_ITERATIONS)."""
+    return min(AUTHORS_ITERATIONS, max_iterations) if protocol == "authors" else max_iterations
+
+
+# ---- a study's programs, built as the Runner builds them --------------------------------
+
+def _abstract(tree):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)
+                        if not isinstance(a, jax.ShapeDtypeStruct) else a, tree)
+
+
+def _nbytes(tree) -> float:
+    return float(sum(math.prod(l.shape) * np.dtype(l.dtype).itemsize
+                     for l in jax.tree_util.tree_leaves(tree)
+                     if jax.dtypes.issubdtype(l.dtype, np.number)
+                     or l.dtype == np.bool_))
+
+
+def _images(data: DataShape, n: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((n,) + data.image_shape, np.uint8)
+
+
+def training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
+             members=None, *, epochs: int, data_seed: int = 0,
+             examples: int | None = None) -> Step:
+    """The training epoch a Runner compiles for `members` (memjax.runner.Members; None:
+    train.members) on `examples` training examples (None: data.train), run `epochs` times;
+    a checkpoint of the members' state after each."""
+    from memjax import dynamics
+    from memjax.runner import Members, abstract_ensemble, epoch_program, member_view
+    from memjax.sharding import member_mesh
+    from memjax.views import NoiseSource
+
+    n = data.train if examples is None else examples
+    members = members or Members(np.arange(train.members))
+    network, tx, state = abstract_ensemble(model, train, data.num_classes,
+                                           (1,) + data.image_shape, members)
+    if train.record_dynamics:
+        state = state.replace(dynamics=_abstract(jax.eval_shape(
+            lambda: dynamics.empty(members.count, n))))
+    view = member_view(members, n, data_seed)
+    noise = None
+    if view.input_noise_mask is not None or view.label_noise_mask is not None:
+        noise = NoiseSource(_images(data, n) if view.input_noise_mask is not None else None,
+                            jax.ShapeDtypeStruct((n,), np.int32)
+                            if view.label_noise_mask is not None else None)
+    epoch = epoch_program(network, tx, train, member_mesh(1), members.example_mask)
+    args = (state, train.seed, _images(data, n), jax.ShapeDtypeStruct((n,), np.int32),
+            _abstract(view), noise)
+    cost = program_cost(epoch, *args)
+    if view.adversarial_weight is not None:
+        cost = _searching(epoch, args, view.adversarial_weight, train.adversarial_protocol)
+    mask = members.example_mask
+    seen = members.count * n if mask is None else float(np.sum(mask))
+    return Step(name, "train", model.kind, cost, epochs, per_example=seen,
+                precision=train.compute_dtype, members=members.count,
+                checkpoint_bytes=_nbytes(state))
+
+
+def _searching(epoch, args: tuple, weights: np.ndarray, protocol: str) -> Cost:
+    """An epoch with adversarial members: a group of members without one skips the in-step
+    search (memjax.train), which XLA's analysis of the branch counts for every group, so
+    the search is counted for the groups that run it (one device: consecutive groups of
+    the planned member chunk)."""
+    from memjax.metrics.lass import TRAINING_LASS
+
+    trips = search_iterations(protocol, TRAINING_LASS["max_iterations"])
+    every = program_cost(epoch, *args, while_trips=trips)
+    view = args[4].replace(adversarial_weight=None)
+    plain = program_cost(epoch, *args[:4], view, args[5])
+    placed = {}
+    jax.eval_shape(lambda *a: placed.update(epoch.placement(*a)), *args)  # (traced state)
+    chunk, groups = placed["member_chunk"], placed["groups"]
+    padded = np.concatenate([weights, np.repeat(weights[-1:], groups * chunk - len(weights))])
+    searching = int(np.sum(padded.reshape(groups, chunk).max(1) > 0))
+    return plain + (every - plain) * (searching / groups)
+
+
+def _variables(model: ModelConfig, train: TrainConfig, data: DataShape, members: int):
+    from memjax.runner import Members, abstract_ensemble
+
+    network, _, state = abstract_ensemble(model, train, data.num_classes,
+                                          (1,) + data.image_shape, Members(np.arange(members)))
+    return network, state.variables
+
+
+def evaluation(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
+               members: int, examples: int, *, runs: int) -> Step:
+    """memjax.evaluation.evaluate of `members` on `examples` inputs, run `runs` times."""
+    from memjax.evaluation import evaluate
+    from memjax.sharding import member_mesh
+
+    network, variables = _variables(model, train, data, members)
+    cost = program_cost(
+        lambda v, x, y: evaluate(network.apply, v, x, y, chunk=train.eval_chunk,
+                                 member_chunk=train.member_chunk, mesh=member_mesh(1)),
+        variables, _images(data, examples), jax.ShapeDtypeStruct((examples,), np.int32))
+    return Step(name, "evaluate", model.kind, cost, runs, per_example=members * examples,
+                members=members)
+
+
+def search(name: str, model: ModelConfig, train: TrainConfig, data: DataShape, members: int,
+           *, protocol: str, examples: int | None, validation: int, runs: int,
+           chunk: int | None = None, **settings) -> Step:
+    """memjax.metrics.validation_search of `members` (settings: radius, step_size,
+    noise_scale, max_iterations), run `runs` times, each counted at `search_iterations`."""
+    from memjax.metrics.lass import validation_search
+
+    network, variables = _variables(model, train, data, members)
+    iterations = search_iterations(protocol, settings["max_iterations"])
+    searched = validation if examples is None else min(examples, validation)
+    cost = program_cost(
+        lambda v, x, key: validation_search(network.apply, v, x, key, protocol=protocol,
+                                            examples=examples, member_chunk=train.member_chunk,
+                                            chunk=chunk, **settings),
+        variables, _images(data, validation), jax.eval_shape(lambda: jax.random.key(0)),
+        while_trips=iterations)
+    return Step(name, "search", model.kind, cost, runs, per_example=members * searched,
+                members=members, probes=float(members * searched * iterations))

@@ -1,0 +1,149 @@
+"""`memjax plan`: XLA's cost analysis counted with loop trip counts (against hand counts),
+the rates taken from bench records, and the command's JSON."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from memjax import cost, plan
+from memjax.cli import main
+from memjax.config import DataConfig, ModelConfig, TrainConfig
+from memjax.data import DataShape, data_shape
+from memjax.errors import MemjaxError
+from memjax.runner import Members
+
+
+def test_program_cost_counts_every_scan_iteration():
+    def f(w, xs):  # 10 steps of a [16, 64] x [64, 32] matmul
+        return jax.lax.scan(lambda c, x: (c + jnp.tanh(x @ w).sum(), None), 0.0, xs)[0]
+
+    c = cost.program_cost(f, jax.ShapeDtypeStruct((64, 32), jnp.float32),
+                          jax.ShapeDtypeStruct((10, 16, 64), jnp.float32))
+    matmuls = 10 * 2 * 16 * 64 * 32
+    assert matmuls <= c.flops < 1.02 * matmuls  # (+ the adds of the tanh sums)
+    # nested: 3 x the scan above
+    g = lambda w, xss: jax.lax.scan(lambda c, xs: (c + f(w, xs), None), 0.0, xss)[0]
+    nested = cost.program_cost(g, jax.ShapeDtypeStruct((64, 32), jnp.float32),
+                               jax.ShapeDtypeStruct((3, 10, 16, 64), jnp.float32))
+    assert nested.flops == pytest.approx(3 * c.flops, rel=0.01)
+
+
+def test_program_cost_counts_while_loops_as_told():
+    def f(w, x):
+        return jax.lax.while_loop(lambda c: c[0] < c[1].sum(),
+                                  lambda c: (c[0] + 1, c[1] @ w), (0, x))[1]
+
+    args = jax.ShapeDtypeStruct((32, 32), jnp.float32), jax.ShapeDtypeStruct((8, 32), jnp.float32)
+    once, five = (cost.program_cost(f, *args, while_trips=t).flops for t in (1, 5))
+    assert five - once == pytest.approx(4 * 2 * 8 * 32 * 32, rel=0.02)
+
+
+def test_training_epoch_matches_the_hand_count_and_not_the_grouping():
+    """One epoch of 6 MLPs 784-64-32-10: 6 x the forward multiply-adds per example, less
+    the first layer's input gradient (2 x its MACs), within the elementwise work; the same
+    whether the members run in one vmap or in groups of 2 (lax.map)."""
+    data = data_shape(DataConfig(train_size=512))
+    model = ModelConfig(hidden=(64, 32))
+    macs = 784 * 64 + 64 * 32 + 32 * 10
+    hand = (6 * macs - 2 * 784 * 64) * 6 * 512
+    one = cost.training("t", model, TrainConfig(members=6, batch_size=64), data, epochs=1)
+    grouped = cost.training("t", model, TrainConfig(members=6, batch_size=64, member_chunk=2),
+                            data, epochs=1)
+    assert hand <= one.cost.flops < 1.1 * hand
+    assert grouped.cost.flops == pytest.approx(one.cost.flops, rel=0.01)
+    # a 25 % subset per member: an epoch runs a quarter of the steps
+    mask = np.zeros((6, 512), bool)
+    mask[:, :128] = True
+    part = cost.training("t", model, TrainConfig(members=6, batch_size=64), data,
+                         Members(np.arange(6), example_mask=mask), epochs=1)
+    assert part.cost.flops == pytest.approx(one.cost.flops / 4, rel=0.05)
+    assert part.per_example == 6 * 128
+
+
+def test_only_the_groups_with_an_adversarial_member_count_the_search():
+    data = data_shape(DataConfig(train_size=128))
+    model = ModelConfig(hidden=(32,))
+
+    def flops(weights, chunk):
+        train = TrainConfig(members=4, batch_size=64, member_chunk=chunk)
+        members = Members(np.arange(4), adversarial_weight=np.asarray(weights, float))
+        return cost.training("t", model, train, data, members, epochs=1).cost.flops
+
+    plain, every = flops([0] * 4, 1), flops([0.5] * 4, 1)
+    assert every > 2 * plain
+    assert flops([0, 0.5, 0, 0], 1) == pytest.approx(plain + (every - plain) / 4, rel=1e-3)
+    assert flops([0, 0.5, 0, 0], 4) == pytest.approx(flops([0.5] * 4, 4), rel=1e-3)
+
+
+def test_data_shape_is_what_load_dataset_gives():
+    from memjax.data import load_dataset
+
+    config = DataConfig(train_size=300, validation_size=40, downscale=2)
+    d = load_dataset(config)
+    assert data_shape(config) == DataShape(len(d.train), len(d.validation), d.image_shape,
+                                           d.num_classes)
+    assert data_shape(DataConfig(name="mnist")).train == 50_000
+    assert data_shape(DataConfig(name="cifar10", test_as_validation=True)) == DataShape(
+        50_000, 10_000, (32, 32, 3), 10)
+
+
+def _record(kind, rows, roofline):
+    return {"file": f"{kind}.json", "device": {"kind": kind}, "roofline": roofline,
+            "rows": rows}
+
+
+def test_a_device_without_records_borrows_the_nearest_scaled_by_its_bound():
+    h100 = _record("NVIDIA H100 80GB HBM3", [
+        # bandwidth-bound on its measured roofline: 1e5 B / 2000 GB/s > 4e6 FLOP / 400 TFLOP/s
+        {"case": "a_mlp512", "impl": "jax-ensemble", "tflops": 40.0,
+         "flops_per_model_example": 4e6, "bytes_per_model_example": 1e5},
+        {"case": "c_cnn", "impl": "jax-lax.map", "tflops": 75.0, "compile_s": 5.0,
+         "flops_per_model_example": 1.27e9, "bytes_per_model_example": 1e6}],
+        {"peak_tflops": 370.0, "bandwidth_gbs": 2000.0})
+    step = lambda model: cost.Step("s", "train", model, cost.Cost(4e6 * 100, 0), 10,
+                                   per_example=100)
+    own = plan.Rates("h100", [h100])
+    assert own.rate(step("mlp")).flops_per_s == 40e12 and own.scale_note is None
+    h200 = plan.Rates("h200", [h100])
+    assert h200.rate(step("mlp")).flops_per_s == pytest.approx(40e12 * 4.8 / 3.35)
+    assert h200.rate(step("cnn")).flops_per_s == pytest.approx(75e12)  # same peak
+    a100 = plan.Rates("a100", [h100])
+    assert a100.rate(step("cnn")).flops_per_s == pytest.approx(75e12 * 156 / 494.7)
+    assert "borrowed from h100" in a100.scale_note
+    planned = plan.plan_steps([step("mlp")], own)
+    assert planned["seconds"] == pytest.approx(10 * 4e8 / 40e12 + 5.0)
+    with pytest.raises(MemjaxError, match="unknown device"):
+        plan.Rates("gpu9000", [h100])
+    with pytest.raises(MemjaxError, match="no bench record"):
+        plan.Rates("h100", [h100]).rate(cost.Step("s", "search", "mlp", cost.Cost(), 1, 1))
+
+
+def test_plan_command_prints_json(capsys):
+    assert main(["plan", "--preset", "smoke", "--only", "consistency,csr", "--device", "h200",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["device"] == "h200"
+    studies = result["studies"]
+    assert set(studies) == {"consistency", "csr"}
+    assert studies["csr"]["probes"] > 0 and studies["consistency"]["probes"] == 0
+    assert all(s["flops"] > 0 and s["seconds"] > 0 for s in studies.values())
+    assert result["total_seconds"] == pytest.approx(sum(s["seconds"] for s in studies.values()))
+    assert main(["plan", "--preset", "smoke", "--only", "nope"]) == 2
+    assert main(["plan", "--preset", "smoke", "--device", "gpu9000"]) == 2
+    assert "unknown device" in capsys.readouterr().err
+
+
+def test_cpu_preset_predictions_hold_against_recorded_runs():
+    """The recorded cpu-preset runs (benchmarks/results/plan-cpu-*.json: wall times measured
+    on this CPU, with its roofline and checkpoint speed measured beside them) are predicted
+    within 2x."""
+    from memjax.reproduce import study_configs
+
+    table = next(t for t in reversed(plan.plan_checks()) if t["preset"] == "cpu")
+    for name in ("csr", "consistency"):
+        predicted = plan.plan(study_configs("cpu", [name]), "this",
+                              table["measured"])["total_seconds"]
+        measured = table["studies"][name]["measured_seconds"]
+        assert 0.5 < predicted / measured < 2, (name, predicted, measured)
