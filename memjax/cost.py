@@ -13,14 +13,20 @@ every while-loop body `while_trips` times, each body by XLA's own analysis of it
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
+from memjax import dynamics
 from memjax.config import ModelConfig, TrainConfig
 from memjax.data import DataShape
+from memjax.evaluation import evaluate
+from memjax.memory import nbytes
+from memjax.metrics.lass import TRAINING_LASS, validation_search
+from memjax.runner import Members, abstract_ensemble, epoch_program, member_view
+from memjax.sharding import member_mesh
+from memjax.views import NoiseSource
 
 try:  # jax >= 0.4.33 moved the core types here
     from jax.extend.core import ClosedJaxpr, jaxpr_as_fun
@@ -129,35 +135,21 @@ def _abstract(tree):
                         if not isinstance(a, jax.ShapeDtypeStruct) else a, tree)
 
 
-def _nbytes(tree) -> float:
-    return float(sum(math.prod(l.shape) * np.dtype(l.dtype).itemsize
-                     for l in jax.tree_util.tree_leaves(tree)
-                     if jax.dtypes.issubdtype(l.dtype, np.number)
-                     or l.dtype == np.bool_))
-
-
 def _images(data: DataShape, n: int) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct((n,) + data.image_shape, np.uint8)
 
 
 def training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
-             members=None, *, epochs: int, data_seed: int = 0,
-             examples: int | None = None) -> Step:
-    """The training epoch a Runner compiles for `members` (memjax.runner.Members; None:
-    train.members) on `examples` training examples (None: data.train), run `epochs` times;
-    a checkpoint of the members' state after each."""
-    from memjax import dynamics
-    from memjax.runner import Members, abstract_ensemble, epoch_program, member_view
-    from memjax.sharding import member_mesh
-    from memjax.views import NoiseSource
-
-    n = data.train if examples is None else examples
+             members: Members | None = None, *, epochs: int, data_seed: int = 0) -> Step:
+    """The training epoch a Runner compiles for `members` (None: train.members) on the
+    data.train training examples, run `epochs` times; a checkpoint of the members' state
+    after each."""
+    n = data.train
     members = members or Members(np.arange(train.members))
     network, tx, state = abstract_ensemble(model, train, data.num_classes,
                                            (1,) + data.image_shape, members)
     if train.record_dynamics:
-        state = state.replace(dynamics=_abstract(jax.eval_shape(
-            lambda: dynamics.empty(members.count, n))))
+        state = state.replace(dynamics=jax.eval_shape(lambda: dynamics.empty(members.count, n)))
     view = member_view(members, n, data_seed)
     noise = None
     if view.input_noise_mask is not None or view.label_noise_mask is not None:
@@ -167,14 +159,13 @@ def training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
     epoch = epoch_program(network, tx, train, member_mesh(1), members.example_mask)
     args = (state, train.seed, _images(data, n), jax.ShapeDtypeStruct((n,), np.int32),
             _abstract(view), noise)
-    cost = program_cost(epoch, *args)
-    if view.adversarial_weight is not None:
-        cost = _searching(epoch, args, view.adversarial_weight, train.adversarial_protocol)
+    cost = (program_cost(epoch, *args) if view.adversarial_weight is None else
+            _searching(epoch, args, view.adversarial_weight, train.adversarial_protocol))
     mask = members.example_mask
     seen = members.count * n if mask is None else float(np.sum(mask))
     return Step(name, "train", model.kind, cost, epochs, per_example=seen,
                 precision=train.compute_dtype, members=members.count,
-                checkpoint_bytes=_nbytes(state))
+                checkpoint_bytes=float(sum(map(nbytes, jax.tree_util.tree_leaves(state)))))
 
 
 def _searching(epoch, args: tuple, weights: np.ndarray, protocol: str) -> Cost:
@@ -182,8 +173,6 @@ def _searching(epoch, args: tuple, weights: np.ndarray, protocol: str) -> Cost:
     search (memjax.train), which XLA's analysis of the branch counts for every group, so
     the search is counted for the groups that run it (one device: consecutive groups of
     the planned member chunk)."""
-    from memjax.metrics.lass import TRAINING_LASS
-
     trips = search_iterations(protocol, TRAINING_LASS["max_iterations"])
     every = program_cost(epoch, *args, while_trips=trips)
     view = args[4].replace(adversarial_weight=None)
@@ -197,8 +186,6 @@ def _searching(epoch, args: tuple, weights: np.ndarray, protocol: str) -> Cost:
 
 
 def _variables(model: ModelConfig, train: TrainConfig, data: DataShape, members: int):
-    from memjax.runner import Members, abstract_ensemble
-
     network, _, state = abstract_ensemble(model, train, data.num_classes,
                                           (1,) + data.image_shape, Members(np.arange(members)))
     return network, state.variables
@@ -207,9 +194,6 @@ def _variables(model: ModelConfig, train: TrainConfig, data: DataShape, members:
 def evaluation(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
                members: int, examples: int, *, runs: int) -> Step:
     """memjax.evaluation.evaluate of `members` on `examples` inputs, run `runs` times."""
-    from memjax.evaluation import evaluate
-    from memjax.sharding import member_mesh
-
     network, variables = _variables(model, train, data, members)
     cost = program_cost(
         lambda v, x, y: evaluate(network.apply, v, x, y, chunk=train.eval_chunk,
@@ -224,8 +208,6 @@ def search(name: str, model: ModelConfig, train: TrainConfig, data: DataShape, m
            chunk: int | None = None, **settings) -> Step:
     """memjax.metrics.validation_search of `members` (settings: radius, step_size,
     noise_scale, max_iterations), run `runs` times, each counted at `search_iterations`."""
-    from memjax.metrics.lass import validation_search
-
     network, variables = _variables(model, train, data, members)
     iterations = search_iterations(protocol, settings["max_iterations"])
     searched = validation if examples is None else min(examples, validation)

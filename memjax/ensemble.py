@@ -263,9 +263,7 @@ def map_members(fn: Callable, chunk: int | None = None, *, mesh=None,
             out = jax.tree_util.tree_map(lambda l: l[None], on_device(
                 jax.tree_util.tree_map(lambda l: l[0], grouped)))
         else:
-            out = jax.vmap(on_device)(grouped)
-        if d > 1:
-            out = jax.lax.with_sharding_constraint(out, spec)
+            out = jax.lax.with_sharding_constraint(jax.vmap(on_device)(grouped), spec)
         return jax.tree_util.tree_map(
             lambda l: l.reshape((d, groups * c) + l.shape[3:])[:, :local].reshape(
                 (d * local,) + l.shape[3:])[:m], out)

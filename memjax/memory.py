@@ -61,7 +61,7 @@ def memory_budget_bytes() -> int:
     return int(fraction * device_memory_bytes())
 
 
-def _nbytes(aval: Any) -> int:
+def nbytes(aval: Any) -> int:
     shape = getattr(aval, "shape", None)
     dtype = getattr(aval, "dtype", None)
     if shape is None or dtype is None:
@@ -90,7 +90,7 @@ def jaxpr_bytes(jaxpr: Jaxpr, skip_shapes: frozenset = frozenset()) -> int:
     shaped like one of `skip_shapes` are left out (the caller accounts for them)."""
     total = 0
     for eqn in jaxpr.eqns:
-        total += sum(_nbytes(v.aval) for v in eqn.outvars
+        total += sum(nbytes(v.aval) for v in eqn.outvars
                      if tuple(getattr(v.aval, "shape", ())) not in skip_shapes)
         inner = [jaxpr_bytes(j, skip_shapes) for j in _inner_jaxprs(eqn.params)]
         if inner:
@@ -117,8 +117,8 @@ def member_bytes(fn: Callable, *one_member: Any) -> tuple[int, int]:
 
 
 def _costs(closed: ClosedJaxpr) -> tuple[int, int]:
-    args = sum(_nbytes(v.aval) for v in closed.jaxpr.invars)
-    state = args + sum(_nbytes(v.aval) for v in closed.jaxpr.outvars)
+    args = sum(nbytes(v.aval) for v in closed.jaxpr.invars)
+    state = args + sum(nbytes(v.aval) for v in closed.jaxpr.outvars)
     shapes = frozenset(tuple(v.aval.shape) for v in closed.jaxpr.invars
                        if len(getattr(v.aval, "shape", ())) >= 2)
     return state, 2 * args + jaxpr_bytes(closed.jaxpr, shapes)

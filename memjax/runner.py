@@ -40,26 +40,10 @@ from memjax.evaluation import evaluate, member_accuracy
 from memjax.metrics.lass import lass_adversarial_examples
 from memjax.models import Network, build_network
 from memjax.results import RunDir
-from memjax.sharding import default_mesh, replicate, shard_members, to_host
+from memjax.sharding import (default_mesh, put_members, replicate, shard_members,
+                             take_members, to_host)
 from memjax.train import make_train_epoch
 from memjax.views import MemberView, NoiseSource, noise_masks, noise_source
-
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _gather(tree, take: jax.Array, padded: int, mesh):
-    """The members `take` of every leaf with the member axis [padded, ...], kept split over
-    the mesh; other leaves as they are."""
-    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members"))
-    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a[take], split)
-                        if a.ndim and a.shape[0] == padded else a, tree)
-
-
-@functools.partial(jax.jit, static_argnums=(3, 4), donate_argnums=0)
-def _scatter(full, part, take: jax.Array, padded: int, mesh):
-    """`full` with the members `take` replaced by `part`'s (scalars from `part`)."""
-    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members"))
-    return jax.tree.map(lambda a, b: jax.lax.with_sharding_constraint(a.at[take].set(b), split)
-                        if a.ndim and a.shape[0] == padded else b, full, part)
-
 
 # A study's per-epoch measurement: (runner, epoch) -> {name: [members] array (or
 # [padded members]: cut to the real ones) or a scalar}, computed on the device.
@@ -297,21 +281,18 @@ class Runner:
         active = np.flatnonzero(~self.converged)
         size = self._program_size(len(active))
         take = np.concatenate([active, np.repeat(active[-1:], size - len(active))])
-        state, view = _gather((self.state, self.view), jnp.asarray(take), self.padded,
-                              self.mesh)
+        state, view = take_members((self.state, self.view), jnp.asarray(take), self.padded,
+                                   self.mesh)
         epoch = (self._compiled if size == self.padded and self._compiled is not None
                  else self.train_epoch)
         state, metrics = epoch(state, self.train.seed, self.x, self.y, view, self.noise)
-        self.state = _scatter(self.state, state, jnp.asarray(take), self.padded, self.mesh)
+        self.state = put_members(self.state, state, jnp.asarray(take), self.padded, self.mesh)
         self.training_members = size
-        out = {}
+        out = {"diverged": np.asarray(to_host(self.state.diverged))}
         for name, value in to_host(metrics).items():
-            value = np.asarray(value)
-            full = (np.zeros(self.padded, bool) if value.dtype == bool
-                    else np.full(self.padded, np.nan, value.dtype))
-            full[take] = value
-            out[name] = full
-        out["diverged"] = np.asarray(to_host(self.state.diverged))
+            if name != "diverged":  # (the trained members' only: the state has everyone's)
+                out[name] = np.full(self.padded, np.nan, np.float32)
+                out[name][take] = value
         return out
 
     def _program_size(self, active: int) -> int:

@@ -11,6 +11,7 @@ mesh then spans every device of every host (see docs/scale.md).
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -138,6 +139,24 @@ def is_writer() -> bool:
     """Whether this process writes the run directory: process 0 alone, so that every host's
     members (gathered by `to_host`) land in one run directory."""
     return jax.process_index() == 0
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def take_members(tree: Any, take: jax.Array, padded: int, mesh: Mesh) -> Any:
+    """The members `take` [K] of every leaf with the member axis [padded, ...], split over
+    the mesh as [K, ...]; other leaves (scalars) as they are."""
+    split = NamedSharding(mesh, P(AXIS))
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a[take], split)
+                        if a.ndim and a.shape[0] == padded else a, tree)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4), donate_argnums=0)
+def put_members(full: Any, part: Any, take: jax.Array, padded: int, mesh: Mesh) -> Any:
+    """`full` with its members `take` replaced by `part`'s (take_members' inverse; scalar
+    leaves from `part`)."""
+    split = NamedSharding(mesh, P(AXIS))
+    return jax.tree.map(lambda a, b: jax.lax.with_sharding_constraint(a.at[take].set(b), split)
+                        if a.ndim and a.shape[0] == padded else b, full, part)
 
 
 def to_host(tree: Any) -> Any:

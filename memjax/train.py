@@ -198,20 +198,11 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
                      Carry(state.variables, state.opt_state, diverged, state.dynamics),
                      MemberView() if view is None else view)
 
-    def without_search(one):
-        """(needed, light_fn) for map_members: a group of members whose adversarial weights
-        are all 0 trains without the in-step search."""
-        def light_fn(*args):
-            *rest, view = args
-            return one(*rest, view.replace(adversarial_weight=None))
-
-        return lambda *group: jnp.any(group[-1].adversarial_weight > 0), light_fn
-
     @functools.partial(jax.jit, donate_argnums=0)
     def train_epoch(state: EnsembleState, seed, x, y, view: MemberView | None = None,
                     noise: NoiseSource | None = None):
         one, stacked = per_member(state, seed, x, y, view, noise)
-        light = (without_search(one) if view is not None
+        light = (_without_search(one) if view is not None
                  and view.adversarial_weight is not None else None)
         carry, metrics = map_members(one, member_chunk, mesh=mesh, light=light)(*stacked)
         return state.replace(variables=carry.variables, opt_state=carry.opt_state,
@@ -226,6 +217,16 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
 
     train_epoch.placement = placement
     return train_epoch
+
+
+def _without_search(one: Callable) -> tuple[Callable, Callable]:
+    """(needed, light_fn) for map_members: a group of members whose adversarial weights are
+    all 0 trains without the in-step search (the view is the last stacked argument)."""
+    def light_fn(*args):
+        *rest, view = args
+        return one(*rest, view.replace(adversarial_weight=None))
+
+    return lambda *group: jnp.any(group[-1].adversarial_weight > 0), light_fn
 
 
 def _after_every_gradient(grads):
