@@ -7,8 +7,10 @@ Each member trains on its own view (width mask, example mask, randX fraction); a
 epoch its accuracy on its own training set is measured, the first epoch at or above
 `threshold` recorded and the member frozen (learning rate 0). Members still below it at the
 epoch cap are censored: reported as "> cap", never as converged. The loop stops when every
-member has converged. Noise should slow convergence far more, grow faster with dataset size
-and benefit more from capacity.
+member has converged. Part (a) runs in width buckets, part (b) one dataset size at a time
+(an epoch as long as the size), and the cell both parts share (width_for_sizes, all
+examples) once. Noise should slow convergence far more, grow faster with dataset size and
+benefit more from capacity.
 Presets: smoke (seconds); cpu (2000 embedded MNIST examples, widths 32..512, sizes
 250..2000 at width 512, randX 0 / 0.4 / 0.8, lr 0.1, cap 80 epochs: ~5 minutes on 2 cores);
 paper (MNIST 50k, widths 16..4096, sizes 5k..50k at 4096, SGD lr 0.01, cap 1000 epochs).
@@ -72,14 +74,18 @@ def check(config: Config) -> None:
 
 
 def cells(config: Config, n: int) -> dict[str, np.ndarray]:
-    """One row per member: part (width / size), width, training set size, noise level."""
+    """One row per member: part (width / size), width, training set size, noise level. Part
+    (b)'s cell at all n examples is part (a)'s at width_for_sizes when that width is swept:
+    those members serve both curves (`summarize` selects by width and size, not by part)."""
     if max(config.widths + (config.width_for_sizes,)) > max(config.model.hidden):
         raise MemjaxError(f"widths must be in 1..{max(config.model.hidden)} (model.hidden)")
     if max(config.sizes) > n:
         raise MemjaxError(f"dataset sizes must be at most the {n} training examples")
     reps = list(range(config.seeds))
+    shared = config.width_for_sizes in config.widths
     a = grid(x=list(config.widths), level=list(config.noise_levels), repeat=reps)
-    b = grid(x=list(config.sizes), level=list(config.noise_levels), repeat=reps)
+    b = grid(x=[s for s in config.sizes if not (shared and s == n)],
+             level=list(config.noise_levels), repeat=reps)
     m_a, m_b = len(a["x"]), len(b["x"])
     return {"part": np.array(["width"] * m_a + ["size"] * m_b),
             "width": np.concatenate([a["x"], np.full(m_b, config.width_for_sizes)]).astype(int),
@@ -87,16 +93,21 @@ def cells(config: Config, n: int) -> dict[str, np.ndarray]:
             "level": np.concatenate([a["level"], b["level"]]).astype(float)}
 
 
-def phases(config: Config, table: dict, n: int) -> list[tuple[ModelConfig, np.ndarray, Members]]:
-    """Part (a)'s width buckets, then part (b) at one width: (masked model, rows, Members)."""
+def phases(config: Config, table: dict, n: int) -> list[tuple[str, ModelConfig, np.ndarray,
+                                                                 Members]]:
+    """Part (a)'s width buckets, then part (b) one dataset size at a time (an epoch of a
+    phase is as long as its largest member's training set): (name, masked model, rows,
+    Members)."""
     m_a = int(np.sum(table["part"] == "width"))
-    buckets = [(w, rows) for w, rows in width_buckets(table["width"][:m_a],
-                                                      config.bucket_limits)]
-    buckets.append((config.width_for_sizes, np.arange(m_a, len(table["part"]))))
+    buckets = [(f"width {w}", w, rows) for w, rows in width_buckets(table["width"][:m_a],
+                                                                  config.bucket_limits)]
+    size_rows = np.arange(m_a, len(table["part"]))
+    buckets += [(f"size {s}", config.width_for_sizes, size_rows[table["size"][size_rows] == s])
+                for s in dict.fromkeys(table["size"][size_rows].tolist())]
     out = []
-    for model_width, rows in buckets:
+    for name, model_width, rows in buckets:
         masks = size_masks(table["size"][rows], n, config.data.data_seed)
-        out.append((ModelConfig(hidden=(model_width,) * len(config.model.hidden)), rows,
+        out.append((name, ModelConfig(hidden=(model_width,) * len(config.model.hidden)), rows,
                     Members(rows, widths=table["width"][rows], input_noise=table["level"][rows],
                             example_mask=None if masks.all() else masks)))
     return out
@@ -108,12 +119,11 @@ def work(config: Config) -> list[cost.Step]:
     have converged, which the plan cannot know)."""
     data, tc = data_shape(config.data), config.train
     steps = []
-    for model, _, members in phases(config, cells(config, data.train), data.train):
-        name = f"width {model.hidden[0]}"
+    for name, model, _, members in phases(config, cells(config, data.train), data.train):
         steps += [cost.training(f"train, {name}", model, tc, data, members, epochs=tc.epochs,
                                 data_seed=config.data.data_seed),
                   cost.evaluation(f"own accuracy, {name}", model, tc, data, members.count,
-                                  2 * data.train, runs=tc.epochs)]
+                                  members.own_inputs(data.train), runs=tc.epochs)]
     return steps
 
 
@@ -126,8 +136,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
     first = np.full(len(widths), convergence.NOT_CONVERGED)
     curves = np.full((config.train.epochs, len(widths)), np.nan)
     seconds = examples = 0.0
-    for model, rows, members in phases(config, table, n):
-        model_width = model.hidden[0]
+    for name, model, rows, members in phases(config, table, n):
         runner = Runner(model, config.train, dataset.train, dataset.num_classes, members,
                         data_seed=config.data.data_seed)
 
@@ -136,7 +145,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
                     "train_accuracy": record["train_accuracy"].tolist(),
                     "converged": int((record["first_epoch"] != convergence.NOT_CONVERGED).sum())}
 
-        history = runner.run(config.train.epochs, desc=f"width {model_width}", run_dir=run_dir,
+        history = runner.run(config.train.epochs, desc=name, run_dir=run_dir,
                              converge_at=config.threshold, log=log)
         done = history["train_accuracy"]
         curves[:len(done), rows] = done
@@ -156,14 +165,19 @@ def run(config: Config, run_dir: RunDir) -> dict:
 
 def summarize(part, widths, sizes, levels, result, config: Config) -> dict:
     """Per part and noise level: median epochs to converge per x value (censored members
-    count as the cap, a lower bound, and are counted separately)."""
+    count as the cap, a lower bound, and are counted separately). A point is the members of
+    its cell, (width x, all examples) or (width_for_sizes, x examples), whichever part ran
+    them."""
     cap = config.train.epochs
     out = {"cap": cap, "threshold": config.threshold}
-    for name, xs, values in (("width", config.widths, widths), ("size", config.sizes, sizes)):
+    full = sizes[part == "width"].max()
+    for name, xs in (("width", config.widths), ("size", config.sizes)):
         for p in config.noise_levels:
             med, cens = [], []
             for x in xs:
-                sel = (part == name) & (values == x) & np.isclose(levels, p)
+                cell = ((widths == x) & (sizes == full) if name == "width"
+                        else (widths == config.width_for_sizes) & (sizes == x))
+                sel = cell & np.isclose(levels, p)
                 epochs = np.where(result["censored"][sel], cap, result["epochs"][sel])
                 med.append(float(np.median(epochs)))
                 cens.append(int(result["censored"][sel].sum()))

@@ -76,6 +76,13 @@ class Members:
     def count(self) -> int:
         return len(self.ids)
 
+    def own_inputs(self, num_examples: int) -> int:
+        """The inputs Runner.own_accuracy predicts: the examples some member trains on,
+        twice when some member sees noised inputs (the clean and the noised copy)."""
+        used = (num_examples if self.example_mask is None
+                else int(np.any(self.example_mask, 0).sum()))
+        return used * (2 if self.input_noise is not None and np.any(self.input_noise) else 1)
+
     def padded(self, total: int) -> "Members":
         """The same members and `total - count` dummy copies of the last one."""
         def pad(value):
@@ -179,15 +186,23 @@ class Runner:
             state = state.replace(dynamics=dynamics.empty(self.padded, len(split)))
         self.state = shard_members(state, self.mesh, self.padded)
         view = member_view(padded, len(split), data_seed)
-        self.view = shard_members(view, self.mesh, self.padded)
-        self.noise = None
+        noise = None
         if view.input_noise_mask is not None or view.label_noise_mask is not None:
             source = noise_source(split, num_classes, data_seed, input_stats)
-            self.noise = replicate(NoiseSource(
-                source.x if view.input_noise_mask is not None else None,
-                source.y if view.label_noise_mask is not None else None), self.mesh)
-        self.x, self.y = replicate((split.x, split.y), self.mesh)
+            noise = NoiseSource(source.x if view.input_noise_mask is not None else None,
+                                source.y if view.label_noise_mask is not None else None)
+        self.x, self.y, self.view, self.noise = self._put(split.x, split.y, view, noise)
         mask = members.example_mask
+        # own accuracy looks only at the examples some member trains on
+        used = None if mask is None else np.flatnonzero(np.any(mask, 0))
+        self._own = (self.x, self.y, self.view, self.noise)
+        if used is not None and len(used) < len(split):
+            take = lambda a, axis=0: None if a is None else np.take(a, used, axis)
+            self._own = self._put(take(split.x), take(split.y), view.replace(
+                example_mask=take(view.example_mask, 1),
+                input_noise_mask=take(view.input_noise_mask, 1),
+                label_noise_mask=take(view.label_noise_mask, 1)),
+                noise and NoiseSource(take(noise.x), take(noise.y)))
         self.train_epoch = epoch_program(self.network, tx, train, self.mesh, mask)
         # each member's training examples per epoch
         self._examples = (np.full(self.padded, len(split)) if mask is None
@@ -199,6 +214,12 @@ class Runner:
         # what decides whether a smaller program for the active members pays: epochs
         # still to run (set by `run`), seconds of the last epoch and of compiling one
         self._remaining, self._epoch_seconds, self._compile_seconds = None, 0.0, 0.0
+
+    def _put(self, x, y, view: MemberView, noise: NoiseSource | None):
+        """Training data on the devices: x, y and the noise on every one, the view's
+        members on theirs."""
+        return (*replicate((x, y), self.mesh), shard_members(view, self.mesh, self.padded),
+                None if noise is None else replicate(noise, self.mesh))
 
     # ---- what the members are now ----------------------------------------------------
 
@@ -227,8 +248,7 @@ class Runner:
     def own_accuracy(self) -> jax.Array:
         """[M] each member's accuracy on its own view of the training set (its examples,
         its noise), in evaluation mode."""
-        return member_accuracy(self.apply, self.variables, self.x, self.y, self.view,
-                               self.noise, chunk=self.train.eval_chunk,
+        return member_accuracy(self.apply, self.variables, *self._own, chunk=self.train.eval_chunk,
                                member_chunk=self.train.member_chunk,
                                mesh=self.mesh)["accuracy"][:self.members]
 

@@ -65,3 +65,35 @@ def test_csr_study(tmp_path):
     assert summary["randY"]["examples_searched"] == 16
     with pytest.raises(MemjaxError):
         csr.run(dataclasses.replace(config, radius=-1.0), RunDir(tmp_path / "b"))
+
+
+def test_convergence_runs_each_size_alone_and_the_shared_cell_once():
+    """E4's part (b) runs one dataset size per phase (an epoch as long as that size), and
+    its cell at all examples is part (a)'s cell at width_for_sizes: run once, read by both
+    curves."""
+    from memjax import convergence as conv
+    from memjax.experiments import convergence
+
+    config = dataclasses.replace(convergence.PRESETS["smoke"], widths=(4, 64),
+                                 sizes=(32, 64, 128), width_for_sizes=64)
+    table = convergence.cells(config, 128)
+    assert table["part"].tolist().count("width") == 4  # 2 widths x 2 noise levels
+    assert sorted(table["size"][table["part"] == "size"].tolist()) == [32, 32, 64, 64]
+    names = [name for name, *_ in convergence.phases(config, table, 128)]
+    assert names == ["width 64", "size 32", "size 64"]
+    for name, _, rows, members in convergence.phases(config, table, 128)[1:]:
+        assert np.all(members.example_mask.sum(1) == int(name.split()[1]))
+        assert members.own_inputs(128) == 2 * int(name.split()[1])  # clean and randX copies
+    # every member converges at an epoch of its own: each point reads its cell's members
+    first = np.arange(len(table["part"])) + 1
+    result = conv.epochs_to_converge(first, config.train.epochs)
+    summary = convergence.summarize(table["part"], table["width"], table["size"],
+                                    table["level"], result, config)
+    at = lambda width, size, level: float(first[(table["width"] == width)
+                                                & (table["size"] == size)
+                                                & (table["level"] == level)].item())
+    for level in config.noise_levels:
+        assert summary[f"size_{level:g}"]["median_epochs"] == [
+            at(64, 32, level), at(64, 64, level), at(64, 128, level)]
+        assert summary[f"width_{level:g}"]["median_epochs"] == [
+            at(4, 128, level), at(64, 128, level)]
