@@ -77,11 +77,10 @@ class Members:
         return len(self.ids)
 
     def own_inputs(self, num_examples: int) -> int:
-        """The inputs Runner.own_accuracy predicts: the examples some member trains on,
-        twice when some member sees noised inputs (the clean and the noised copy)."""
-        used = (num_examples if self.example_mask is None
+        """The inputs Runner.own_accuracy predicts per member: the examples some member
+        trains on."""
+        return (num_examples if self.example_mask is None
                 else int(np.any(self.example_mask, 0).sum()))
-        return used * (2 if self.input_noise is not None and np.any(self.input_noise) else 1)
 
     def padded(self, total: int) -> "Members":
         """The same members and `total - count` dummy copies of the last one."""

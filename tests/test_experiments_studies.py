@@ -83,7 +83,7 @@ def test_convergence_runs_each_size_alone_and_the_shared_cell_once():
     assert names == ["width 64", "size 32", "size 64"]
     for name, _, rows, members in convergence.phases(config, table, 128)[1:]:
         assert np.all(members.example_mask.sum(1) == int(name.split()[1]))
-        assert members.own_inputs(128) == 2 * int(name.split()[1])  # clean and randX copies
+        assert members.own_inputs(128) == int(name.split()[1])
     # every member converges at an epoch of its own: each point reads its cell's members
     first = np.arange(len(table["part"])) + 1
     result = conv.epochs_to_converge(first, config.train.epochs)
