@@ -12,6 +12,31 @@ from memjax.errors import MemjaxError
 from memjax.results import RunDir
 
 
+def own_accuracy_due(epoch: int, every: int, epochs: int) -> bool:
+    """Whether training accuracy is measured after `epoch` (1-based) when it is measured
+    every `every` epochs and always after the last (a full pass over the training set)."""
+    return epoch % every == 0 or epoch == epochs
+
+
+def own_accuracy_runs(every: int, epochs: int) -> int:
+    """How many epochs `own_accuracy_due` measures after."""
+    return sum(own_accuracy_due(e, every, epochs) for e in range(1, epochs + 1))
+
+
+def own_accuracy_every(runner: Any, epoch: int, every: int, epochs: int) -> np.ndarray:
+    """Runner.own_accuracy after the epochs `own_accuracy_due` says, NaN after the others."""
+    if own_accuracy_due(epoch, every, epochs):
+        return runner.own_accuracy()
+    return np.full(runner.members, np.nan, np.float32)
+
+
+def measured(curve) -> tuple[np.ndarray, np.ndarray]:
+    """(1-based epochs, values) of a per-epoch curve where it was measured (not NaN)."""
+    curve = np.asarray(curve, float)
+    at = np.flatnonzero(np.isfinite(curve))
+    return at + 1, curve[at]
+
+
 def check_sweep_members(config: Any) -> None:
     """A sweep's ensemble is its cells x `seeds` members, so train.members must stay 1."""
     trains = [getattr(config, n) for n in ("train", "cnn_train") if hasattr(config, n)]

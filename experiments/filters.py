@@ -10,7 +10,7 @@ of what training added to each filter (final - initial), averaged over filters.
 Presets: smoke (seconds, embedded MNIST, 4 channels); cpu (CIFAR-10 1000 examples, 16
 channels, 8 epochs, batch 32, SGD momentum 0.9 lr 0.01: ~4 minutes on 2 shared cores; needs
 cifar10.npz in --data-dir / $MEMJAX_DATA_DIR); paper (CIFAR-10 45k, 200 channels, 50 epochs, lr halved
-every 15).
+every 15, bf16 compute with float32 weights).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class Config:
     data: DataConfig = field(default_factory=lambda: DataConfig(name="cifar10"))
     model: ModelConfig = field(default_factory=lambda: ModelConfig(kind="cnn", batchnorm=True))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        members=1, epochs=50, momentum=0.9, lr_halving_epochs=15))
+        members=1, epochs=50, momentum=0.9, lr_halving_epochs=15, compute_dtype="bfloat16"))
     shown: int = 64  # filters drawn per member
     seeds: int = 1  # members trained on each of real data and randY
 
@@ -42,13 +42,13 @@ PRESETS = {
     "smoke": replace(PAPER, data=DataConfig(train_size=128, validation_size=32),
                      model=replace(PAPER.model, conv_channels=4, batchnorm=False),
                      train=replace(PAPER.train, epochs=1, batch_size=32,
-                                   lr_halving_epochs=None),
+                                   lr_halving_epochs=None, compute_dtype="float32"),
                      shown=4),
     # XLA's CPU convolutions train this CNN at only ~40-80 examples/s on 2 cores: small.
     "cpu": replace(PAPER, data=replace(PAPER.data, train_size=1000, validation_size=500),
                    model=replace(PAPER.model, conv_channels=16, batchnorm=False),
                    train=replace(PAPER.train, epochs=8, batch_size=32,
-                                 lr_halving_epochs=None),
+                                 lr_halving_epochs=None, compute_dtype="float32"),
                    shown=16),
     "paper": PAPER,
 }
@@ -90,7 +90,7 @@ def work(config: Config) -> list[cost.Step]:
     return [cost.training("train", config.model, tc, shape, ensemble, epochs=tc.epochs,
                           data_seed=config.data.data_seed),
             cost.evaluation("own accuracy", config.model, tc, shape, ensemble.count,
-                            shape.train, runs=tc.epochs)]
+                            ensemble.own_inputs(shape.train), runs=tc.epochs)]
 
 
 def run(config: Config, run_dir: RunDir) -> dict:

@@ -11,7 +11,8 @@ noise is fitted, while the validation CSR (LASS, PAPER.md E5, on `csr_examples` 
 images searched as the authors did, `csr_protocol`) rises.
 Presets: smoke (seconds); cpu (embedded 10k MNIST, MLP 2x256, 2 seeds per curve, 30 epochs,
 lr 0.05: ~4 minutes on 2 cores); paper (MNIST 50k, MLP 2x4096, lr 0.01, 100 epochs; and
-the CIFAR-10 CNN, `cnn=True`).
+the CIFAR-10 CNN, `cnn=True`, trained in bf16 compute with float32 weights; training
+accuracy, a full pass over the training set, every 5 epochs and after the last).
 """
 from __future__ import annotations
 
@@ -26,13 +27,15 @@ from memjax import cost
 from memjax.data import data_shape, load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import (check_sweep_members, first_epoch_at_least, grid,
-                                       new_figure)
+                                       measured, new_figure, own_accuracy_every,
+                                       own_accuracy_runs)
 from memjax.keys import ATTACK, study_key
 from memjax.metrics import PAPER_LASS, PROTOCOLS, critical_sample_ratio, validation_search
 from memjax.results import RunDir
 from memjax.runner import Members, Runner
 
-PAPER_CNN_TRAIN = TrainConfig(members=1, epochs=100, momentum=0.9, lr_halving_epochs=15)
+PAPER_CNN_TRAIN = TrainConfig(members=1, epochs=100, momentum=0.9, lr_halving_epochs=15,
+                              compute_dtype="bfloat16")
 
 
 @dataclass(frozen=True)
@@ -52,18 +55,22 @@ class Config:
     csr_examples: int | None = 500  # validation images searched by LASS each epoch
     csr_iterations: int = 100
     csr_protocol: str = "authors"  # memjax.metrics.PROTOCOLS (see memjax.metrics.lass)
+    # epochs between measurements of training accuracy (a full pass over the training set;
+    # always after the last epoch, NaN in the curves between)
+    own_accuracy_every: int = 1
 
 
 PAPER = Config(data=DataConfig(name="mnist"), model=ModelConfig(hidden=(4096, 4096)),
-               train=TrainConfig(members=1, epochs=100), cnn=True)
+               train=TrainConfig(members=1, epochs=100), cnn=True, own_accuracy_every=5)
 PRESETS = {
     "smoke": replace(PAPER, data=DataConfig(train_size=512, validation_size=256),
                      model=ModelConfig(hidden=(32, 32)),
                      train=replace(PAPER.train, epochs=3, batch_size=64, learning_rate=0.1),
-                     noise_levels=(0.5,), csr_examples=32, csr_iterations=5, cnn=False),
+                     noise_levels=(0.5,), csr_examples=32, csr_iterations=5, cnn=False,
+                     own_accuracy_every=1),
     "cpu": replace(PAPER, data=DataConfig(), model=ModelConfig(hidden=(256, 256)),
                    train=replace(PAPER.train, epochs=30, learning_rate=0.05), seeds=2,
-                   cnn=False),
+                   cnn=False, own_accuracy_every=1),
     "paper": PAPER,
 }
 
@@ -71,7 +78,8 @@ PRESETS = {
 def epoch_evaluation(runner: Runner, validation: tuple[jax.Array, jax.Array], config: Config,
                      epoch: int) -> dict[str, jax.Array]:
     """Per-member measurements after an epoch, each [M]: training accuracy on the member's
-    own (noisy) training set, validation accuracy on real data, and validation CSR (LASS
+    own (noisy) training set (every `config.own_accuracy_every` epochs and after the last,
+    else NaN), validation accuracy on real data, and validation CSR (LASS
     with the paper's r, alpha, beta on `config.csr_examples` validation images, searched as
     `config.csr_protocol` says: memjax.metrics.validation_search)."""
     key = jax.random.fold_in(study_key(runner.train.seed, ATTACK), epoch)
@@ -80,7 +88,8 @@ def epoch_evaluation(runner: Runner, validation: tuple[jax.Array, jax.Array], co
                               **{**PAPER_LASS, "max_iterations": config.csr_iterations},
                               member_chunk=runner.train.member_chunk,
                               member_ids=runner.state.member_ids)
-    return {"train_accuracy": runner.own_accuracy(),
+    return {"train_accuracy": own_accuracy_every(runner, epoch, config.own_accuracy_every,
+                                                 runner.train.epochs),
             "validation_accuracy": runner.evaluate(*validation)["correct"].mean(1),
             "validation_csr": critical_sample_ratio(found.critical)}
 
@@ -116,16 +125,20 @@ def work(config: Config) -> list[cost.Step]:
                               protocol=config.csr_protocol, examples=config.csr_examples,
                               validation=shape.validation, runs=train.epochs,
                               **{**PAPER_LASS, "max_iterations": config.csr_iterations}),
-                  cost.evaluation(f"validation and own accuracy ({name})", model, train, shape,
-                                  members.count, shape.validation + 2 * shape.train,
-                                  runs=train.epochs)]
+                  cost.evaluation(f"validation ({name})", model, train, shape, members.count,
+                                  shape.validation, runs=train.epochs),
+                  cost.evaluation(f"own accuracy ({name})", model, train, shape, members.count,
+                                  members.own_inputs(shape.train),
+                                  runs=own_accuracy_runs(config.own_accuracy_every,
+                                                         train.epochs))]
     return steps
 
 
 def check(config: Config) -> None:
     """The checks the config alone allows, before anything runs (MemjaxError)."""
     validate(config)
-    check_numbers(config, positive=("seeds", "csr_examples", "csr_iterations"),
+    check_numbers(config, positive=("seeds", "csr_examples", "csr_iterations",
+                                    "own_accuracy_every"),
                   fractions=("noise_levels", "high_train_accuracy"))
     check_choices("noise_kinds", config.noise_kinds, ("randX", "randY"))
     check_choices("csr_protocol", (config.csr_protocol,), tuple(PROTOCOLS))
@@ -158,15 +171,15 @@ def _run_part(name, data, model, train, config, run_dir):
     runner = Runner(model, train, dataset.train, dataset.num_classes, members,
                     data_seed=data.data_seed)
     validation = (jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y))
-    measured = ("train_accuracy", "validation_accuracy", "validation_csr")
+    names = ("train_accuracy", "validation_accuracy", "validation_csr")
 
     def log(epoch, record):
         return {"part": name, "epoch": epoch, "train_loss": record["train_loss"],
-                **{k: record[k].tolist() for k in measured}}
+                **{k: record[k].tolist() for k in names}}
 
     history = runner.run(train.epochs, desc=f"noise curves ({name})", run_dir=run_dir, log=log,
                          measure=lambda r, epoch: epoch_evaluation(r, validation, config, epoch))
-    curves = {k: history[k] for k in measured}  # [epochs, M]
+    curves = {k: history[k] for k in names}  # [epochs, M]
     summary = {}
     for k, p in conds:
         sel = (kind == k) & np.isclose(level, p)
@@ -227,9 +240,8 @@ def _figure(summary: dict, run_dir: RunDir) -> None:
         for i, v in enumerate(x for x in summary.values()
                               if x["part"] == part and x["kind"] in (k, "real")):
             label = "real" if v["kind"] == "real" else f"{v['level']:.0%}"
-            epochs = range(1, len(v["train_accuracy"]) + 1)
-            ax.plot(epochs, v["train_accuracy"], color=f"C{i}", ls="--", lw=1)
-            ax.plot(epochs, v["validation_accuracy"], color=f"C{i}", label=label)
+            ax.plot(*measured(v["train_accuracy"]), color=f"C{i}", ls="--", lw=1)
+            ax.plot(*measured(v["validation_accuracy"]), color=f"C{i}", label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy (solid: validation, dashed: train)")
         ax.set_title(f"{part.upper()}, {k} (Figs. 7-8)")

@@ -14,7 +14,9 @@ recorded. A device without a record of its own borrows the records of the record
 nearest in peak rate, scaled by the two devices' datasheet ratio of the resource that bound
 the recorded case (memory bandwidth when its bytes over bandwidth exceeded its FLOPs over
 peak on the recording device's measured roofline, else matmul peak); the plan names the
-record and the scaling. Not counted: data loading, host-side analysis, figures, and
+record and the scaling. A program in a precision without a record (bf16 CNN training on a
+GPU, so far) takes the float32 row, scaled by the datasheet ratio of the two precisions'
+peaks when compute-bound: the same share of peak is assumed, and the plan says so. Not counted: data loading, host-side analysis, figures, and
 checkpoint writes (their bytes are shown).
 """
 from __future__ import annotations
@@ -216,6 +218,9 @@ class Rates:
             why = "datasheet ratio"
         if factor != 1:
             where += f" x{factor:.2f} ({bound}-bound, {why})"
+        if measured != step.precision:
+            where += (f"; no {step.precision} record: the {measured} share of peak assumed, "
+                      f"unmeasured")
         return Rate(flops * factor, where)
 
     def compile_seconds(self) -> float:

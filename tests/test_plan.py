@@ -1,5 +1,6 @@
 """`memjax plan`: XLA's cost analysis counted with loop trip counts (against hand counts),
 the rates taken from bench records, and the command's JSON."""
+import dataclasses
 import json
 
 import jax
@@ -112,6 +113,14 @@ def test_a_device_without_records_borrows_the_nearest_scaled_by_its_bound():
     a100 = plan.Rates("a100", [h100])
     assert a100.rate(step("cnn")).flops_per_s == pytest.approx(75e12 * 156 / 494.7)
     assert "borrowed from h100" in a100.scale_note
+    # a bf16 program with only float32 records: the compute-bound row at the bf16 peak,
+    # labelled as an assumption; a bf16 record, once there, is used as measured
+    bf16 = dataclasses.replace(step("cnn"), precision="bfloat16")
+    assumed = h200.rate(bf16)
+    assert assumed.flops_per_s == pytest.approx(75e12 * 2) and "unmeasured" in assumed.source
+    h100["rows"].append({**h100["rows"][1], "impl": "jax-lax.map-bf16", "tflops": 110.0})
+    measured = plan.Rates("h100", [h100]).rate(bf16)
+    assert measured.flops_per_s == 110e12 and "unmeasured" not in measured.source
     planned = plan.plan_steps([step("mlp")], own)
     assert planned["seconds"] == pytest.approx(10 * 4e8 / 40e12 + 5.0)
     with pytest.raises(MemjaxError, match="unknown device"):
