@@ -23,7 +23,7 @@ import numpy as np
 
 from memjax.config import ModelConfig, TrainConfig
 from memjax.metrics import lass, loss_sensitivity
-from memjax.runner import Members, build_ensemble
+from memjax.members import Members, build_ensemble
 
 SIZES = {
     "e_loss_sensitivity": {

@@ -33,7 +33,8 @@ import numpy as np
 from memjax.config import DataConfig, ModelConfig, TrainConfig
 from memjax.data import Split
 from memjax.models import build_network
-from memjax.runner import Members, Runner
+from memjax.members import Members
+from memjax.runner import Runner
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from memjax.data import data_shape, load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import check_sweep_members, grid, new_figure, width_buckets
 from memjax.results import RunDir
-from memjax.runner import Members, Runner
+from memjax.members import Members
+from memjax.runner import Runner
 from memjax.views import size_masks
 
 

@@ -36,7 +36,8 @@ from memjax.experiments.common import (check_sweep_members, example_figure, new_
 from memjax.metrics import balanced_masks, cscore, holdout_consistency, members_holding
 from memjax.metrics.consistency import misclassification_rate
 from memjax.results import RunDir
-from memjax.runner import Members, Runner
+from memjax.members import Members
+from memjax.runner import Runner
 
 # the anchor's MNIST demo (pluskid/structural-regularity, mnist.py)
 ANCHOR_TRAIN = TrainConfig(members=1, epochs=10, batch_size=128, learning_rate=0.1,

@@ -38,7 +38,8 @@ from memjax.experiments.common import (detection_auc, example_figure, new_figure
 from memjax.metrics import (balanced_masks, holdout_consistency, influence, members_holding,
                             memorization)
 from memjax.results import RunDir
-from memjax.runner import Members, Runner
+from memjax.members import Members
+from memjax.runner import Runner
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from memjax.experiments.common import (check_sweep_members, first_epoch_at_least
 from memjax.keys import ATTACK, study_key
 from memjax.metrics import PAPER_LASS, PROTOCOLS, critical_sample_ratio, validation_search
 from memjax.results import RunDir
-from memjax.runner import Members, Runner
+from memjax.members import Members
+from memjax.runner import Runner
 
 PAPER_CNN_TRAIN = TrainConfig(members=1, epochs=100, momentum=0.9, lr_halving_epochs=15,
                               compute_dtype="bfloat16")

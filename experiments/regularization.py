@@ -33,7 +33,8 @@ from memjax.experiments.common import (check_sweep_members, new_figure, own_accu
                                        own_accuracy_runs)
 from memjax.models import REGULARIZERS
 from memjax.results import RunDir
-from memjax.runner import Members, Runner
+from memjax.members import Members
+from memjax.runner import Runner
 
 STRENGTH_REGULARIZERS = REGULARIZERS + ("weight_decay",)
 

@@ -31,7 +31,7 @@ from memjax.evaluation import evaluate
 from memjax.experiments.common import new_figure
 from memjax.metrics import gini, loss_sensitivity, trainer_order, unrolled_loss_sensitivity
 from memjax.results import RunDir
-from memjax.runner import Members, abstract_ensemble, build_ensemble
+from memjax.members import Members, abstract_ensemble, build_ensemble
 
 # condition -> (noise kind, one class per example)
 CONDITIONS = {"real": ("real", False), "randX": ("randX", False), "randY": ("randY", False),

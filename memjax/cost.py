@@ -24,7 +24,7 @@ from memjax.data import DataShape
 from memjax.evaluation import evaluate
 from memjax.memory import nbytes
 from memjax.metrics.lass import TRAINING_LASS, validation_search
-from memjax.runner import Members, abstract_ensemble, epoch_program, member_view
+from memjax.members import Members, abstract_ensemble, epoch_program, member_view
 from memjax.sharding import member_mesh
 from memjax.views import NoiseSource
 

@@ -20,8 +20,6 @@ checkpoints hold the real members only, so a run may resume on another device co
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import re
 import time
 from typing import Callable
@@ -29,133 +27,21 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from memjax import convergence, dynamics
 from memjax.config import ModelConfig, TrainConfig
 from memjax.data import Split
-from memjax.ensemble import (EnsembleState, init_ensemble, init_width_ensemble, make_optimizer,
-                             pad_members, set_regularization)
+from memjax.ensemble import EnsembleState, pad_members
 from memjax.evaluation import evaluate, member_accuracy
-from memjax.metrics.lass import lass_adversarial_examples
-from memjax.models import Network, build_network
+from memjax.members import Members, build_ensemble, epoch_program, member_view
 from memjax.results import RunDir
 from memjax.sharding import (default_mesh, put_members, replicate, shard_members,
                              take_members, to_host)
-from memjax.train import make_train_epoch
-from memjax.views import MemberView, NoiseSource, noise_masks, noise_source
+from memjax.views import MemberView, NoiseSource, noise_source
 
 # A study's per-epoch measurement: (runner, epoch) -> {name: [members] array (or
 # [padded members]: cut to the real ones) or a scalar}, computed on the device.
 Measure = Callable[["Runner", int], dict]
-
-
-@dataclasses.dataclass(frozen=True)
-class Members:
-    """What varies across members, one row per member (None: the same for all).
-
-    ids: [M] member ids (keys derive from them: memjax.keys). widths: [M] or [M, layers]
-    hidden units (an MLP masked to each width). example_mask: [M, N] bool, the training
-    examples a member sees. input_noise, label_noise: [M] fractions of a member's examples
-    replaced by randX / randY. strengths: regularizer name -> [M] (memjax.models.REGULARIZERS).
-    learning_rate, weight_decay: [M] (None: the TrainConfig's). adversarial_weight: [M] w in
-    (1 - w) clean + w adversarial loss.
-    """
-
-    ids: np.ndarray
-    widths: np.ndarray | None = None
-    example_mask: np.ndarray | None = None
-    input_noise: np.ndarray | None = None
-    label_noise: np.ndarray | None = None
-    strengths: dict[str, np.ndarray] | None = None
-    learning_rate: np.ndarray | None = None
-    weight_decay: np.ndarray | None = None
-    adversarial_weight: np.ndarray | None = None
-
-    @property
-    def count(self) -> int:
-        return len(self.ids)
-
-    def own_inputs(self, num_examples: int) -> int:
-        """The inputs Runner.own_accuracy predicts per member: the examples some member
-        trains on."""
-        return (num_examples if self.example_mask is None
-                else int(np.any(self.example_mask, 0).sum()))
-
-    def padded(self, total: int) -> "Members":
-        """The same members and `total - count` dummy copies of the last one."""
-        def pad(value):
-            if value is None or np.ndim(value) == 0:
-                return value
-            if isinstance(value, dict):
-                return {k: pad(v) for k, v in value.items()}
-            return pad_members(np.asarray(value), total)
-
-        return Members(**{f.name: pad(getattr(self, f.name)) for f in dataclasses.fields(self)})
-
-
-def build_ensemble(model: ModelConfig, train: TrainConfig, num_classes: int,
-                   example_x: np.ndarray, members: Members) -> tuple[Network, optax.GradientTransformation, EnsembleState]:
-    """The network, the optimizer and the initialized state of `members` (on the default device); the only
-    place memjax builds an ensemble. example_x: [1, H, W, C] float, for shapes."""
-    tx = make_optimizer(train.momentum)
-    lr = train.learning_rate if members.learning_rate is None else members.learning_rate
-    wd = train.weight_decay if members.weight_decay is None else members.weight_decay
-    regularized = members.strengths is not None
-    kw = dict(seed=train.seed, member_ids=members.ids, learning_rate=lr, weight_decay=wd)
-    if members.widths is not None:
-        network, state = init_width_ensemble(model, num_classes, tx, example_x,
-                                             widths=members.widths, regularized=regularized,
-                                             **kw)
-    else:
-        network = build_network(model, num_classes, regularized=regularized)
-        state = init_ensemble(network, tx, example_x, **kw)
-    if members.strengths:
-        state = state.replace(variables=set_regularization(state.variables, **members.strengths))
-    return network, tx, state
-
-
-def abstract_ensemble(model: ModelConfig, train: TrainConfig, num_classes: int,
-                      example_shape: tuple[int, ...], members: Members):
-    """build_ensemble's network, optimizer and state, the state as jax.ShapeDtypeStructs
-    (nothing allocated: for counting the work of a run before it runs, memjax.cost)."""
-    built = {}
-
-    def init():
-        built["network"], built["tx"], state = build_ensemble(
-            model, train, num_classes, np.zeros(example_shape, np.float32), members)
-        return state
-
-    state = jax.eval_shape(init)
-    return built["network"], built["tx"], state
-
-
-def epoch_program(network: Network, tx: optax.GradientTransformation, train: TrainConfig,
-                  mesh, example_mask: np.ndarray | None):
-    """The training epoch a Runner compiles (memjax.train.make_train_epoch) for members
-    with these example masks ([M, N] bool; None: all examples)."""
-    return make_train_epoch(
-        network, tx, batch_size=train.batch_size, shared_order=train.shared_order,
-        lr_halving_epochs=train.lr_halving_epochs, member_chunk=train.member_chunk, mesh=mesh,
-        compute_dtype=train.compute_dtype,
-        adversarial_examples=functools.partial(lass_adversarial_examples,
-                                               protocol=train.adversarial_protocol),
-        max_examples=None if example_mask is None else int(np.sum(example_mask, 1).max()))
-
-
-def member_view(members: Members, num_examples: int, data_seed: int) -> MemberView:
-    """The members' masks and adversarial weights as host arrays (None where unused)."""
-    def noise(fractions):
-        if fractions is None or not np.any(fractions):
-            return None
-        return noise_masks(fractions, num_examples, data_seed, members.example_mask)
-
-    adversarial = members.adversarial_weight
-    return MemberView(
-        example_mask=None if members.example_mask is None else np.asarray(members.example_mask),
-        input_noise_mask=noise(members.input_noise), label_noise_mask=noise(members.label_noise),
-        adversarial_weight=None if adversarial is None or not np.any(adversarial)
-        else np.asarray(adversarial, np.float32))
 
 
 class Runner:

@@ -14,7 +14,8 @@ from memjax.ensemble import init_ensemble, make_optimizer
 from memjax.errors import MemjaxError
 from memjax.models import build_network
 from memjax.results import RunDir
-from memjax.runner import Members, Runner
+from memjax.members import Members
+from memjax.runner import Runner
 from memjax.train import make_train_epoch
 
 

@@ -5,7 +5,8 @@ import numpy as np
 from memjax import convergence
 from memjax.config import DataConfig, ModelConfig, TrainConfig
 from memjax.data import load_dataset
-from memjax.runner import Members, Runner
+from memjax.members import Members
+from memjax.runner import Runner
 from memjax.sharding import member_mesh
 
 

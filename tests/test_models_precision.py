@@ -15,7 +15,8 @@ from memjax.data import load_dataset
 from memjax.ensemble import init_ensemble, make_optimizer
 from memjax.models import build_network
 from memjax.evaluation import evaluate
-from memjax.runner import Members, Runner
+from memjax.members import Members
+from memjax.runner import Runner
 from memjax.train import make_train_epoch
 
 TOLERANCE = 0.03  # absolute difference of mean validation accuracy

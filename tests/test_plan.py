@@ -13,7 +13,7 @@ from memjax.cli import main
 from memjax.config import DataConfig, ModelConfig, TrainConfig
 from memjax.data import DataShape, data_shape
 from memjax.errors import MemjaxError
-from memjax.runner import Members
+from memjax.members import Members
 
 
 def test_program_cost_counts_every_scan_iteration():

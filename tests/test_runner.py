@@ -9,7 +9,8 @@ import pytest
 from memjax.config import DataConfig, ModelConfig, TrainConfig
 from memjax.data import load_dataset
 from memjax.results import RunDir
-from memjax.runner import Members, Runner
+from memjax.members import Members
+from memjax.runner import Runner
 from memjax.sharding import member_mesh
 
 MODEL = ModelConfig(hidden=(16,))
