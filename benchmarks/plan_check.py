@@ -3,10 +3,10 @@ run them, and record predicted against measured wall time.
 
     python -m memjax.benchmarks.plan_check --preset cpu [--only a,b] [--out benchmarks/results]
 
-Writes <out>/plan-<preset>-<date>-<device>.json and .md: the roofline and checkpoint speed
-measured before the runs (the plan's scale), each study's predicted and measured seconds (the wall time of its
-run in this process, compilation included) and their ratio. tests/test_plan.py checks the newest record
-against the plan. Run it on an otherwise idle machine: the measurements and the runs should
+Writes <out>/plan-<preset>-<date>-<device>[-<only>].json and .md: the roofline and checkpoint
+speed measured before the runs (the plan's scale), each study's predicted and measured
+seconds (the wall time of its run in this process, compilation included) and their ratio.
+tests/test_plan.py checks the newest record of a study against the plan. Run it on an otherwise idle machine: the measurements and the runs should
 see the same load.
 """
 from __future__ import annotations
@@ -45,7 +45,8 @@ def check(preset: str, only: list[str] | None, out: Path, runs: Path | None = No
               "device": {"kind": device.device_kind, "platform": device.platform},
               "versions": versions(), "measured": measured, "studies": rows}
     kind = device.device_kind.lower().replace(" ", "-")
-    stem = f"plan-{preset}-{time.strftime('%Y-%m-%d')}-{kind}"
+    stem = f"plan-{preset}-{time.strftime('%Y-%m-%d')}-{kind}" + (f"-{'-'.join(only)}"
+                                                                 if only else "")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / f"{stem}.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
