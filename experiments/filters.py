@@ -22,7 +22,7 @@ from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, v
 from memjax import cost
 from memjax.data import data_shape, load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import check_sweep_members, new_figure
+from memjax.experiments.common import check_sweep_members, new_figure, own_accuracy_every
 from memjax.results import RunDir
 from memjax.members import Members
 from memjax.runner import Runner
@@ -85,13 +85,13 @@ def members(config: Config) -> tuple[np.ndarray, Members]:
 
 
 def work(config: Config) -> list[cost.Step]:
-    """The training epoch and each member's training accuracy after each epoch."""
+    """The training epoch and each member's training accuracy after the last epoch."""
     shape, tc = data_shape(config.data), config.train
     _, ensemble = members(config)
     return [cost.training("train", config.model, tc, shape, ensemble, epochs=tc.epochs,
                           data_seed=config.data.data_seed),
             cost.evaluation("own accuracy", config.model, tc, shape, ensemble.count,
-                            ensemble.own_inputs(shape.train), runs=tc.epochs)]
+                            ensemble.own_inputs(shape.train), runs=1)]
 
 
 def run(config: Config, run_dir: RunDir) -> dict:
@@ -102,13 +102,16 @@ def run(config: Config, run_dir: RunDir) -> dict:
     runner = Runner(config.model, config.train, dataset.train, dataset.num_classes, ensemble,
                     data_seed=config.data.data_seed)
     initial = np.asarray(runner.variables["params"]["Conv_0"]["kernel"])[:2 * reps]
+    epochs = config.train.epochs
+    # the log shows the trainer's running accuracy; the summary's training accuracy is a
+    # full pass after the last epoch, the one it reads
     history = runner.run(
-        config.train.epochs, desc="filters", run_dir=run_dir,
-        measure=lambda r, epoch: {"train_accuracy": r.own_accuracy()},
+        epochs, desc="filters", run_dir=run_dir,
+        measure=lambda r, epoch: {"own_accuracy": own_accuracy_every(r, epoch, epochs, epochs)},
         log=lambda epoch, record: {"epoch": epoch,
                                    "train_accuracy": record["train_accuracy"].tolist(),
                                    "train_loss": record["train_loss"].tolist()})
-    last = {"train_accuracy": history["train_accuracy"][-1]}
+    last = {"train_accuracy": history["own_accuracy"][-1]}
     final = np.asarray(runner.member_state().variables["params"]["Conv_0"]["kernel"])
     corr = np.stack([adjacent_correlation(final[m] - initial[m]) for m in range(2 * reps)])
     summary = {d: {"adjacent_correlation_of_learned_change": float(corr[data == d].mean()),

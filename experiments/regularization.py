@@ -130,13 +130,15 @@ def ensemble(rows: dict[str, np.ndarray]) -> Members:
 
 def work(config: Config) -> list[cost.Step]:
     """The training epoch (the in-step LASS search of adversarial training included), the
-    validation accuracy after each epoch and each member's training accuracy after every
-    `own_accuracy_every` epochs."""
+    real-data members' validation accuracy after each epoch and each member's training
+    accuracy after every `own_accuracy_every` epochs."""
     data, tc = data_shape(config.data), config.train
-    rows = ensemble(members(config))
+    table = members(config)
+    rows = ensemble(table)
     return [cost.training("train", config.model, tc, data, rows, epochs=tc.epochs,
                           data_seed=config.data.data_seed),
-            cost.evaluation("validation", config.model, tc, data, rows.count, data.validation,
+            cost.evaluation("validation", config.model, tc, data,
+                            int(np.sum(table["data"] == "real")), data.validation,
                             runs=tc.epochs),
             cost.evaluation("own accuracy", config.model, tc, data, rows.count,
                             rows.own_inputs(data.train),
@@ -152,10 +154,15 @@ def run(config: Config, run_dir: RunDir) -> dict:
     validation = (jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y))
     names = ("train_loss", "train_accuracy", "validation_accuracy")
 
+    real = np.flatnonzero(rows["data"] == "real")
+
     def measure(r, epoch):
+        # validation accuracy of the real-data members, the only ones the figure reads
+        accuracy = np.full(len(rows["data"]), np.nan, np.float32)
+        accuracy[real] = np.asarray(r.evaluate(*validation, members=real)["correct"].mean(1))
         return {"train_accuracy": own_accuracy_every(r, epoch, config.own_accuracy_every,
                                                      config.train.epochs),
-                "validation_accuracy": r.evaluate(*validation)["correct"].mean(1)}
+                "validation_accuracy": accuracy}
 
     history = runner.run(config.train.epochs, desc="regularization", run_dir=run_dir,
                          measure=measure, log=lambda epoch, record: {

@@ -193,14 +193,15 @@ def _variables(model: ModelConfig, train: TrainConfig, data: DataShape, members:
 
 def evaluation(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
                members: int, examples: int, *, runs: int) -> Step:
-    """memjax.evaluation.evaluate of `members` on `examples` inputs, run `runs` times."""
+    """memjax.evaluation.evaluate of `members` on `examples` inputs, run `runs` times, in the
+    training's compute precision (as the Runner evaluates)."""
     network, variables = _variables(model, train, data, members)
     cost = program_cost(
         lambda v, x, y: evaluate(network.apply, v, x, y, chunk=train.eval_chunk,
                                  member_chunk=train.member_chunk, mesh=member_mesh(1)),
         variables, _images(data, examples), jax.ShapeDtypeStruct((examples,), np.int32))
     return Step(name, "evaluate", model.kind, cost, runs, per_example=members * examples,
-                members=members)
+                precision=train.compute_dtype, members=members)
 
 
 def search(name: str, model: ModelConfig, train: TrainConfig, data: DataShape, members: int,

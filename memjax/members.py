@@ -46,11 +46,19 @@ class Members:
     def count(self) -> int:
         return len(self.ids)
 
+    def own_examples(self) -> np.ndarray | None:
+        """The examples Runner.own_accuracy looks at: those some member trains on, when
+        they are under 90 % of the set (a smaller copy of them is then kept beside it);
+        None: all of them."""
+        if self.example_mask is None:
+            return None
+        used = np.flatnonzero(np.any(self.example_mask, 0))
+        return used if len(used) < 0.9 * self.example_mask.shape[1] else None
+
     def own_inputs(self, num_examples: int) -> int:
-        """The inputs Runner.own_accuracy predicts per member: the examples some member
-        trains on."""
-        return (num_examples if self.example_mask is None
-                else int(np.any(self.example_mask, 0).sum()))
+        """How many inputs Runner.own_accuracy predicts per member (`own_examples`)."""
+        used = self.own_examples()
+        return num_examples if used is None else len(used)
 
     def padded(self, total: int) -> "Members":
         """The same members and `total - count` dummy copies of the last one."""

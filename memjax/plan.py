@@ -220,7 +220,8 @@ class Rates:
             where += f" x{factor:.2f} ({bound}-bound, {why})"
         if measured != step.precision:
             where += (f"; no {step.precision} record: the {measured} share of peak assumed, "
-                      f"unmeasured")
+                      f"unmeasured" if self.profile and bound == "compute" else
+                      f"; no {step.precision} record: the {measured} rate assumed, unmeasured")
         return Rate(flops * factor, where)
 
     def compile_seconds(self) -> float:

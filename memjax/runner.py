@@ -34,6 +34,7 @@ from memjax.data import Split
 from memjax.ensemble import EnsembleState, pad_members
 from memjax.evaluation import evaluate, member_accuracy
 from memjax.members import Members, build_ensemble, epoch_program, member_view
+from memjax.models import computing_in
 from memjax.results import RunDir
 from memjax.sharding import (default_mesh, put_members, replicate, shard_members,
                              take_members, to_host)
@@ -65,7 +66,9 @@ class Runner:
         padded = members.padded(self.padded)
         example = np.zeros((1,) + split.x.shape[1:], np.float32)
         self.network, tx, state = build_ensemble(model, train, num_classes, example, padded)
-        self.apply = self.network.apply
+        self.apply = self.network.apply  # float32: what the metrics (LASS, sensitivity) take
+        # accuracy is measured in the precision the members train in
+        self._evaluate_apply = computing_in(self.apply, train.compute_dtype)
         self._base_lr = np.asarray(state.learning_rate)  # (the epoch donates the state)
         if train.record_dynamics:
             state = state.replace(dynamics=dynamics.empty(self.padded, len(split)))
@@ -78,10 +81,9 @@ class Runner:
                                 source.y if view.label_noise_mask is not None else None)
         self.x, self.y, self.view, self.noise = self._put(split.x, split.y, view, noise)
         mask = members.example_mask
-        # own accuracy looks only at the examples some member trains on
-        used = None if mask is None else np.flatnonzero(np.any(mask, 0))
+        used = members.own_examples()
         self._own = (self.x, self.y, self.view, self.noise)
-        if used is not None and len(used) < len(split):
+        if used is not None:
             take = lambda a, axis=0: None if a is None else np.take(a, used, axis)
             self._own = self._put(take(split.x), take(split.y), view.replace(
                 example_mask=take(view.example_mask, 1),
@@ -124,17 +126,22 @@ class Runner:
         state = jax.tree.map(lambda a: pad_members(a, self.padded) if a.ndim else a, state)
         return shard_members(state, self.mesh, self.padded)
 
-    def evaluate(self, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
-        """memjax.evaluation.evaluate of the real members: {"correct", "loss"}: [M, N]."""
-        out = evaluate(self.apply, self.variables, x, y, chunk=self.train.eval_chunk,
+    def evaluate(self, x: jax.Array, y: jax.Array,
+                 members: np.ndarray | None = None) -> dict[str, jax.Array]:
+        """memjax.evaluation.evaluate of the real members (or of `members`, indices):
+        {"correct", "loss"}: [M, N], in the training's compute precision."""
+        variables = self.variables
+        if members is not None:
+            variables = jax.tree.map(lambda a: a[np.asarray(members)], variables)
+        out = evaluate(self._evaluate_apply, variables, x, y, chunk=self.train.eval_chunk,
                        member_chunk=self.train.member_chunk, mesh=self.mesh)
-        return {k: v[:self.members] for k, v in out.items()}
+        return {k: v[:self.members] if members is None else v for k, v in out.items()}
 
     def own_accuracy(self) -> jax.Array:
         """[M] each member's accuracy on its own view of the training set (its examples,
-        its noise), in evaluation mode."""
-        return member_accuracy(self.apply, self.variables, *self._own, chunk=self.train.eval_chunk,
-                               member_chunk=self.train.member_chunk,
+        its noise), in evaluation mode and the training's compute precision."""
+        return member_accuracy(self._evaluate_apply, self.variables, *self._own,
+                               chunk=self.train.eval_chunk, member_chunk=self.train.member_chunk,
                                mesh=self.mesh)["accuracy"][:self.members]
 
     def placement(self) -> dict:

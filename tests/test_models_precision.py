@@ -99,7 +99,8 @@ def test_bf16_cnn_keeps_validation_accuracy_within_one_point_and_the_noise_curve
     and 100 % (2 members each) the same shape: real above half noise above all noise at
     every epoch, noise memorized (training accuracy on randY rising far above chance),
     validation accuracy under half noise peaking and then falling as the noise is fitted;
-    and the curves within 0.1 of float32's at every epoch.
+    and the curves within 0.1 of float32's at every epoch. Accuracy is measured as the
+    Runner measures it, in the members' compute precision.
 
     Trained in a process of its own at XLA's default optimization level (the suite compiles
     at level 0, where CPU convolutions run ~6x slower)."""

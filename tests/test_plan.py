@@ -150,7 +150,7 @@ def test_cpu_preset_predictions_hold_against_recorded_runs():
     within 2x."""
     from memjax.reproduce import study_configs
 
-    for name in ("csr", "consistency"):
+    for name in ("csr", "consistency", "convergence", "noise-curves", "regularization"):
         table = next(t for t in reversed(plan.plan_checks())
                      if t["preset"] == "cpu" and name in t["studies"])
         predicted = plan.plan(study_configs("cpu", [name]), "this",

@@ -99,6 +99,16 @@ def test_noise_curve_evidence_follows_the_data():
     late = {"a": _curve("randY", 0.8, [0.5, 0.6, 0.7, 0.8], [0.95, 0.96, 0.97, 0.99])}
     (line,) = noise_curves.evidence(late)
     assert not line["supports"] and "peaked at epoch 4" in line["text"]
+    # training accuracy measured every 2 epochs (NaN between): high at epoch 4, last seen
+    # low at epoch 2, so a peak at epoch 3 may have come after it reached 90 %
+    nan = float("nan")
+    gap = {"a": _curve("randY", 0.8, [0.5, 0.6, 0.8, 0.4], [nan, 0.4, nan, 0.95])}
+    (line,) = noise_curves.evidence(gap)
+    assert not line["supports"] and "not clearly before" in line["text"]
+    assert "still below it at epoch 2" in line["text"]
+    gap["a"] = _curve("randY", 0.8, [0.5, 0.8, 0.6, 0.4], [nan, 0.4, nan, 0.95])
+    (line,) = noise_curves.evidence(gap)
+    assert line["supports"] and "before training accuracy reached 90% at epoch 4" in line["text"]
 
 
 def test_capacity_and_convergence_evidence_follow_the_data():

@@ -12,6 +12,7 @@ from memjax.results import RunDir
 from memjax.members import Members
 from memjax.runner import Runner
 from memjax.sharding import member_mesh
+from memjax.views import size_masks
 
 MODEL = ModelConfig(hidden=(16,))
 TRAIN = TrainConfig(members=11, epochs=2, batch_size=64, learning_rate=0.05, momentum=0.9)
@@ -30,8 +31,11 @@ def _measure(runner, epoch):
 
 @pytest.fixture(scope="module")
 def eleven(data):
-    """11 members on 8 devices (5 dummies) and on one device, with label noise."""
-    members = Members(np.arange(11), label_noise=np.linspace(0, 1, 11))
+    """11 members on 8 devices (5 dummies) and on one device, with label noise, input noise
+    and training sets of 64 to 192 of the 256 examples (own accuracy on a smaller copy)."""
+    members = Members(np.arange(11), label_noise=np.linspace(0, 1, 11),
+                      input_noise=np.linspace(1, 0, 11),
+                      example_mask=size_masks(np.linspace(64, 192, 11).astype(int), 256, 0))
     out = {}
     for devices in (8, 1):
         runner = Runner(MODEL, TRAIN, data.train, 10, members, mesh=member_mesh(devices))
@@ -60,6 +64,18 @@ def test_eight_devices_give_one_devices_results(eleven):
     for u, v in zip(jax.tree_util.tree_leaves(r8.member_state()),
                     jax.tree_util.tree_leaves(r1.member_state())):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_some_members_on_eight_devices(eleven):
+    """Runner.evaluate(members=...) gives those members' rows of the whole evaluation, the
+    members gathered from the 8 devices that hold them."""
+    runner = eleven[8][0]
+    x, y = runner.x[:64], runner.y[:64]
+    every = runner.evaluate(x, y)
+    some = runner.evaluate(x, y, members=np.array([9, 2, 10]))
+    for k in ("correct", "loss"):
+        assert some[k].shape == (3, 64)
+        np.testing.assert_allclose(some[k], np.asarray(every[k])[[9, 2, 10]], rtol=1e-6)
 
 
 def test_convergence_stops_members_and_the_phase(data):

@@ -40,7 +40,8 @@ def _arrays(out):
     return {(f.name, k): v for f in sorted(out.glob("*.npz")) for k, v in np.load(f).items()}
 
 
-@pytest.mark.parametrize("study,extra", [("noise-curves", []), ("convergence", []),
+@pytest.mark.parametrize("study,extra", [("noise-curves", ["--set", "own_accuracy_every=2"]),
+                                         ("convergence", []),
                                          ("cscore", ["--set", "one_epoch_members=0"]),
                                          ("memorization", [])])
 def test_sweep_resumes_from_its_previous_checkpoint(tmp_path, study, extra):
