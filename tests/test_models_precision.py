@@ -126,6 +126,25 @@ def test_bf16_cnn_keeps_validation_accuracy_within_one_point_and_the_noise_curve
     assert not np.array_equal(own16[1.0], own32[1.0])  # bf16 compute really ran
 
 
+
+def test_only_the_paper_presets_train_the_cnn_in_bf16():
+    """Every study's paper preset trains its CNN parts in bf16 and its MLP parts in float32;
+    every other preset trains in float32 (a CPU has no bf16 units)."""
+    from memjax.reproduce import registered
+
+    seen = 0
+    for name, module in registered().items():
+        for preset, config in module.PRESETS.items():
+            parts = [(config.model, config.train)]
+            if hasattr(config, "cnn_train"):  # (noise-curves' CNN part, on or off)
+                parts.append((config.cnn_model, config.cnn_train))
+            for model, train in parts:
+                cnn_in_paper = preset == "paper" and model.kind == "cnn"
+                seen += cnn_in_paper
+                assert train.compute_dtype == ("bfloat16" if cnn_in_paper else "float32"), \
+                    (name, preset, model.kind)
+    assert seen == 4  # csr, noise-curves, regularization, filters
+
 if __name__ == "__main__":
     data = load_dataset(DataConfig(train_size=800, validation_size=500))
     noise = np.array([0.0] * 4 + [0.5] * 2 + [1.0] * 2)
