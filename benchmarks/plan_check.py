@@ -6,8 +6,8 @@ run them, and record predicted against measured wall time.
 Writes <out>/plan-<preset>-<date>-<device>[-<only>].json and .md: the roofline and checkpoint
 speed measured before the runs (the plan's scale), each study's predicted and measured
 seconds (the wall time of its run in this process, compilation included) and their ratio.
-tests/test_plan.py checks the newest record of a study against the plan. Run it on an otherwise idle machine: the measurements and the runs should
-see the same load.
+tests/test_plan.py checks the newest record of a study against the plan. Run it on an
+otherwise idle machine: the measurements and the runs should see the same load.
 """
 from __future__ import annotations
 
