@@ -89,7 +89,7 @@ class Step:
 def program_cost(fn: Callable, *args: Any, while_trips: float = 1) -> Cost:
     """FLOPs and bytes of fn(*args) (arrays or jax.ShapeDtypeStruct), every loop counted as
     many times as it runs (while loops `while_trips` times)."""
-    return _cost(jax.make_jaxpr(fn)(*args), while_trips)
+    return _cost(jax.make_jaxpr(fn)(*args), while_trips)[1]
 
 
 def _xla(closed: ClosedJaxpr) -> Cost:
@@ -100,12 +100,13 @@ def _xla(closed: ClosedJaxpr) -> Cost:
     return Cost(float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0)))
 
 
-def _cost(closed: ClosedJaxpr, while_trips: float) -> Cost:
-    total = _xla(closed)
+def _cost(closed: ClosedJaxpr, while_trips: float) -> tuple[Cost, Cost]:
+    """(XLA's count, with each loop body once; the count with every loop as it runs)."""
+    once = total = _xla(closed)
     for body, trips in _loops(closed.jaxpr, while_trips):
-        # XLA counted the body once inside `total`
-        total = total - _xla(body) + _cost(body, while_trips) * trips
-    return total
+        body_once, body_total = _cost(body, while_trips)
+        total = total - body_once + body_total * trips  # (XLA counted the body once)
+    return once, total
 
 
 def _loops(jaxpr, while_trips: float):
