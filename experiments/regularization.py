@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
@@ -158,8 +159,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
 
     def measure(r, epoch):
         # validation accuracy of the real-data members, the only ones the figure reads
-        accuracy = np.full(len(rows["data"]), np.nan, np.float32)
-        accuracy[real] = np.asarray(r.evaluate(*validation, members=real)["correct"].mean(1))
+        accuracy = jnp.full(len(rows["data"]), jnp.nan).at[real].set(
+            r.evaluate(*validation, members=real)["correct"].mean(1))
         return {"train_accuracy": own_accuracy_every(r, epoch, config.own_accuracy_every,
                                                      config.train.epochs),
                 "validation_accuracy": accuracy}
