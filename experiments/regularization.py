@@ -130,14 +130,16 @@ def ensemble(rows: dict[str, np.ndarray]) -> Members:
 
 
 def work(config: Config) -> list[cost.Step]:
-    """The training epoch (the in-step LASS search of adversarial training included), the
+    """The training epoch and the in-step LASS search of adversarial training, the
     real-data members' validation accuracy after each epoch and each member's training
     accuracy after every `own_accuracy_every` epochs."""
     data, tc = data_shape(config.data), config.train
     table = members(config)
     rows = ensemble(table)
-    return [cost.training("train", config.model, tc, data, rows, epochs=tc.epochs,
-                          data_seed=config.data.data_seed),
+    adversarial = np.any(rows.adversarial_weight > 0)
+    train = (cost.adversarial_training if adversarial else cost.training)(
+        "train", config.model, tc, data, rows, epochs=tc.epochs, data_seed=config.data.data_seed)
+    return [*(train if adversarial else [train]),
             cost.evaluation("validation", config.model, tc, data,
                             int(np.sum(table["data"] == "real")), data.validation,
                             runs=tc.epochs),

@@ -8,7 +8,8 @@ turns the counts into time on a device.
 
 XLA's cost analysis (`jax.stages.Lowered.cost_analysis`) counts the body of a loop once.
 `program_cost` walks the program's jaxpr and counts every scan body `length` times and
-every while-loop body `while_trips` times, each body by XLA's own analysis of it.
+every while-loop body `while_trips` times, each body by XLA's own analysis of it; a
+conditional as its dearest branch (as XLA counts it), that branch's loops counted so too.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ except ImportError:  # pragma: no cover
 # iteration with fewer than 20 new critical samples; memjax's csr cpu preset averaged 1 to
 # 2.5 iterations on MNIST (docs/studies.md, "LASS protocols"), so 3 is the plan's count.
 AUTHORS_ITERATIONS = 3
+# The same for the in-step search of adversarial training (unmeasured: the count above).
+AUTHORS_IN_STEP_ITERATIONS = AUTHORS_ITERATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,21 +106,34 @@ def _xla(closed: ClosedJaxpr) -> Cost:
 def _cost(closed: ClosedJaxpr, while_trips: float) -> tuple[Cost, Cost]:
     """(XLA's count, with each loop body once; the count with every loop as it runs)."""
     once = total = _xla(closed)
-    for body, trips in _loops(closed.jaxpr, while_trips):
-        body_once, body_total = _cost(body, while_trips)
-        total = total - body_once + body_total * trips  # (XLA counted the body once)
+    for kind, inner, trips in _loops(closed.jaxpr, while_trips):
+        if kind == "loop":
+            body_once, body_total = _cost(inner, while_trips)
+            total = total - body_once + body_total * trips  # (XLA counted the body once)
+        else:  # XLA counted the conditional as its dearest branch, that branch's loops once
+            counts = [_cost(branch, while_trips) for branch in inner]
+            total = (total - _most([c[0] for c in counts])
+                     + _most([c[1] for c in counts]))
     return once, total
 
 
+def _most(costs: list[Cost]) -> Cost:
+    return Cost(max(c.flops for c in costs), max(c.bytes for c in costs))
+
+
 def _loops(jaxpr, while_trips: float):
-    """(body, trip count) of the outermost loops of a jaxpr, looking through calls."""
+    """("loop", body, trip count) of the outermost loops of a jaxpr and ("cond", branches,
+    None) of its outermost conditionals that hold loops, looking through calls."""
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
         if name == "scan":
-            yield eqn.params["jaxpr"], eqn.params["length"]
+            yield "loop", eqn.params["jaxpr"], eqn.params["length"]
         elif name == "while":
-            yield eqn.params["body_jaxpr"], while_trips
-        elif name != "cond":  # (a branch's loops: XLA's own count of the conditional)
+            yield "loop", eqn.params["body_jaxpr"], while_trips
+        elif name == "cond":
+            if any(next(_loops(b.jaxpr, while_trips), None) for b in eqn.params["branches"]):
+                yield "cond", eqn.params["branches"], None
+        else:
             for value in eqn.params.values():
                 inner = value.jaxpr if isinstance(value, ClosedJaxpr) else value
                 if hasattr(inner, "eqns"):
@@ -127,6 +143,13 @@ def _loops(jaxpr, while_trips: float):
 def search_iterations(protocol: str, max_iterations: int) -> int:
     """The LASS iterations the plan counts for one search (see AUTHORS_ITERATIONS)."""
     return min(AUTHORS_ITERATIONS, max_iterations) if protocol == "authors" else max_iterations
+
+
+def in_step_iterations(protocol: str, max_iterations: int) -> float:
+    """The LASS iterations the plan counts for one in-step search of adversarial training
+    (see AUTHORS_IN_STEP_ITERATIONS)."""
+    return (min(AUTHORS_IN_STEP_ITERATIONS, max_iterations) if protocol == "authors"
+            else max_iterations)
 
 
 # ---- a study's programs, built as the Runner builds them --------------------------------
@@ -140,11 +163,9 @@ def _images(data: DataShape, n: int) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct((n,) + data.image_shape, np.uint8)
 
 
-def training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
-             members: Members | None = None, *, epochs: int, data_seed: int = 0) -> Step:
-    """The training epoch a Runner compiles for `members` (None: train.members) on the
-    data.train training examples, run `epochs` times; a checkpoint of the members' state
-    after each."""
+def _epoch(model: ModelConfig, train: TrainConfig, data: DataShape, members: Members | None,
+           data_seed: int):
+    """(Members, the Runner's epoch program, its abstract arguments) for `members`."""
     n = data.train
     members = members or Members(np.arange(train.members))
     network, tx, state = abstract_ensemble(model, train, data.num_classes,
@@ -158,32 +179,60 @@ def training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
                             jax.ShapeDtypeStruct((n,), np.int32)
                             if view.label_noise_mask is not None else None)
     epoch = epoch_program(network, tx, train, member_mesh(1), members.example_mask)
-    args = (state, train.seed, _images(data, n), jax.ShapeDtypeStruct((n,), np.int32),
-            _abstract(view), noise)
-    cost = (program_cost(epoch, *args) if view.adversarial_weight is None else
-            _searching(epoch, args, view.adversarial_weight, train.adversarial_protocol))
+    return members, epoch, (state, train.seed, _images(data, n),
+                            jax.ShapeDtypeStruct((n,), np.int32), _abstract(view), noise)
+
+
+def _training_step(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
+                   members: Members, cost: Cost, epochs: int, state) -> Step:
     mask = members.example_mask
-    seen = members.count * n if mask is None else float(np.sum(mask))
+    seen = members.count * data.train if mask is None else float(np.sum(mask))
     return Step(name, "train", model.kind, cost, epochs, per_example=seen,
                 precision=train.compute_dtype, members=members.count,
                 checkpoint_bytes=float(sum(map(nbytes, jax.tree_util.tree_leaves(state)))))
 
 
-def _searching(epoch, args: tuple, weights: np.ndarray, protocol: str) -> Cost:
-    """An epoch with adversarial members: a group of members without one skips the in-step
-    search (memjax.train), which XLA's analysis of the branch counts for every group, so
-    the search is counted for the groups that run it (one device: consecutive groups of
-    the planned member chunk)."""
-    trips = search_iterations(protocol, TRAINING_LASS["max_iterations"])
-    every = program_cost(epoch, *args, while_trips=trips)
-    view = args[4].replace(adversarial_weight=None)
-    plain = program_cost(epoch, *args[:4], view, args[5])
+def training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
+             members: Members | None = None, *, epochs: int, data_seed: int = 0) -> Step:
+    """The training epoch a Runner compiles for `members` (None: train.members) on the
+    data.train training examples, run `epochs` times; a checkpoint of the members' state
+    after each. Members with an adversarial weight: `adversarial_training`."""
+    members, epoch, args = _epoch(model, train, data, members, data_seed)
+    if args[4].adversarial_weight is not None:
+        raise ValueError("members with an adversarial weight: use cost.adversarial_training")
+    return _training_step(name, model, train, data, members, program_cost(epoch, *args),
+                          epochs, args[0])
+def adversarial_training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
+                         members: Members, *, epochs: int, data_seed: int = 0) -> list[Step]:
+    """`training` for members of which some have an adversarial weight: the epoch without
+    the in-step search (in the training's precision), and the search (kind "search",
+    float32 as memjax.train runs it; no program of its own to compile): its iterations and
+    its first probe at the minibatch, counted as one more iteration (the same forward pass
+    and input gradient).
+
+    A group of members without an adversarial one skips the search (memjax.train), and
+    XLA's analysis of that conditional counts its dearest branch for every group, so the
+    search is counted for the groups that run it (one device: consecutive groups of the
+    planned member chunk), at `in_step_iterations` per search."""
+    members, epoch, args = _epoch(model, train, data, members, data_seed)
+    weights = np.asarray(members.adversarial_weight, float)
+    plain = program_cost(epoch, *args[:4], args[4].replace(adversarial_weight=None), args[5])
+    unsearched = program_cost(epoch, *args, while_trips=0)
+    trips = in_step_iterations(train.adversarial_protocol, TRAINING_LASS["max_iterations"])
+    iteration = program_cost(epoch, *args, while_trips=1) - unsearched
     placed = {}
     jax.eval_shape(lambda *a: placed.update(epoch.placement(*a)), *args)  # (traced state)
     chunk, groups = placed["member_chunk"], placed["groups"]
     padded = np.concatenate([weights, np.repeat(weights[-1:], groups * chunk - len(weights))])
-    searching = int(np.sum(padded.reshape(groups, chunk).max(1) > 0))
-    return plain + (every - plain) * (searching / groups)
+    share = float(np.sum(padded.reshape(groups, chunk).max(1) > 0) / groups)
+    searched = share * groups * chunk * data.train  # model-examples searched per epoch
+    # the search's first probe (the prediction and gradient at x) costs as an iteration
+    probed = trips + 1
+    return [_training_step(name, model, train, data, members,
+                           plain + (unsearched - iteration - plain) * share, epochs, args[0]),
+            Step(f"{name}: in-step search", "search", model.kind, iteration * (probed * share),
+                 epochs, per_example=searched, members=members.count,
+                 probes=searched * trips, programs=0)]
 
 
 def _variables(model: ModelConfig, train: TrainConfig, data: DataShape, members: int):

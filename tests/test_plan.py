@@ -41,6 +41,17 @@ def test_program_cost_counts_while_loops_as_told():
     assert five - once == pytest.approx(4 * 2 * 8 * 32 * 32, rel=0.02)
 
 
+def test_program_cost_counts_a_conditional_as_its_dearest_branch_with_its_loops():
+    def f(p, w, x):  # 10 scan steps of a [8, 32] x [32, 32] matmul, or one
+        return jax.lax.cond(p, lambda x: jax.lax.scan(lambda c, _: (c @ w, None), x, None,
+                                                      length=10)[0],
+                            lambda x: x @ w, x)
+
+    args = (jax.ShapeDtypeStruct((), jnp.bool_), jax.ShapeDtypeStruct((32, 32), jnp.float32),
+            jax.ShapeDtypeStruct((8, 32), jnp.float32))
+    assert cost.program_cost(f, *args).flops == pytest.approx(10 * 2 * 8 * 32 * 32, rel=0.02)
+
+
 def test_training_epoch_matches_the_hand_count_and_not_the_grouping():
     """One epoch of 6 MLPs 784-64-32-10: 6 x the forward multiply-adds per example, less
     the first layer's input gradient (2 x its MACs), within the elementwise work; the same
@@ -64,18 +75,38 @@ def test_training_epoch_matches_the_hand_count_and_not_the_grouping():
 
 
 def test_only_the_groups_with_an_adversarial_member_count_the_search():
-    data = data_shape(DataConfig(train_size=128))
-    model = ModelConfig(hidden=(32,))
+    """The in-step search's iterations, counted apart from the epoch, for the groups that
+    run it: against a hand count (each iteration a forward pass and the input gradient),
+    linear in the steps (the search sits in a conditional), and the same for one group.
+    (A layer of 256 units: in smaller ones the search's Gaussian draws count as much.)"""
+    model = ModelConfig(hidden=(256,))
 
-    def flops(weights, chunk):
-        train = TrainConfig(members=4, batch_size=64, member_chunk=chunk)
-        members = Members(np.arange(4), adversarial_weight=np.asarray(weights, float))
-        return cost.training("t", model, train, data, members, epochs=1).cost.flops
+    def steps(weights, chunk, n=128):
+        train = TrainConfig(members=len(weights), batch_size=64, member_chunk=chunk)
+        members = Members(np.arange(len(weights)), adversarial_weight=np.asarray(weights, float))
+        return cost.adversarial_training("t", model, train, data_shape(DataConfig(train_size=n)),
+                                         members, epochs=1)
 
-    plain, every = flops([0] * 4, 1), flops([0.5] * 4, 1)
-    assert every > 2 * plain
-    assert flops([0, 0.5, 0, 0], 1) == pytest.approx(plain + (every - plain) / 4, rel=1e-3)
-    assert flops([0, 0.5, 0, 0], 4) == pytest.approx(flops([0.5] * 4, 4), rel=1e-3)
+    plain = cost.training("t", model, TrainConfig(members=4, batch_size=64, member_chunk=1),
+                          data_shape(DataConfig(train_size=128)), epochs=1).cost.flops
+    train, search = steps([0, 0.5, 0, 0], 1)
+    trips = cost.in_step_iterations("exhaustive", 10)
+    assert trips == 10 and search.kind == "search" and search.programs == 0
+    hand = (trips + 1) * 128 * 2 * 2 * (784 * 256 + 256 * 10)  # one member's, first probe too
+    assert hand <= search.cost.flops < 1.2 * hand
+    every_train, every_search = steps([0.5] * 4, 1)
+    assert search.cost.flops == pytest.approx(every_search.cost.flops / 4, rel=1e-3)
+    assert train.cost.flops == pytest.approx(plain + (every_train.cost.flops - plain) / 4,
+                                             rel=1e-3)
+    assert every_train.cost.flops > 1.5 * plain  # the first probe and the adversarial pass
+    assert steps([0.5] * 4, 1, n=256)[1].cost.flops == pytest.approx(
+        2 * every_search.cost.flops, rel=0.01)
+    assert steps([0, 0.5, 0, 0], 4)[1].cost.flops == pytest.approx(every_search.cost.flops,
+                                                                  rel=1e-3)
+    with pytest.raises(ValueError, match="adversarial_training"):
+        cost.training("t", model, TrainConfig(members=4, batch_size=64),
+                      data_shape(DataConfig(train_size=128)),
+                      Members(np.arange(4), adversarial_weight=np.full(4, 0.5)), epochs=1)
 
 
 def test_data_shape_is_what_load_dataset_gives():
@@ -139,6 +170,13 @@ def test_plan_command_prints_json(capsys):
     assert studies["csr"]["probes"] > 0 and studies["consistency"]["probes"] == 0
     assert all(s["flops"] > 0 and s["seconds"] > 0 for s in studies.values())
     assert result["total_seconds"] == pytest.approx(sum(s["seconds"] for s in studies.values()))
+    # the table names the study that takes longest, and its dearest program
+    assert main(["plan", "--preset", "smoke", "--only", "consistency,csr", "--device",
+                 "h200"]) == 0
+    longest = max(studies, key=lambda name: studies[name]["seconds"])
+    step = max(studies[longest]["steps"], key=lambda p: p["seconds"])["name"]
+    out = capsys.readouterr().out
+    assert f"longest: {longest}, " in out and f"its {step} takes" in out
     assert main(["plan", "--preset", "smoke", "--only", "nope"]) == 2
     assert main(["plan", "--preset", "smoke", "--device", "gpu9000"]) == 2
     assert "unknown device" in capsys.readouterr().err
