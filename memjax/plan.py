@@ -90,11 +90,12 @@ class Rate:
     source: str
 
 
-def _results(plan_checks: bool) -> list[dict]:
+def _results(prefix: str) -> list[dict]:
+    """The records benchmarks/results/<prefix>*.json, oldest first (in date order)."""
     folder = resources.files("memjax.benchmarks") / "results"
     found = []
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".json") and entry.name.startswith("plan-") == plan_checks:
+        if entry.name.endswith(".json") and entry.name.startswith(prefix):
             record = json.loads(entry.read_text())
             record["file"] = entry.name
             found.append(record)
@@ -102,13 +103,14 @@ def _results(plan_checks: bool) -> list[dict]:
 
 
 def records() -> list[dict]:
-    """Every bench record shipped with memjax (benchmarks/results/*.json), oldest first."""
-    return _results(plan_checks=False)
+    """Every bench record shipped with memjax (benchmarks/results/<date>-*.json, the files
+    `memjax bench` writes), oldest first."""
+    return _results("20")
 
 
 def plan_checks() -> list[dict]:
     """The recorded plans against measured runs (benchmarks/plan_check.py), oldest first."""
-    return _results(plan_checks=True)
+    return _results("plan-")
 
 
 def _profile_of(kind: str) -> str | None:
@@ -332,4 +334,10 @@ def format_plan(result: dict, verbose: bool = False) -> str:
     timed = "and checkpoint writes " if result["device"].startswith("this") else ""
     lines.append(f"  {'total':<14} {duration(result['total_seconds']):>9}  (compilation "
                  f"{timed}included; data loading and host-side analysis not)")
+    if result["studies"] and result["total_seconds"] > 0:
+        name, s = max(result["studies"].items(), key=lambda kv: kv[1]["seconds"])
+        p = max(s["steps"], key=lambda p: p["seconds"])
+        lines.append(f"  longest: {name}, {s['seconds'] / result['total_seconds']:.0%} of the "
+                     f"total; its {p['name']} takes {duration(p['seconds'])} at "
+                     f"{p['rate_tflops']:.3g} TFLOP/s ({p['rate_from']})")
     return "\n".join(lines)

@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 
-from memjax.config import DataConfig
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments import cscore, memorization
