@@ -205,6 +205,8 @@ def training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
         raise ValueError("members with an adversarial weight: use cost.adversarial_training")
     return _training_step(name, model, train, data, members, program_cost(epoch, *args),
                           epochs, args[0])
+
+
 def adversarial_training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
                          members: Members, *, epochs: int, data_seed: int = 0) -> list[Step]:
     """`training` for members of which some have an adversarial weight: the epoch without
