@@ -14,6 +14,7 @@ conditional as its dearest branch (as XLA counts it), that branch's loops counte
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -25,7 +26,7 @@ from memjax.data import DataShape
 from memjax.evaluation import evaluate
 from memjax.memory import nbytes
 from memjax.metrics.lass import TRAINING_LASS, validation_search
-from memjax.members import Members, abstract_ensemble, epoch_program, member_view
+from memjax.members import Members, abstract_ensemble, epoch_program, member_view, searching
 from memjax.sharding import member_mesh
 from memjax.views import NoiseSource
 
@@ -211,31 +212,19 @@ def adversarial_training(name: str, model: ModelConfig, train: TrainConfig, data
                          members: Members, *, epochs: int, data_seed: int = 0) -> list[Step]:
     """`training` for members of which some have an adversarial weight: the epoch without
     the in-step search (in the training's precision), and the search (kind "search",
-    float32 as memjax.train runs it; no program of its own to compile): its iterations and
-    its first probe at the minibatch, counted as one more iteration (the same forward pass
-    and input gradient).
-
-    A group of members without an adversarial one skips the search (memjax.train), and
-    XLA's analysis of that conditional counts its dearest branch for every group, so the
-    search is counted for the groups that run it (one device: consecutive groups of the
-    planned member chunk), at `in_step_iterations` per search."""
+    float32 as memjax.train runs it; no program of its own to compile): its
+    `in_step_iterations` and its first probe at the minibatch, counted as one more
+    iteration (the same forward pass and input gradient). On one device only the members
+    with a weight > 0 run it (the Runner's static `searching`)."""
     members, epoch, args = _epoch(model, train, data, members, data_seed)
-    weights = np.asarray(members.adversarial_weight, float)
-    plain = program_cost(epoch, *args[:4], args[4].replace(adversarial_weight=None), args[5])
+    epoch = functools.partial(epoch, searching=searching(members))
     unsearched = program_cost(epoch, *args, while_trips=0)
-    trips = in_step_iterations(train.adversarial_protocol, TRAINING_LASS["max_iterations"])
     iteration = program_cost(epoch, *args, while_trips=1) - unsearched
-    placed = {}
-    jax.eval_shape(lambda *a: placed.update(epoch.placement(*a)), *args)  # (traced state)
-    chunk, groups = placed["member_chunk"], placed["groups"]
-    padded = np.concatenate([weights, np.repeat(weights[-1:], groups * chunk - len(weights))])
-    share = float(np.sum(padded.reshape(groups, chunk).max(1) > 0) / groups)
-    searched = share * groups * chunk * data.train  # model-examples searched per epoch
-    # the search's first probe (the prediction and gradient at x) costs as an iteration
-    probed = trips + 1
-    return [_training_step(name, model, train, data, members,
-                           plain + (unsearched - iteration - plain) * share, epochs, args[0]),
-            Step(f"{name}: in-step search", "search", model.kind, iteration * (probed * share),
+    trips = in_step_iterations(train.adversarial_protocol, TRAINING_LASS["max_iterations"])
+    searched = float(np.sum(np.asarray(members.adversarial_weight) > 0)) * data.train
+    return [_training_step(name, model, train, data, members, unsearched - iteration, epochs,
+                           args[0]),
+            Step(f"{name}: in-step search", "search", model.kind, iteration * (trips + 1),
                  epochs, per_example=searched, members=members.count,
                  probes=searched * trips, programs=0)]
 

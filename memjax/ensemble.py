@@ -205,7 +205,8 @@ def member_plan(fn: Callable, stacked: tuple, chunk: int | None = None, *, mesh=
 
 
 def map_members(fn: Callable, chunk: int | None = None, *, mesh=None,
-                light: tuple[Callable, Callable] | None = None) -> Callable:
+                light: tuple[Callable, Callable] | None = None,
+                needs: tuple[bool, ...] | None = None) -> Callable:
     """Lift a per-member function to stacked arguments [M, ...]: members split over the
     devices of `mesh` (axis `members`; None: every device, at most one per member), and on
     each device vmap inside groups of `chunk` members, lax.map across groups.
@@ -223,6 +224,10 @@ def map_members(fn: Callable, chunk: int | None = None, *, mesh=None,
     needed(*group) -> scalar bool says whether a group (stacked args) has a member that
     needs fn; a group that has none runs light_fn. It saves the work on one device; on
     several, vmap over the devices turns the choice into a select that computes both.
+    needs (with light): which members need fn, known when tracing ([M] bools). On one
+    device the members are then split: those that need fn run it, the others light_fn,
+    each set grouped as above, and the results are put back in member order; so no member
+    runs fn for another in its group.
     """
     from memjax import sharding
 
@@ -235,6 +240,9 @@ def map_members(fn: Callable, chunk: int | None = None, *, mesh=None,
     def run(*stacked):
         m = jax.tree_util.tree_leaves(stacked)[0].shape[0]
         mesh_ = sharding.default_mesh(m) if mesh is None else mesh
+        if (light is not None and needs is not None and mesh_.shape[sharding.AXIS] == 1
+                and 0 < sum(needs) < m):
+            return _split(fn, light[1], np.asarray(needs, bool), chunk, mesh_, stacked)
         placed = member_plan(fn, stacked, chunk, mesh=mesh_)
         d, c, groups = placed["devices"], placed["member_chunk"], placed["groups"]
         if d == 1 and c >= m:
@@ -269,6 +277,17 @@ def map_members(fn: Callable, chunk: int | None = None, *, mesh=None,
                 (d * local,) + l.shape[3:])[:m], out)
 
     return run
+
+
+def _split(fn: Callable, light_fn: Callable, needs: np.ndarray, chunk: int | None, mesh,
+           stacked: tuple):
+    """map_members on one device with the members that need fn apart from the others."""
+    heavy, rest = np.flatnonzero(needs), np.flatnonzero(~needs)
+    take = lambda idx: jax.tree_util.tree_map(lambda leaf: leaf[idx], stacked)
+    out = (map_members(fn, chunk, mesh=mesh)(*take(heavy)),
+           map_members(light_fn, chunk, mesh=mesh)(*take(rest)))
+    order = np.argsort(np.concatenate([heavy, rest]))
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b])[order], *out)
 
 
 def pad_members(leaf, total: int):

@@ -122,6 +122,15 @@ def epoch_program(network: Network, tx: optax.GradientTransformation, train: Tra
         max_examples=None if example_mask is None else int(np.sum(example_mask, 1).max()))
 
 
+def searching(members: Members) -> tuple[bool, ...] | None:
+    """Which members run the in-step adversarial search (weight > 0), as the training
+    epoch's static `searching`; None when none has an adversarial weight."""
+    weights = members.adversarial_weight
+    if weights is None or not np.any(weights):
+        return None
+    return tuple(bool(w > 0) for w in np.asarray(weights))
+
+
 def member_view(members: Members, num_examples: int, data_seed: int) -> MemberView:
     """The members' masks and adversarial weights as host arrays (None where unused)."""
     def noise(fractions):

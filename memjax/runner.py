@@ -20,6 +20,7 @@ checkpoints hold the real members only, so a run may resume on another device co
 """
 from __future__ import annotations
 
+import functools
 import re
 import time
 from typing import Callable
@@ -33,7 +34,7 @@ from memjax.config import ModelConfig, TrainConfig
 from memjax.data import Split
 from memjax.ensemble import EnsembleState, pad_members
 from memjax.evaluation import evaluate, member_accuracy
-from memjax.members import Members, build_ensemble, epoch_program, member_view
+from memjax.members import Members, build_ensemble, epoch_program, member_view, searching
 from memjax.models import computing_in
 from memjax.results import RunDir
 from memjax.sharding import (default_mesh, put_members, replicate, shard_members,
@@ -90,6 +91,8 @@ class Runner:
                 input_noise_mask=take(view.input_noise_mask, 1),
                 label_noise_mask=take(view.label_noise_mask, 1)),
                 noise and NoiseSource(take(noise.x), take(noise.y)))
+        # (static: the compiled epoch runs the in-step search for these members only)
+        self._searching = searching(padded)
         self.train_epoch = epoch_program(self.network, tx, train, self.mesh, mask)
         # each member's training examples per epoch
         self._examples = (np.full(self.padded, len(split)) if mask is None
@@ -160,7 +163,8 @@ class Runner:
             return 0.0
         start = time.perf_counter()
         self._compiled = self.train_epoch.lower(self.state, self.train.seed, self.x, self.y,
-                                                self.view, self.noise).compile()
+                                                self.view, self.noise,
+                                                searching=self._searching).compile()
         self._compile_seconds = time.perf_counter() - start
         return self._compile_seconds
 
@@ -171,7 +175,8 @@ class Runner:
         if self.converged.any() and not self.converged.all():
             metrics = self._active_epoch()
         else:
-            epoch = self.train_epoch if self._compiled is None else self._compiled
+            epoch = (self._compiled if self._compiled is not None else functools.partial(
+                self.train_epoch, searching=self._searching))
             self.state, metrics = epoch(self.state, self.train.seed, self.x, self.y,
                                         self.view, self.noise)
             metrics = {k: np.asarray(v) for k, v in to_host(metrics).items()}
@@ -196,7 +201,9 @@ class Runner:
         state, view = take_members((self.state, self.view), jnp.asarray(take), self.padded,
                                    self.mesh)
         epoch = (self._compiled if size == self.padded and self._compiled is not None
-                 else self.train_epoch)
+                 and self._searching is None else functools.partial(
+                     self.train_epoch, searching=None if self._searching is None
+                     else tuple(np.asarray(self._searching)[take])))
         state, metrics = epoch(state, self.train.seed, self.x, self.y, view, self.noise)
         self.state = put_members(self.state, state, jnp.asarray(take), self.padded, self.mesh)
         self.training_members = size

@@ -165,8 +165,11 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
                      compute_dtype: str = "float32",
                      adversarial_examples: Callable | None = None,
                      max_examples: int | None = None) -> Callable:
-    """Build `train_epoch(state, seed, x, y, view=None, noise=None) -> (state, metrics)`,
-    jitted, state donated.
+    """Build `train_epoch(state, seed, x, y, view=None, noise=None, searching=None) ->
+    (state, metrics)`, jitted, state donated. searching (static): which members have an
+    adversarial weight > 0, as the host knows it (memjax.members.searching); on one device
+    only those then run the in-step search (`ensemble.map_members`' needs), where without
+    it every member of a group with one does.
 
     Members are split over `mesh` (None: every device) in groups of `member_chunk` (None:
     planned from device memory); see `ensemble.map_members`. compute_dtype `bfloat16`: mixed
@@ -198,19 +201,20 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
                      Carry(state.variables, state.opt_state, diverged, state.dynamics),
                      MemberView() if view is None else view)
 
-    @functools.partial(jax.jit, donate_argnums=0)
+    @functools.partial(jax.jit, donate_argnums=0, static_argnames="searching")
     def train_epoch(state: EnsembleState, seed, x, y, view: MemberView | None = None,
-                    noise: NoiseSource | None = None):
+                    noise: NoiseSource | None = None, searching: tuple[bool, ...] | None = None):
         one, stacked = per_member(state, seed, x, y, view, noise)
         light = (_without_search(one) if view is not None
                  and view.adversarial_weight is not None else None)
-        carry, metrics = map_members(one, member_chunk, mesh=mesh, light=light)(*stacked)
+        carry, metrics = map_members(one, member_chunk, mesh=mesh, light=light,
+                                     needs=searching)(*stacked)
         return state.replace(variables=carry.variables, opt_state=carry.opt_state,
                              diverged=carry.frozen, dynamics=carry.dynamics,
                              epoch=state.epoch + 1), \
             {**metrics, "diverged": carry.frozen}
 
-    def placement(state, seed, x, y, view=None, noise=None) -> dict:
+    def placement(state, seed, x, y, view=None, noise=None, searching=None) -> dict:
         """How train_epoch places these members (ensemble.member_plan)."""
         return member_plan(*per_member(state, seed, x, y, view, noise)[:2], member_chunk,
                            mesh=mesh)

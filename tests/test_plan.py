@@ -74,11 +74,12 @@ def test_training_epoch_matches_the_hand_count_and_not_the_grouping():
     assert part.per_example == 6 * 128
 
 
-def test_only_the_groups_with_an_adversarial_member_count_the_search():
-    """The in-step search's iterations, counted apart from the epoch, for the groups that
-    run it: against a hand count (each iteration a forward pass and the input gradient),
-    linear in the steps (the search sits in a conditional), and the same for one group.
-    (A layer of 256 units: in smaller ones the search's Gaussian draws count as much.)"""
+def test_only_the_adversarial_members_count_the_search():
+    """The in-step search's iterations, counted apart from the epoch, for the members that
+    run it (on one device: the Runner's static `searching`), whatever their grouping:
+    against a hand count (each iteration a forward pass and the input gradient) and linear
+    in the steps. (A layer of 256 units: in smaller ones the search's Gaussian draws count
+    as much.)"""
     model = ModelConfig(hidden=(256,))
 
     def steps(weights, chunk, n=128):
@@ -94,15 +95,14 @@ def test_only_the_groups_with_an_adversarial_member_count_the_search():
     assert trips == 10 and search.kind == "search" and search.programs == 0
     hand = (trips + 1) * 128 * 2 * 2 * (784 * 256 + 256 * 10)  # one member's, first probe too
     assert hand <= search.cost.flops < 1.2 * hand
-    every_train, every_search = steps([0.5] * 4, 1)
-    assert search.cost.flops == pytest.approx(every_search.cost.flops / 4, rel=1e-3)
+    assert steps([0, 0.5, 0, 0], 4)[1].cost.flops == pytest.approx(search.cost.flops, rel=1e-3)
+    every_train, every_search = steps([0.5] * 4, 1)  # (groups of one, each searching)
+    assert every_search.cost.flops == pytest.approx(4 * search.cost.flops, rel=1e-3)
     assert train.cost.flops == pytest.approx(plain + (every_train.cost.flops - plain) / 4,
                                              rel=1e-3)
     assert every_train.cost.flops > 1.5 * plain  # the first probe and the adversarial pass
     assert steps([0.5] * 4, 1, n=256)[1].cost.flops == pytest.approx(
         2 * every_search.cost.flops, rel=0.01)
-    assert steps([0, 0.5, 0, 0], 4)[1].cost.flops == pytest.approx(every_search.cost.flops,
-                                                                  rel=1e-3)
     with pytest.raises(ValueError, match="adversarial_training"):
         cost.training("t", model, TrainConfig(members=4, batch_size=64),
                       data_shape(DataConfig(train_size=128)),

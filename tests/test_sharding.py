@@ -110,6 +110,9 @@ def _results(path):
     ("noise-curves", []),  # a sweep: noise masks, own-view accuracy, LASS per epoch
     ("sensitivity", ["--set", "conditions=real"]),  # the unrolled trajectory (map_members)
     ("memorization", ["--members", "11"]),  # subset masks, dynamics, influence; 16 stored
+    # adversarial training: on one device only its members search (the static split)
+    ("regularization", ["--set", "dropout=", "--set", "input_dropout=", "--set",
+                        "input_noise=", "--set", "hidden_noise="]),
 ])
 def test_study_on_eight_devices_equals_one_device(study, extra, tmp_path, monkeypatch):
     from memjax.cli import main

@@ -368,6 +368,34 @@ def test_members_without_adversarial_weight_skip_the_search_and_train_as_alone(d
                                _member(plain.variables, 1)["params"]["Dense_2"]["kernel"])
 
 
+def test_on_one_device_only_the_adversarial_members_search(data160):
+    """With the host's `searching` (the Runner passes it), one group of three on one device
+    runs the adversarial pass for its adversarial member only (no conditional; XLA counts
+    less work), and every member trains as in the group that runs it for all three."""
+    from memjax.sharding import member_mesh
+
+    d, x, y = data160
+    x, y = x[:64], y[:64]
+    network = build_network(ModelConfig(kind="cnn", conv_channels=2, batchnorm=True), 10)
+    tx = make_optimizer(0.9)
+    fresh = lambda: init_ensemble(network, tx, EXAMPLE, seed=3, member_ids=np.arange(3),
+                                  learning_rate=0.05)
+    view = MemberView(adversarial_weight=jnp.array([0.0, 0.5, 0.0]))
+    flipped = lambda apply_fn, v, xb, yb, key: 1.0 - xb
+    epoch = make_train_epoch(network, tx, batch_size=32, member_chunk=3, mesh=member_mesh(1),
+                             adversarial_examples=flipped)
+    split = (False, True, False)
+    hlo = epoch.lower(fresh(), 3, x, y, view, searching=split).as_text()
+    assert "stablehlo.case" not in hlo and "stablehlo.if" not in hlo
+    flops = lambda **kw: epoch.lower(fresh(), 3, x, y, view, **kw).cost_analysis()["flops"]
+    assert flops(searching=split) < flops()
+    grouped, _ = epoch(fresh(), 3, x, y, view)
+    apart, _ = epoch(fresh(), 3, x, y, view, searching=split)
+    for m in range(3):
+        _close(_member(apart.variables, m), _member(grouped.variables, m), rtol=1e-5,
+               atol=1e-6)
+
+
 def test_adversarial_training_trains_on_lass_points(data160):
     """w = 1 with LASS points (the runner's source) equals plain SGD on lass_search's points, searched with
     the step's ATTACK key from the parameters before the step (one step: batch = all)."""
