@@ -244,39 +244,48 @@ def map_members(fn: Callable, chunk: int | None = None, *, mesh=None,
                 and 0 < sum(needs) < m):
             return _split(fn, light[1], np.asarray(needs, bool), chunk, mesh_, stacked)
         placed = member_plan(fn, stacked, chunk, mesh=mesh_)
-        d, c, groups = placed["devices"], placed["member_chunk"], placed["groups"]
-        if d == 1 and c >= m:
+        if placed["devices"] == 1 and placed["member_chunk"] >= m:
             return vmapped(*stacked)
-        spec = jax.sharding.NamedSharding(mesh_, jax.sharding.PartitionSpec(sharding.AXIS))
-        local = -(-m // d)
-
-        def group(leaf):
-            # Padded per device, so every member stays on the device that holds it.
-            leaf = pad_members(leaf, d * local).reshape((d, local) + leaf.shape[1:])
-            if groups * c > local:
-                leaf = jnp.concatenate(
-                    [leaf, jnp.repeat(leaf[:, -1:], groups * c - local, axis=1)], axis=1)
-            # [devices, groups, chunk, ...]
-            leaf = leaf.reshape((d, groups, c) + leaf.shape[2:])
-            return jax.lax.with_sharding_constraint(leaf, spec) if d > 1 else leaf
-
-        def on_device(args):
-            if groups == 1:
-                return jax.tree_util.tree_map(lambda l: l[None], vmapped(*[
-                    jax.tree_util.tree_map(lambda l: l[0], a) for a in args]))
-            return jax.lax.map(lambda g: vmapped(*g), args)
-
-        grouped = jax.tree_util.tree_map(group, stacked)
-        if d == 1:  # (no vmap over one device, which would make `light`'s choice a select)
-            out = jax.tree_util.tree_map(lambda l: l[None], on_device(
-                jax.tree_util.tree_map(lambda l: l[0], grouped)))
-        else:
-            out = jax.lax.with_sharding_constraint(jax.vmap(on_device)(grouped), spec)
-        return jax.tree_util.tree_map(
-            lambda l: l.reshape((d, groups * c) + l.shape[3:])[:, :local].reshape(
-                (d * local,) + l.shape[3:])[:m], out)
+        return _on_groups(vmapped, stacked, placed, mesh_)
 
     return run
+
+
+def _on_groups(vmapped: Callable, stacked: tuple, placed: dict, mesh):
+    """map_members as `placed` (member_plan) says: each device's members (padded so that
+    every member stays on the device that holds it) in groups, vmapped within a group and
+    lax.map across groups; the results of the real members, in order."""
+    from memjax import sharding
+
+    m = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+    d, c, groups = placed["devices"], placed["member_chunk"], placed["groups"]
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(sharding.AXIS))
+    local = -(-m // d)
+
+    def group(leaf):
+        leaf = pad_members(leaf, d * local).reshape((d, local) + leaf.shape[1:])
+        if groups * c > local:
+            leaf = jnp.concatenate(
+                [leaf, jnp.repeat(leaf[:, -1:], groups * c - local, axis=1)], axis=1)
+        # [devices, groups, chunk, ...]
+        leaf = leaf.reshape((d, groups, c) + leaf.shape[2:])
+        return jax.lax.with_sharding_constraint(leaf, spec) if d > 1 else leaf
+
+    def on_device(args):
+        if groups == 1:
+            return jax.tree_util.tree_map(lambda l: l[None], vmapped(*[
+                jax.tree_util.tree_map(lambda l: l[0], a) for a in args]))
+        return jax.lax.map(lambda g: vmapped(*g), args)
+
+    grouped = jax.tree_util.tree_map(group, stacked)
+    if d == 1:  # (no vmap over one device, which would make `light`'s choice a select)
+        out = jax.tree_util.tree_map(lambda l: l[None], on_device(
+            jax.tree_util.tree_map(lambda l: l[0], grouped)))
+    else:
+        out = jax.lax.with_sharding_constraint(jax.vmap(on_device)(grouped), spec)
+    return jax.tree_util.tree_map(
+        lambda l: l.reshape((d, groups * c) + l.shape[3:])[:, :local].reshape(
+            (d * local,) + l.shape[3:])[:m], out)
 
 
 def _split(fn: Callable, light_fn: Callable, needs: np.ndarray, chunk: int | None, mesh,

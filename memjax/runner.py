@@ -175,10 +175,8 @@ class Runner:
         if self.converged.any() and not self.converged.all():
             metrics = self._active_epoch()
         else:
-            epoch = (self._compiled if self._compiled is not None else functools.partial(
-                self.train_epoch, searching=self._searching))
-            self.state, metrics = epoch(self.state, self.train.seed, self.x, self.y,
-                                        self.view, self.noise)
+            self.state, metrics = self._program()(self.state, self.train.seed, self.x,
+                                                  self.y, self.view, self.noise)
             metrics = {k: np.asarray(v) for k, v in to_host(metrics).items()}
             self.training_members = self.padded
         self._epoch_seconds = time.perf_counter() - start
@@ -186,6 +184,17 @@ class Runner:
         self.model_examples += float(self._examples[:self.members][
             ~self.converged[:self.members]].sum())
         return {k: v[:self.members] for k, v in metrics.items()}
+
+    def _program(self, take: np.ndarray | None = None) -> Callable:
+        """The epoch for the members `take` (indices; None: all): the compiled one where it
+        fits them, else the jitted one with their static `searching`."""
+        searching = self._searching
+        if take is not None and searching is not None:
+            searching = tuple(np.asarray(searching)[take])
+        if (self._compiled is not None and searching == self._searching
+                and (take is None or len(take) == self.padded)):
+            return self._compiled
+        return functools.partial(self.train_epoch, searching=searching)
 
     def _active_epoch(self) -> dict[str, np.ndarray]:
         """An epoch of the members that have not converged only: they are gathered into an
@@ -200,11 +209,7 @@ class Runner:
         take = np.concatenate([active, np.repeat(active[-1:], size - len(active))])
         state, view = take_members((self.state, self.view), jnp.asarray(take), self.padded,
                                    self.mesh)
-        epoch = (self._compiled if size == self.padded and self._compiled is not None
-                 and self._searching is None else functools.partial(
-                     self.train_epoch, searching=None if self._searching is None
-                     else tuple(np.asarray(self._searching)[take])))
-        state, metrics = epoch(state, self.train.seed, self.x, self.y, view, self.noise)
+        state, metrics = self._program(take)(state, self.train.seed, self.x, self.y, view, self.noise)
         self.state = put_members(self.state, state, jnp.asarray(take), self.padded, self.mesh)
         self.training_members = size
         out = {"diverged": np.asarray(to_host(self.state.diverged))}

@@ -344,34 +344,10 @@ def test_adversarial_training_seam(data160):
 def test_members_without_adversarial_weight_skip_the_search_and_train_as_alone(data160):
     """Members of weight 0 train as without any adversarial member (BatchNorm statistics
     included) whether their group searches for another member (one group of 3) or not
-    (groups of 1, which skip the search: the compiled epoch branches)."""
-    d, x, y = data160
-    x, y = x[:64], y[:64]
-    network = build_network(ModelConfig(kind="cnn", conv_channels=2, batchnorm=True), 10)
-    tx = make_optimizer(0.9)
-    fresh = lambda: init_ensemble(network, tx, EXAMPLE, seed=3, member_ids=np.arange(3),
-                                  learning_rate=0.05)
-    view = MemberView(adversarial_weight=jnp.array([0.0, 0.5, 0.0]))
-    flipped = lambda apply_fn, v, xb, yb, key: 1.0 - xb
-    plain, _ = make_train_epoch(network, tx, batch_size=32, member_chunk=3)(fresh(), 3, x, y)
-    for chunk in (3, 1):
-        epoch = make_train_epoch(network, tx, batch_size=32, member_chunk=chunk,
-                                 adversarial_examples=flipped)
-        if chunk == 1:
-            hlo = epoch.lower(fresh(), 3, x, y, view).as_text()
-            assert "stablehlo.case" in hlo or "stablehlo.if" in hlo
-        trained, _ = epoch(fresh(), 3, x, y, view)
-        for m in (0, 2):
-            _close(_member(trained.variables, m), _member(plain.variables, m), rtol=1e-5,
-                   atol=1e-6)
-        assert not np.allclose(_member(trained.variables, 1)["params"]["Dense_2"]["kernel"],
-                               _member(plain.variables, 1)["params"]["Dense_2"]["kernel"])
-
-
-def test_on_one_device_only_the_adversarial_members_search(data160):
-    """With the host's `searching` (the Runner passes it), one group of three on one device
-    runs the adversarial pass for its adversarial member only (no conditional; XLA counts
-    less work), and every member trains as in the group that runs it for all three."""
+    (groups of 1, which skip the search: the compiled epoch branches); and with the host's
+    `searching` (the Runner passes it) one group of 3 on one device runs the adversarial
+    pass for its adversarial member only (no conditional; XLA counts less work), every
+    member training as in the group that runs it for all three."""
     from memjax.sharding import member_mesh
 
     d, x, y = data160
@@ -382,18 +358,30 @@ def test_on_one_device_only_the_adversarial_members_search(data160):
                                   learning_rate=0.05)
     view = MemberView(adversarial_weight=jnp.array([0.0, 0.5, 0.0]))
     flipped = lambda apply_fn, v, xb, yb, key: 1.0 - xb
-    epoch = make_train_epoch(network, tx, batch_size=32, member_chunk=3, mesh=member_mesh(1),
-                             adversarial_examples=flipped)
-    split = (False, True, False)
-    hlo = epoch.lower(fresh(), 3, x, y, view, searching=split).as_text()
-    assert "stablehlo.case" not in hlo and "stablehlo.if" not in hlo
-    flops = lambda **kw: epoch.lower(fresh(), 3, x, y, view, **kw).cost_analysis()["flops"]
-    assert flops(searching=split) < flops()
-    grouped, _ = epoch(fresh(), 3, x, y, view)
-    apart, _ = epoch(fresh(), 3, x, y, view, searching=split)
-    for m in range(3):
-        _close(_member(apart.variables, m), _member(grouped.variables, m), rtol=1e-5,
-               atol=1e-6)
+    plain, _ = make_train_epoch(network, tx, batch_size=32, member_chunk=3)(fresh(), 3, x, y)
+    trained = {}
+    for chunk, searching in ((3, None), (1, None), (3, (False, True, False))):
+        epoch = make_train_epoch(network, tx, batch_size=32, member_chunk=chunk,
+                                 mesh=member_mesh(1) if searching else None,
+                                 adversarial_examples=flipped)
+        hlo = epoch.lower(fresh(), 3, x, y, view, searching=searching).as_text()
+        branches = "stablehlo.case" in hlo or "stablehlo.if" in hlo
+        if chunk == 1:
+            assert branches
+        if searching:
+            assert not branches
+            flops = lambda **kw: epoch.lower(fresh(), 3, x, y, view,
+                                             **kw).cost_analysis()["flops"]
+            assert flops(searching=searching) < flops()
+        trained[chunk, searching], _ = epoch(fresh(), 3, x, y, view, searching=searching)
+        for m in (0, 2):
+            _close(_member(trained[chunk, searching].variables, m),
+                   _member(plain.variables, m), rtol=1e-5, atol=1e-6)
+        assert not np.allclose(
+            _member(trained[chunk, searching].variables, 1)["params"]["Dense_2"]["kernel"],
+            _member(plain.variables, 1)["params"]["Dense_2"]["kernel"])
+    _close(_member(trained[3, (False, True, False)].variables, 1),
+           _member(trained[3, None].variables, 1), rtol=1e-5, atol=1e-6)
 
 
 def test_adversarial_training_trains_on_lass_points(data160):
