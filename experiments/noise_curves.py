@@ -30,7 +30,8 @@ from memjax.experiments.common import (check_sweep_members, first_epoch_at_least
                                        measured, new_figure, own_accuracy_every,
                                        own_accuracy_runs)
 from memjax.keys import ATTACK, study_key
-from memjax.metrics import PAPER_LASS, PROTOCOLS, critical_sample_ratio, validation_search
+from memjax.metrics import (PAPER_LASS, PROTOCOLS, authors_scale, critical_sample_ratio,
+                            validation_search)
 from memjax.results import RunDir
 from memjax.members import Members
 from memjax.runner import Runner
@@ -78,18 +79,19 @@ PRESETS = {
 
 
 def epoch_evaluation(runner: Runner, validation: tuple[jax.Array, jax.Array], config: Config,
-                     epoch: int) -> dict[str, jax.Array]:
+                     epoch: int, lass_scale: float = 1.0) -> dict[str, jax.Array]:
     """Per-member measurements after an epoch, each [M]: training accuracy on the member's
     own (noisy) training set (every `config.own_accuracy_every` epochs and after the last,
     else NaN), validation accuracy on real data, and validation CSR (LASS
     with the paper's r, alpha, beta on `config.csr_examples` validation images, searched as
-    `config.csr_protocol` says: memjax.metrics.validation_search)."""
+    `config.csr_protocol` says, r, alpha and beta times `lass_scale`:
+    memjax.metrics.validation_search)."""
     key = jax.random.fold_in(study_key(runner.train.seed, ATTACK), epoch)
     found = validation_search(runner.apply, runner.variables, validation[0], key,
                               protocol=config.csr_protocol, examples=config.csr_examples,
                               **{**PAPER_LASS, "max_iterations": config.csr_iterations},
                               member_chunk=runner.train.member_chunk,
-                              member_ids=runner.state.member_ids)
+                              member_ids=runner.state.member_ids, scale=lass_scale)
     return {"train_accuracy": own_accuracy_every(runner, epoch, config.own_accuracy_every,
                                                  runner.train.epochs),
             "validation_accuracy": runner.evaluate(*validation)["correct"].mean(1),
@@ -173,6 +175,8 @@ def _run_part(name, data, model, train, config, run_dir):
     runner = Runner(model, train, dataset.train, dataset.num_classes, members,
                     data_seed=data.data_seed)
     validation = (jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y))
+    scale = (authors_scale(dataset.train.x, dataset.validation.x)
+             if config.csr_protocol == "authors" else 1.0)
     names = ("train_accuracy", "validation_accuracy", "validation_csr")
 
     def log(epoch, record):
@@ -180,7 +184,8 @@ def _run_part(name, data, model, train, config, run_dir):
                 **{k: record[k].tolist() for k in names}}
 
     history = runner.run(train.epochs, desc=f"noise curves ({name})", run_dir=run_dir, log=log,
-                         measure=lambda r, epoch: epoch_evaluation(r, validation, config, epoch))
+                         measure=lambda r, epoch: epoch_evaluation(r, validation, config, epoch,
+                                                                   scale))
     curves = {k: history[k] for k in names}  # [epochs, M]
     summary = {}
     for k, p in conds:

@@ -53,9 +53,14 @@ def test_one_class_per_example_labels():
 
 
 @pytest.mark.slow
-def test_csr_study(tmp_path):
+def test_csr_study(tmp_path, fake_npz):
+    from memjax.data import load_dataset
+    from memjax.metrics import authors_scale
+
+    colour = DataConfig(name=f"npz:{fake_npz(shape=(6, 6, 3))}", train_size=128,
+                        validation_size=32)
     config = dataclasses.replace(
-        csr.PRESETS["smoke"], data=DataConfig(train_size=128, validation_size=32),
+        csr.PRESETS["smoke"], data=colour,
         model=ModelConfig(hidden=(16,)), train=TrainConfig(members=2, epochs=2, batch_size=64),
         conditions=("randY",), examples=16, max_iterations=3, radius=0.1, step_size=0.05)
     out, arrays, summary = _run(csr, config, tmp_path)
@@ -63,6 +68,9 @@ def test_csr_study(tmp_path):
     assert ((arrays["csr_randY"] >= 0) & (arrays["csr_randY"] <= 1)).all()
     assert (tmp_path / "fig9_csr.png").exists()
     assert summary["randY"]["examples_searched"] == 16
+    dataset = load_dataset(colour)  # the authors' protocol scales r, alpha, beta by the range
+    expected = authors_scale(dataset.train.x, dataset.validation.x)
+    assert expected != 1.0 and summary["randY"]["lass_scale"] == pytest.approx(expected)
     with pytest.raises(MemjaxError):
         csr.run(dataclasses.replace(config, radius=-1.0), RunDir(tmp_path / "b"))
 

@@ -310,3 +310,49 @@ def test_authors_adversarial_points_are_not_clipped():
     r = TRAINING_LASS["radius"]
     assert float(clipped.min()) >= 0.0 and float(free.min()) < 0.0
     assert float(jnp.abs(free - x).max()) <= r + 1e-7
+
+
+def test_authors_scale_is_the_range_of_their_preprocessed_images():
+    """The authors' callback divides alpha, beta, r by 255 / (max - min) of x / 255 (grey)
+    or x / 255 minus the per-pixel training mean (colour): hand-computed cases."""
+    from memjax.metrics import authors_scale
+
+    grey = np.array([[10, 200], [30, 40]], np.uint8).reshape(2, 1, 2, 1)
+    assert authors_scale(grey, grey) == pytest.approx((200 - 10) / 255)
+    train = np.zeros((2, 1, 2, 3), np.uint8)
+    train[1, 0, 0] = 255  # per-pixel mean: 127.5 at pixel (0, 0) of every channel, else 0
+    images = np.zeros((1, 1, 2, 3), np.uint8)
+    images[0, 0, 1] = 255  # x / 255 - mean: -0.5 at pixel (0, 0), 1.0 at pixel (0, 1)
+    assert authors_scale(train, images) == pytest.approx(1.5)
+
+
+def test_authors_scale_on_the_real_data_sets():
+    """MNIST is unchanged; CIFAR-10's test images span 1.158 after the authors' per-pixel
+    mean subtraction (../shared/data, which CI has beside the checkout)."""
+    from pathlib import Path
+
+    from memjax.metrics import authors_scale
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not (data / "cifar10.npz").exists():
+        pytest.skip("../shared/data is not beside this checkout")
+    cifar, mnist = np.load(data / "cifar10.npz"), np.load(data / "mnist.npz")
+    assert authors_scale(cifar["x_train"], cifar["x_test"]) == pytest.approx(1.1579, abs=1e-4)
+    assert authors_scale(mnist["x_train"][..., None], mnist["x_test"][..., None]) == 1.0
+
+
+def test_validation_search_scale_multiplies_radius_and_steps(problem):
+    from memjax.metrics import validation_search
+
+    variables, xs, factors, radius = problem
+    member = jax.tree.map(lambda v: v[:1], variables)
+    settings = dict(radius=radius / 2, step_size=radius / 8, noise_scale=radius / 16,
+                    max_iterations=30, protocol="authors", examples=None)
+    scaled = validation_search(linear, member, xs[0], jax.random.key(3), scale=2.0, **settings)
+    doubled = validation_search(linear, member, xs[0], jax.random.key(3), **{
+        **settings, "radius": radius, "step_size": radius / 4, "noise_scale": radius / 8})
+    np.testing.assert_array_equal(scaled.critical, doubled.critical)
+    np.testing.assert_allclose(scaled.points, doubled.points, rtol=1e-6)
+    # at half the radius only the examples within it of the boundary can flip
+    half = validation_search(linear, member, xs[0], jax.random.key(3), **settings)
+    assert not np.asarray(half.critical)[0, factors > 0.5].any()

@@ -18,6 +18,12 @@ same for the mean loss it differentiates), the Gaussian noise, the box and "crit
 prediction ever changed"; it differs in freezing a critical example at the point that
 flipped (that code keeps moving it; its flag is sticky, so the flags are the same) and in
 stopping once every example is decided (that code runs on; nothing changes).
+
+The authors' CSR callback (`LoggerCallback.on_epoch_end` in callback_util.py) divides the
+paper's alpha, beta and r by `255 / (max(X_test) - min(X_test))` of its preprocessed data:
+x / 255 for MNIST (range 1.0, no change), x / 255 minus the per-pixel training mean for
+CIFAR-10, CIFAR-100 and SVHN (range 1.158 on CIFAR-10: a 16 % larger radius).
+`authors_scale` computes that factor and `validation_search(..., scale=)` applies it.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from memjax.ensemble import map_members
@@ -167,20 +174,40 @@ def lass(apply_fn: ApplyFn, variables, x: jax.Array, key: jax.Array, *, radius: 
     return LassResult(*everywhere(map_example_chunks(on_chunk, (x, jnp.arange(n)), chunk), m))
 
 
+def authors_scale(train_x: np.ndarray, eval_x: np.ndarray) -> float:
+    """The factor by which the authors' CSR callback scales the paper's alpha, beta and r:
+    the range max - min of the searched images as their datasets.py preprocesses them,
+    x / 255 and, for colour images (CIFAR-10, CIFAR-100, SVHN: three channels), minus
+    the per-pixel mean of the training images. memjax searches x / 255 itself; a shift
+    changes no distance, so only the range matters.
+
+    train_x: [N, H, W, C] uint8 training images (the mean of colour images); eval_x:
+    [K, H, W, C] uint8 images searched (the authors took the range over the whole test
+    set; memjax over the validation split it searches). Returns a float, 1.0 for MNIST.
+    """
+    high, low = eval_x.max(0) / 255.0, eval_x.min(0) / 255.0  # per pixel: [H, W, C]
+    if eval_x.shape[-1] == 3:
+        mean = np.mean(train_x, axis=0, dtype=np.float64) / 255.0
+        high, low = high - mean, low - mean
+    return float(high.max() - low.min())
+
+
 _DRAW = 2 ** 31 - 1  # folded into the key of a search for the authors' random draw
 
 
 def validation_search(apply_fn: ApplyFn, variables, x: jax.Array, key: jax.Array, *,
                       protocol: str, examples: int | None, member_chunk: int | None = None,
                       chunk: int | None = None, member_ids: jax.Array | None = None,
-                      **settings) -> LassResult:
+                      scale: float = 1.0, **settings) -> LassResult:
     """The search a study runs after an epoch to measure CSR on validation inputs x [N, ...].
 
     protocol "authors" (their CSR callback, callback_util.py): `examples` inputs drawn at
     random from x with `key` (a fresh draw for every key; the authors drew 500 per epoch;
     None: all of x), every member searching all of them at once, so the stop rule counts
     over the whole draw. "exhaustive": the first `examples` inputs (None: all), searched in
-    chunks of `chunk`. settings: radius, step_size, noise_scale, max_iterations (as `lass`).
+    chunks of `chunk`. settings: radius, step_size, noise_scale, max_iterations (as `lass`);
+    radius, step_size and noise_scale are multiplied by `scale` (the studies pass
+    `authors_scale` of their data under "authors", as the authors' callback scaled them).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown LASS protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
@@ -192,8 +219,10 @@ def validation_search(apply_fn: ApplyFn, variables, x: jax.Array, key: jax.Array
                                     replace=False)]
     else:
         x = x[:examples]
+    scaled = {k: v * scale if k in ("radius", "step_size", "noise_scale") else v
+              for k, v in settings.items()}
     return lass(apply_fn, variables, x, key, member_chunk=member_chunk, chunk=chunk,
-                member_ids=member_ids, **settings, **PROTOCOLS[protocol])
+                member_ids=member_ids, **scaled, **PROTOCOLS[protocol])
 
 
 @jax.jit
@@ -218,7 +247,8 @@ def lass_adversarial_examples(apply_fn, variables, x: jax.Array, y: jax.Array,
     [0, 1]; y: [B] int labels (unused: LASS moves away from the predicted class); key: this
     step's ATTACK-stream key; protocol: PROTOCOLS ("authors": unclipped points, and the
     search ends after an iteration that finds fewer than 20 new critical points in the
-    minibatch). Returns [B, H, W, C] float32 within the L-infinity radius of x (in [0, 1]
+    minibatch; the paper's r, alpha, beta unscaled: `authors_scale` is the CSR callback's,
+    not the training's). Returns [B, H, W, C] float32 within the L-infinity radius of x (in [0, 1]
     unless the protocol leaves points unclipped; gradients are stopped by the caller).
     """
     return lass_search(apply_fn, variables, x, key, **TRAINING_LASS, **PROTOCOLS[protocol]).points
