@@ -88,7 +88,7 @@ class Rate:
 
     flops_per_s: float
     source: str
-
+    device: str  # whose records it comes from
 
 def _results(prefix: str) -> list[dict]:
     """The records benchmarks/results/<prefix>*.json, oldest first (in date order)."""
@@ -167,40 +167,48 @@ class Rates:
                 recorded.setdefault(name, []).append(r)
         if not recorded:
             raise MemjaxError("no bench record of any accelerator to plan from")
-        source = device if device in recorded else min(
-            recorded, key=lambda n: abs(math.log(DEVICES[n].peak["float32"]
-                                                 / self.profile.peak["float32"])))
-        self.records = recorded[source]
-        self.source = DEVICES[source]
-        self.scale_note = None if source == device else (
-            f"no record of {device}: rates borrowed from {source}'s records, scaled by the "
-            f"datasheet ratio of the resource that bound each case")
+        # Each kind of program takes the rate of the nearest device (in peak rate) whose
+        # records hold it: the device's own first.
+        self.sources = sorted(recorded, key=lambda n: (n != device, abs(math.log(
+            DEVICES[n].peak["float32"] / self.profile.peak["float32"]))))
+        self.by_source = recorded
+        self.records = recorded[self.sources[0]]
+        self.scale_note = None if device in recorded else (
+            f"no record of {device}: rates borrowed from {self.sources[0]}'s records, scaled "
+            f"by the datasheet ratio of the resource that bound each case")
 
-    def _rows(self, kind: str, model: str, precision: str) -> list[tuple[dict, dict]]:
+    def _rows(self, kind: str, model: str, precision: str) -> tuple[str | None, list]:
+        """(the source device, its rows for this kind of program): the nearest source whose
+        records hold the kind, in `precision` where it has that, else float32."""
         cases = KIND_CASES[(kind, model)]
-        for impls in (IMPLS[precision], IMPLS["float32"]):
-            rows = [(rec, row) for rec in reversed(self.records) for row in rec["rows"]
-                    if row["case"] in cases and row.get("impl") in impls
-                    and row.get("tflops")]
-            if rows:
-                return rows
+        for source in self.sources if self.profile else [None]:
+            records = self.records if source is None else self.by_source[source]
+            for impls in (IMPLS[precision], IMPLS["float32"]):
+                rows = [(rec, row) for rec in reversed(records) for row in rec["rows"]
+                        if row["case"] in cases and row.get("impl") in impls
+                        and row.get("tflops")]
+                if rows:
+                    return source, rows
         raise MemjaxError(f"no bench record on {self.name} for {kind} of a {model} "
                           f"(cases {', '.join(cases)})")
 
     def rate(self, step: Step) -> Rate:
         try:
-            rows = self._rows(step.kind, step.model, step.precision)
+            source, rows = self._rows(step.kind, step.model, step.precision)
         except MemjaxError:
             if (step.kind, step.model) not in FALLBACK:
                 raise
             kind, model = FALLBACK[(step.kind, step.model)]
             rate = self.rate(dataclasses.replace(step, kind=kind, model=model))
-            return Rate(rate.flops_per_s, f"{rate.source}; no {step.kind} record here")
+            return Rate(rate.flops_per_s, f"{rate.source}; no {step.kind} record here",
+                        rate.device)
         per_example = step.cost.flops / max(step.per_example, 1)
         record, row = min(rows, key=lambda rr: abs(math.log(
             rr[1].get("flops_per_model_example", per_example) / max(per_example, 1))))
         flops = row["tflops"] * 1e12
         where = f"{row['case']} {row['impl']} ({record['file']})"
+        if source is not None and source != self.name:
+            where = f"borrowed from {source}: {where}"
         measured = "bfloat16" if row.get("impl", "").endswith("bf16") else "float32"
         bound = "compute"
         roof = record.get("roofline")
@@ -214,9 +222,10 @@ class Rates:
             factor = min(self.now[k] / roof[k] for k in ("peak_tflops", "bandwidth_gbs"))
             why = "roofline now / recorded"
         elif bound == "bandwidth":
-            factor, why = self.profile.bandwidth / self.source.bandwidth, "datasheet ratio"
+            factor = self.profile.bandwidth / DEVICES[source].bandwidth
+            why = "datasheet ratio"
         else:
-            factor = self.profile.peak[step.precision] / self.source.peak[measured]
+            factor = self.profile.peak[step.precision] / DEVICES[source].peak[measured]
             why = "datasheet ratio"
         if factor != 1:
             where += f" x{factor:.2f} ({bound}-bound, {why})"
@@ -224,13 +233,18 @@ class Rates:
             where += (f"; no {step.precision} record: the {measured} share of peak assumed, "
                       f"unmeasured" if self.profile and bound == "compute" else
                       f"; no {step.precision} record: the {measured} rate assumed, unmeasured")
-        return Rate(flops * factor, where)
+        return Rate(flops * factor, where, source or self.name)
 
     def compile_seconds(self) -> float:
-        """The median compile time of memjax's recorded training programs."""
-        times = [row["compile_s"] for rec in self.records for row in rec["rows"]
-                 if row.get("compile_s")]
-        return statistics.median(times) if times else 0.0
+        """The median compile time of memjax's recorded training programs, on the nearest
+        device that recorded any (the device's own first)."""
+        for records in ([self.records] if self.profile is None
+                        else [self.by_source[n] for n in self.sources]):
+            times = [row["compile_s"] for rec in records for row in rec["rows"]
+                     if row.get("compile_s")]
+            if times:
+                return statistics.median(times)
+        return 0.0
 
 
 def measure_checkpoints() -> tuple[float, float]:
@@ -282,7 +296,10 @@ def plan_steps(steps: Iterable[Step], rates: Rates) -> dict:
                 out["seconds"] += saving
         out["steps"].append({"name": step.name, "kind": step.kind, "model": step.model,
                              "runs": step.runs, "flops": flops, "seconds": seconds,
-                             "rate_tflops": rate.flops_per_s / 1e12, "rate_from": rate.source})
+                             "rate_tflops": rate.flops_per_s / 1e12, "rate_from": rate.source,
+                             "rate_device": rate.device})
+    # the programs whose rate comes from the planned device's own records
+    out["measured_here"] = sum(p["rate_device"] == rates.name for p in out["steps"])
     return out
 
 
@@ -321,11 +338,12 @@ def format_plan(result: dict, verbose: bool = False) -> str:
     """The plan as a table: one line per study (and per program with verbose)."""
     lines = [f"plan on {result['device']}" + (f" ({result['note']})" if result["note"] else "")]
     lines.append(f"  {'study':<14} {'time':>9} {'FLOP':>10} {'bytes':>10} {'LASS probes':>12} "
-                 f"{'checkpoints':>12}")
+                 f"{'checkpoints':>12}  {'rates measured here':>19}")
     for name, s in result["studies"].items():
         lines.append(f"  {name:<14} {duration(s['seconds']):>9} {_si(s['flops'], ''):>10} "
                      f"{_si(s['bytes'], 'B'):>10} {_si(s['probes'], ''):>12} "
-                     f"{_si(s['checkpoint_bytes'], 'B'):>12}")
+                     f"{_si(s['checkpoint_bytes'], 'B'):>12}  "
+                     f"{s['measured_here']:>8} of {len(s['steps'])} programs")
         if verbose:
             for p in s["steps"]:
                 lines.append(f"      {p['name']}: {p['runs']} runs, {_si(p['flops'], 'FLOP')}, "

@@ -126,7 +126,7 @@ def _record(kind, rows, roofline):
             "rows": rows}
 
 
-def test_a_device_without_records_borrows_the_nearest_scaled_by_its_bound():
+def test_a_device_without_records_borrows_the_nearest_scaled_by_its_bound_per_kind():
     h100 = _record("NVIDIA H100 80GB HBM3", [
         # bandwidth-bound on its measured roofline: 1e5 B / 2000 GB/s > 4e6 FLOP / 400 TFLOP/s
         {"case": "a_mlp512", "impl": "jax-ensemble", "tflops": 40.0,
@@ -156,6 +156,20 @@ def test_a_device_without_records_borrows_the_nearest_scaled_by_its_bound():
     assert planned["seconds"] == pytest.approx(10 * 4e8 / 40e12 + 5.0)
     with pytest.raises(MemjaxError, match="unknown device"):
         plan.Rates("gpu9000", [h100])
+    # a device whose own records lack a kind borrows that kind alone from the nearest
+    h200_cnn = _record("NVIDIA H200", [{**h100["rows"][1], "tflops": 87.0, "compile_s": 6.0}],
+                       {"peak_tflops": 352.0, "bandwidth_gbs": 2700.0})
+    partial = plan.Rates("h200", [h100, h200_cnn])
+    cnn, mlp = partial.rate(step("cnn")), partial.rate(step("mlp"))
+    assert cnn.flops_per_s == 87e12 and cnn.device == "h200" and "borrowed" not in cnn.source
+    assert mlp.flops_per_s == pytest.approx(40e12 * 4.8 / 3.35) and mlp.device == "h100"
+    assert mlp.source.startswith("borrowed from h100: a_mlp512")
+    assert partial.compile_seconds() == 6.0 and partial.scale_note is None
+    planned = plan.plan_steps([step("cnn"), step("mlp")], partial)
+    assert planned["measured_here"] == 1
+    assert "1 of 2 programs" in plan.format_plan(
+        {"device": "h200", "note": None, "studies": {"s": planned},
+         "total_seconds": planned["seconds"]})
     with pytest.raises(MemjaxError, match="no bench record"):
         plan.Rates("h100", [h100]).rate(cost.Step("s", "search", "mlp", cost.Cost(), 1, 1))
 
