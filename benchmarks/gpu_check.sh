@@ -1,37 +1,52 @@
 #!/usr/bin/env bash
-# The device check, in one go (allow about 10 minutes on one H100, compile included; each
-# case's wall time is in the bench record's case_wall_s):
+# The device check, in one call of about 8 minutes on one H200 (compile included):
 #   1. install memjax (editable, no dependencies: the device has jax, flax, optax, orbax)
-#   2. memjax bench --preset gpu            -> $OUT/bench/<date>-<device>.{json,md}
-#   3. the plan against reality: the new bench record joins benchmarks/results/ (of this
-#      copy), then benchmarks/plan_check.py plans and runs consistency and sensitivity at the
-#      paper preset (data from .devdata)  -> $OUT/plan/plan-paper-*.{json,md},
-#                                            $OUT/plan-runs/{consistency,sensitivity}/
-#   4. a short table of all of it, printed last
-# Run from the repository root, with .devdata/mnist.npz in place:
+#   2. memjax bench --preset gpu (at most about 4 min)       -> $OUT/<date>-<device>.{json,md}
+#   3. LASS in TF32 against full float32 on the paper's CNN  -> $OUT/lass-precision.json
+#      (benchmarks/lass_precision.py; data .devdata/cifar10-8k.npz)
+#   4. the plan against reality: the new bench record joins benchmarks/results/ (of this
+#      copy), then benchmarks/plan_check.py plans and runs consistency at the paper preset
+#      (data .devdata/mnist.npz)                              -> $OUT/plan-paper-*.{json,md}
+#   5. a short table of all of it, printed last              -> $OUT/summary.txt
+# Every step's output goes to $OUT/check.log. At most 7 files land in $OUT, each written as
+# its step ends, named with letters, digits, '.', '_' and '-' only (the device tool returns
+# 8 files at most and drops names with other characters); work folders stay outside $OUT.
+# Run from the repository root, with .devdata/ in place (carried: 39 MB of the 64 allowed):
+#   mkdir -p .devdata && cp ../shared/data/mnist.npz .devdata/ && python3 -c "import numpy as np;
+#   d = np.load('../shared/data/cifar10.npz'); np.savez('.devdata/cifar10-8k.npz',
+#   **{k: d[k][:8000 if 'train' in k else 1000] for k in d.files})"
 #   OUT=/some/folder bash benchmarks/gpu_check.sh
-# Rehearse on a CPU (cpu bench preset, smoke study on the embedded data):
+# Rehearse on a CPU (cpu bench preset, a narrow CNN on .devdata/cifar10-small.npz, 600/100
+# images made the same way, and the smoke consistency study on the embedded data):
 #   MEMJAX_CHECK=cpu OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh
 # MEMJAX_BENCH_CASES=a_mlp512,c_cnn limits the bench to those cases; MEMJAX_BENCH_TIMEOUT
-# (seconds, default 420) bounds it; MEMJAX_CHECK_STUDY=0 skips the plan check's study runs.
+# (seconds, default 260) bounds it; MEMJAX_CHECK_STUDY=0 skips the plan check's study run.
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+WORK=$(mktemp -d)  # bench and study folders: only the files named above go to $OUT
+LOG="$OUT/check.log"
 CHECK=${MEMJAX_CHECK:-gpu}
 PY=${PYTHON:-python3}
 case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac  # used from /tmp too
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
+stamp() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
+step() {  # step NAME SECONDS COMMAND...: run it, its output to the log, its exit noted
+  local name=$1 limit=$2; shift 2
+  stamp "$name"
+  timeout "$limit" "$@" >>"$LOG" 2>&1
+  stamp "$name: exit $?"
+}
 
 # memjax.experiments and memjax.benchmarks are the top-level folders experiments/ and
 # benchmarks/ (pyproject's package-dir), so plain PYTHONPATH=. cannot import them; without
 # an install, a folder of links lays the package out as installed.
 stamp "install"
-if $PY -m pip install --no-deps --no-build-isolation -e . -q >"$OUT/install.log" 2>&1 \
+if $PY -m pip install --no-deps --no-build-isolation -e . -q >>"$LOG" 2>&1 \
    && (cd /tmp && $PY -c "import memjax.benchmarks.harness, memjax.experiments.consistency"); then
   PYM=("$PY" -m)
 else
-  stamp "editable install failed (see $OUT/install.log); using a linked layout"
+  stamp "editable install failed (see the log); using a linked layout"
   SHIM=$(mktemp -d)
   mkdir "$SHIM/memjax"
   for entry in "$PWD"/memjax/*; do ln -s "$entry" "$SHIM/memjax/"; done
@@ -40,39 +55,39 @@ else
   export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
   PYM=("$PY" -P -m)  # -P: the repository's own memjax/ must not shadow the links
 fi
-MEMJAX=("${PYM[@]}" memjax.cli)
-"$PY" -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tail -1
+"$PY" -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tail -1 | tee -a "$LOG"
 
 if [ "$CHECK" = cpu ]; then
   BENCH_PRESET=cpu; PLAN_ARGS=(--preset smoke --only consistency)
+  LASS_ARGS=(--data npz:.devdata/cifar10-small.npz --epochs 1 --members 2 --examples 50
+             --channels 8)
 else
-  BENCH_PRESET=gpu; PLAN_ARGS=(--preset paper --only consistency,sensitivity)
+  BENCH_PRESET=gpu; PLAN_ARGS=(--preset paper --only consistency)
+  LASS_ARGS=(--data npz:.devdata/cifar10-8k.npz --epochs 4 --members 3 --examples 500)
   export MEMJAX_DATA_DIR="$PWD/.devdata"
 fi
 CASES=()
 [ -n "${MEMJAX_BENCH_CASES:-}" ] && CASES=(--cases "$MEMJAX_BENCH_CASES")
 
-stamp "bench --preset $BENCH_PRESET"
-timeout "${MEMJAX_BENCH_TIMEOUT:-420}" "${MEMJAX[@]}" bench --preset "$BENCH_PRESET" "${CASES[@]}" --out "$OUT/bench" \
-  >"$OUT/bench.log" 2>&1
-echo "bench exit $?" | tee -a "$OUT/bench.log"
-tail -n 5 "$OUT/bench.log"
+step "bench --preset $BENCH_PRESET" "${MEMJAX_BENCH_TIMEOUT:-260}" \
+  "${PYM[@]}" memjax.cli bench --preset "$BENCH_PRESET" "${CASES[@]}" --out "$WORK/bench"
+cp "$WORK"/bench/*.json "$WORK"/bench/*.md "$OUT"/ 2>/dev/null
+
+step "LASS precision" "${MEMJAX_LASS_TIMEOUT:-150}" \
+  "${PYM[@]}" memjax.benchmarks.lass_precision "${LASS_ARGS[@]}" --out "$OUT/lass-precision.json"
 
 if [ "${MEMJAX_CHECK_STUDY:-1}" != 0 ]; then
   # the plan reads its rates from benchmarks/results/: the record just made joins them
-  [ "$CHECK" = cpu ] || cp "$OUT"/bench/*.json benchmarks/results/ 2>/dev/null
-  stamp "plan check ${PLAN_ARGS[*]}"
-  timeout "${MEMJAX_PLAN_TIMEOUT:-300}" "${PYM[@]}" memjax.benchmarks.plan_check \
-    "${PLAN_ARGS[@]}" --out "$OUT/plan" --runs "$OUT/plan-runs" >"$OUT/plan.log" 2>&1
-  echo "plan check exit $?" | tee -a "$OUT/plan.log"
-  tail -n 4 "$OUT/plan.log"
+  [ "$CHECK" = cpu ] || cp "$WORK"/bench/*.json benchmarks/results/ 2>/dev/null
+  step "plan check ${PLAN_ARGS[*]}" "${MEMJAX_PLAN_TIMEOUT:-180}" \
+    "${PYM[@]}" memjax.benchmarks.plan_check "${PLAN_ARGS[@]}" --out "$OUT" --runs "$WORK/runs"
 fi
 
 stamp "summary"
-"$PY" - "$OUT" <<'EOF'
+"$PY" - "$OUT" "$WORK" <<'EOF' | tee "$OUT/summary.txt"
 import glob, json, os, sys
-out = sys.argv[1]
-for path in sorted(glob.glob(os.path.join(out, "bench", "*.json"))):
+out, work = sys.argv[1:3]
+for path in sorted(glob.glob(os.path.join(out, "20*.json"))):
     r = json.load(open(path))
     print(f"bench {os.path.basename(path)}: {r['device']['kind']}, roofline "
           f"{r['roofline']['peak_tflops']:.1f} TFLOP/s, {r['roofline']['bandwidth_gbs']:.0f} GB/s")
@@ -88,18 +103,25 @@ for path in sorted(glob.glob(os.path.join(out, "bench", "*.json"))):
             target += " MET" if c["target_met"] else " MISSED"
         print(f"  {case}: best {c['best_jax']}: {ratios} {target}")
     print("case wall times (s):", r.get("case_wall_s"))
-for path in sorted(glob.glob(os.path.join(out, "plan", "*.md"))):
+lass = os.path.join(out, "lass-precision.json")
+if os.path.exists(lass):
+    for cond, c in json.load(open(lass))["conditions"].items():
+        print(f"LASS {cond}: CSR default {c['csr_default']} vs highest {c['csr_highest']}; "
+              f"{c['flags_differing']} flags of {c['examples']} per member differ")
+else:
+    print("LASS precision: no record (see check.log)")
+for path in sorted(glob.glob(os.path.join(out, "plan-*.md"))):
     print(open(path).read())
-manifest = os.path.join(out, "plan-runs", "consistency", "manifest.json")
+manifest = os.path.join(work, "runs", "consistency", "manifest.json")
 if os.path.exists(manifest):
     m = json.load(open(manifest))
     print(f"consistency: {m.get('status')} in {m.get('wall_time_s')} s on {m['device']['kind']}, "
           f"{m.get('model_examples_per_second', 0):,.0f} model-examples/s")
-    summary = os.path.join(out, "plan-runs", "consistency", "summary.json")
+    summary = os.path.join(work, "runs", "consistency", "summary.json")
     if os.path.exists(summary):
         for cond, s in json.load(open(summary)).items():
-            print(f"  {cond}: mean error {s['mean_error']:.3f}, std rate "
-                  f"{s['std_misclassification_rate']:.3f} vs binomial {s['std_binomial_reference']:.3f}")
+            print(f"  {cond}: mean error {s['mean_error']:.3f}, trained in {s['train_seconds']:.1f} s")
 else:
-    print("consistency: no manifest (see plan.log)")
+    print("consistency: no manifest (see check.log)")
 EOF
+ls "$OUT"
