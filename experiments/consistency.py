@@ -23,7 +23,7 @@ from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
 from memjax import cost
 from memjax.data import data_shape, load_dataset, with_noise
 from memjax.data.noise import INPUT_NOISE_STATS
-from memjax.keys import NOISE, study_key
+from memjax.keys import NOISE, host_rng, study_key
 from memjax.errors import MemjaxError
 from memjax.metrics.consistency import (binomial_reference, class_binomial_reference,
                                         misclassification_rate)
@@ -80,7 +80,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
     n = len(dataset.train)
     if config.tracked > n:
         raise MemjaxError(f"cannot track {config.tracked} examples of {n}")
-    tracked = np.sort(np.random.default_rng([config.data.data_seed, 0]).choice(
+    tracked = np.sort(host_rng(config.data.data_seed, "tracked examples").choice(
         n, config.tracked, replace=False))
     members = config.train.members
     arrays: dict[str, np.ndarray] = {"tracked_indices": tracked}

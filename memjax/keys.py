@@ -8,13 +8,25 @@ a reference draw) come from `study_key`, under a root that no member id reaches.
 
 The trainer, `memjax.metrics.trainer_order`, both initializations and the tests'
 references all derive their keys here.
+
+Host-side draws on the data (which examples get noise, the noise itself, which examples a
+dataset-size member keeps, the tracked examples) are numpy streams of the data seed, one
+per purpose: `host_rng(data_seed, name)` = default_rng([data_seed, HOST_STREAMS[name]]).
 """
 from __future__ import annotations
 
 import jax
+import numpy as np
 
 INIT, DATA, DROPOUT, ATTACK, NOISE = range(5)
 _STUDY = 2 ** 32 - 1  # fold_in(root, _STUDY): above every member id
+HOST_STREAMS = {"tracked examples": 0, "randY": 1, "randX": 2, "dataset size": 3,
+                "noise order": 4}
+
+
+def host_rng(data_seed: int, stream: str) -> np.random.Generator:
+    """The numpy stream `stream` (a name of HOST_STREAMS) of the data seed."""
+    return np.random.default_rng([data_seed, HOST_STREAMS[stream]])
 
 
 def member_key(seed, member_id) -> jax.Array:

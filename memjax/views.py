@@ -19,10 +19,8 @@ import numpy as np
 
 from memjax.data import Split, random_inputs, random_labels
 from memjax.errors import MemjaxError
+from memjax.keys import host_rng
 from memjax.models import as_float
-
-# numpy streams of the data seed (noise.py uses 1 and 2)
-_SIZE_STREAM, _NOISE_ORDER_STREAM = 3, 4
 
 
 @flax.struct.dataclass
@@ -68,7 +66,7 @@ def noise_masks(fractions: np.ndarray, num_examples: int, data_seed: int,
         raise MemjaxError(f"noise fractions must be in [0, 1], got {fractions.tolist()}")
     example_mask = (np.ones((len(fractions), num_examples), bool) if example_mask is None
                     else np.asarray(example_mask, bool))
-    by_rank = np.random.default_rng([data_seed, _NOISE_ORDER_STREAM]).permutation(num_examples)
+    by_rank = host_rng(data_seed, "noise order").permutation(num_examples)
     # each example's place among its member's own examples, in that order
     place = np.empty(example_mask.shape, np.int64)
     place[:, by_rank] = np.cumsum(example_mask[:, by_rank], 1) - 1
@@ -82,8 +80,7 @@ def size_masks(sizes: np.ndarray, num_examples: int, data_seed: int) -> np.ndarr
     if sizes.size and (sizes.min() <= 0 or sizes.max() > num_examples):
         raise MemjaxError(f"dataset sizes must be in 1..{num_examples}, got {sizes.tolist()}")
     rank = np.empty(num_examples, np.int64)
-    rank[np.random.default_rng([data_seed, _SIZE_STREAM]).permutation(num_examples)] = \
-        np.arange(num_examples)
+    rank[host_rng(data_seed, "dataset size").permutation(num_examples)] = np.arange(num_examples)
     return rank[None, :] < sizes.astype(np.int64)[:, None]
 
 

@@ -28,9 +28,9 @@ def test_noise_fractions_are_of_each_members_own_examples():
     assert (masks[3] <= masks[4]).all()
     # with every example its own (or no masks), the first round(p N) examples of the data
     # seed's order: the sets runs without size masks have always used
-    from memjax.views import _NOISE_ORDER_STREAM
-
-    first = np.random.default_rng([2, _NOISE_ORDER_STREAM]).permutation(1000)
+    # (stream 4 of the data seed: the noise order of memjax.keys.HOST_STREAMS, pinned so
+    # that earlier runs' noise sets stay the same)
+    first = np.random.default_rng([2, 4]).permutation(1000)
     expected = np.zeros((6, 1000), bool)
     for m, p in enumerate(levels):
         expected[m, first[:round(p * 1000)]] = True
@@ -64,3 +64,16 @@ def test_noise_masks_nested_and_deterministic():
     assert m.sum(1).tolist() == [0, 10, 30, 50]
     assert np.all(m[1] <= m[2])
     np.testing.assert_array_equal(m, noise_masks(np.array([0.0, 0.2, 0.6, 1.0]), 50, 2))
+
+
+def test_host_streams_are_the_data_seeds_numpy_streams_as_before():
+    """Every host-side draw comes from memjax.keys.host_rng, with the stream numbers the
+    data has always used (so noise sets, size masks and tracked examples stay the same)."""
+    from memjax.keys import HOST_STREAMS, host_rng
+
+    assert HOST_STREAMS == {"tracked examples": 0, "randY": 1, "randX": 2, "dataset size": 3,
+                            "noise order": 4}
+    assert len(set(HOST_STREAMS.values())) == len(HOST_STREAMS)
+    for name, stream in HOST_STREAMS.items():
+        np.testing.assert_array_equal(host_rng(7, name).permutation(50),
+                                      np.random.default_rng([7, stream]).permutation(50))

@@ -12,8 +12,8 @@ import numpy as np
 from memjax.config import check_fraction
 from memjax.data.dataset import Split
 from memjax.errors import MemjaxError
+from memjax.keys import host_rng
 
-_STREAMS = {"randY": 1, "randX": 2}
 INPUT_NOISE_STATS = ("per_pixel", "global")
 
 
@@ -29,7 +29,7 @@ def random_labels(split: Split, fraction: float, num_classes: int, seed: int) ->
     A replaced label may by chance equal the original; the example is still marked noisy.
     """
     check_fraction("label-noise fraction", fraction)
-    rng = np.random.default_rng([seed, _STREAMS["randY"]])
+    rng = host_rng(seed, "randY")
     mask = _choose(len(split), fraction, rng)
     y = split.y.copy()
     y[mask] = rng.integers(0, num_classes, size=int(mask.sum()), dtype=np.int32)
@@ -46,7 +46,7 @@ def random_inputs(split: Split, fraction: float, seed: int, stats: str = "per_pi
     check_fraction("input-noise fraction", fraction)
     if stats not in INPUT_NOISE_STATS:
         raise MemjaxError(f"input noise statistics must be one of {INPUT_NOISE_STATS}, got {stats!r}")
-    rng = np.random.default_rng([seed, _STREAMS["randX"]])
+    rng = host_rng(seed, "randX")
     mask = _choose(len(split), fraction, rng)
     scale = 255.0 if split.x.dtype == np.uint8 else 1.0
     x = split.x.astype(np.float32) / scale
