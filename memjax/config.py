@@ -72,6 +72,8 @@ class TrainConfig:
       master weights and loss).
     record_dynamics: keep per-example training records in the state (memjax.dynamics) and
       save their scores with each training phase (`--record dynamics`).
+    aum_include_first_epoch: those records' AUM also averages the margins of each phase's
+      first epoch (default: from the second on, as asappresearch/aum's runner does).
     adversarial_protocol: how adversarial training's in-step LASS searches
       (memjax.metrics.PROTOCOLS: `exhaustive` or `authors`).
     """
@@ -89,6 +91,7 @@ class TrainConfig:
     eval_chunk: int = 2048
     compute_dtype: str = "float32"
     record_dynamics: bool = False
+    aum_include_first_epoch: bool = False
     adversarial_protocol: str = "exhaustive"
 
     def check(self, prefix: str = "train.") -> None:

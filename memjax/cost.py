@@ -175,7 +175,8 @@ def _epoch(model: ModelConfig, train: TrainConfig, data: DataShape, members: Mem
     network, tx, state = abstract_ensemble(model, train, data.num_classes,
                                            (1,) + data.image_shape, members)
     if train.record_dynamics:
-        state = state.replace(dynamics=jax.eval_shape(lambda: dynamics.empty(members.count, n)))
+        state = state.replace(dynamics=jax.eval_shape(lambda: dynamics.empty(
+            members.count, n, train.aum_include_first_epoch)))
     view = member_view(members, n, data_seed)
     noise = None
     if view.input_noise_mask is not None or view.label_noise_mask is not None:

@@ -3,14 +3,19 @@ from the logits it already computes (no stored per-epoch logits, no extra forwar
 
 Each presentation of example n to a member (its row in a minibatch) adds to that member's
 records: whether it was classified correctly, its margin (assigned logit minus the largest
-other logit, on logits as AUM defines it), p(y | x) and its square (data maps), a
+other logit, on logits as AUM defines it), the running mean of p(y | x) and its sum of
+squared deviations (data maps; Welford's update, so float32 keeps the variability of a
+confident example: sums of p and p^2 lose it to cancellation, 7e-4 at p ~ 0.999), a
 forgetting event when it was correct at its previous presentation and is not now, and the
 epochs of its first correct and last incorrect presentation. The records live in the
 ensemble's state, so checkpoints carry them and a resumed run continues them exactly.
 `scores` turns them into the scores of memjax.metrics.scores (forgetting events, AUM,
 confidence / variability / correctness, first-learned and learned-for-good epochs), with
 the same definitions: the records are the training-mode logits of each presentation, as
-forgetting (Toneva et al.) and AUM (Pleiss et al.) record them.
+forgetting (Toneva et al.) and AUM (Pleiss et al.) record them. As asappresearch/aum's
+runner does, AUM leaves out the phase's first epoch unless `include_first_epoch` (config:
+train.aum_include_first_epoch); AUM's threshold samples (an extra fake class, and the 99th
+percentile of their AUM as the cut) are not provided: see memjax.metrics.scores.aum.
 """
 from __future__ import annotations
 
@@ -30,8 +35,10 @@ class Dynamics:
     presentations, correct, forgetting: int32 counts. last_correct: bool, the outcome of
     the latest presentation. first_learned: int32, the 1-based epoch of the first correct
     presentation (-1: none yet). last_incorrect: int32, the 1-based epoch of the latest
-    incorrect presentation (0: none). margin_sum, prob_sum, prob_sq_sum: float32 sums over
-    presentations of the margin, of p(y | x) and of its square.
+    incorrect presentation (0: none). margin_sum: float32 sum of the margin over the
+    presentations AUM counts, margin_count (int32) of them: those after the first epoch,
+    or all with include_first_epoch (static, not an array). prob_mean, prob_m2: float32
+    running mean of p(y | x) over presentations and sum of squared deviations from it.
     """
 
     presentations: jax.Array
@@ -41,8 +48,10 @@ class Dynamics:
     first_learned: jax.Array
     last_incorrect: jax.Array
     margin_sum: jax.Array
-    prob_sum: jax.Array
-    prob_sq_sum: jax.Array
+    margin_count: jax.Array
+    prob_mean: jax.Array
+    prob_m2: jax.Array
+    include_first_epoch: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 @jax.jit
@@ -65,13 +74,15 @@ def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return assigned - other
 
 
-def empty(members: int, num_examples: int) -> Dynamics:
-    """Records of `members` members that have seen nothing yet: [members, num_examples]."""
+def empty(members: int, num_examples: int, include_first_epoch: bool = False) -> Dynamics:
+    """Records of `members` members that have seen nothing yet: [members, num_examples].
+    include_first_epoch: AUM also averages the margins of the first epoch."""
     shape = (members, num_examples)
     zeros = lambda dtype: jnp.zeros(shape, dtype)
     return Dynamics(zeros(jnp.int32), zeros(jnp.int32), zeros(jnp.int32), zeros(bool),
                     jnp.full(shape, -1, jnp.int32), zeros(jnp.int32), zeros(jnp.float32),
-                    zeros(jnp.float32), zeros(jnp.float32))
+                    zeros(jnp.int32), zeros(jnp.float32), zeros(jnp.float32),
+                    include_first_epoch=include_first_epoch)
 
 
 def update(records: Dynamics, idx: jax.Array, counted: jax.Array, logits: jax.Array,
@@ -87,7 +98,13 @@ def update(records: Dynamics, idx: jax.Array, counted: jax.Array, logits: jax.Ar
     put = lambda array, value: array.at[at].set(value, mode="drop")
     before = records.last_correct[idx]
     first = records.first_learned[idx]
-    return Dynamics(
+    # asappresearch/aum's runner: margins only `if epoch > 0`
+    at_aum = jnp.where((epoch > 0) | records.include_first_epoch, at, n)
+    add_aum = lambda total, value: total.at[at_aum].add(value, mode="drop")
+    # Welford: the deviations, not p and p^2, are summed, so nothing cancels in float32
+    old_mean = records.prob_mean[idx]
+    new_mean = old_mean + (prob - old_mean) / (records.presentations[idx] + 1)
+    return records.replace(
         presentations=add(records.presentations, 1),
         correct=add(records.correct, right.astype(jnp.int32)),
         forgetting=add(records.forgetting, (before & ~right).astype(jnp.int32)),
@@ -96,38 +113,53 @@ def update(records: Dynamics, idx: jax.Array, counted: jax.Array, logits: jax.Ar
                           jnp.where((first < 0) & right, epoch + 1, first).astype(jnp.int32)),
         last_incorrect=put(records.last_incorrect, jnp.where(
             right, records.last_incorrect[idx], epoch + 1).astype(jnp.int32)),
-        margin_sum=add(records.margin_sum, margin(logits, labels)),
-        prob_sum=add(records.prob_sum, prob),
-        prob_sq_sum=add(records.prob_sq_sum, prob * prob))
+        margin_sum=add_aum(records.margin_sum, margin(logits, labels)),
+        margin_count=add_aum(records.margin_count, 1),
+        prob_mean=put(records.prob_mean, new_mean),
+        prob_m2=add(records.prob_m2, (prob - old_mean) * (prob - new_mean)))
 
 
 def scores(records: Dynamics) -> dict[str, np.ndarray]:
     """Per-example scores [M, N] from stacked records (host arrays):
     forgetting_events (never_learned examples: 0, flagged in never_learned), aum (mean
-    margin), confidence and variability (mean and population std of p(y | x)),
+    margin over the presentations after the first epoch, or all of them: see
+    `Dynamics`), confidence and variability (mean and population std of p(y | x)),
     correctness (fraction of presentations correct), first_learned_epoch and
-    learned_for_good_epoch (1-based; -1: never / not correct at the end), presentations.
-    NaN where an example was never presented to a member."""
+    learned_for_good_epoch (1-based; -1: never learned / last presentation incorrect, the
+    latter flagged in not_learned_for_good), presentations. NaN where an example was never
+    presented to a member (aum: never after the first epoch)."""
     r = jax.tree.map(np.asarray, records)
     count = r.presentations.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = lambda total: np.where(count > 0, total / count, np.nan)
-        confidence = mean(r.prob_sum)
-        variability = np.sqrt(np.maximum(mean(r.prob_sq_sum) - confidence ** 2, 0.0))
+        mean = lambda total, n=count: np.where(n > 0, total / n, np.nan)
         never = r.first_learned < 0
+        not_for_good = ~(r.last_correct & ~never)
         return {"presentations": r.presentations, "forgetting_events": r.forgetting,
-                "never_learned": never, "aum": mean(r.margin_sum), "confidence": confidence,
-                "variability": variability, "correctness": mean(r.correct),
+                "never_learned": never, "aum": mean(r.margin_sum, r.margin_count),
+                "confidence": np.where(count > 0, r.prob_mean, np.nan),
+                "variability": np.sqrt(mean(r.prob_m2)), "correctness": mean(r.correct),
                 "first_learned_epoch": r.first_learned,
-                "learned_for_good_epoch": np.where(r.last_correct & ~never,
-                                                   r.last_incorrect + 1, -1)}
+                "learned_for_good_epoch": np.where(not_for_good, -1, r.last_incorrect + 1),
+                "not_learned_for_good": not_for_good}
+
+
+# Their -1 means "not learned (for good)": a missing epoch, not one to average. How many
+# members it applies to is never_learned_mean / not_learned_for_good_mean.
+_EPOCHS_OR_NEVER = ("first_learned_epoch", "learned_for_good_epoch")
 
 
 def member_means(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """`<score>_mean` [N] for each score of `scores` [M, N]: its mean over the members that
-    were presented the example (NaN where none was)."""
+    were presented the example (NaN where none was). first_learned_epoch and
+    learned_for_good_epoch: over the members that learned the example (for good), NaN
+    where none did; the fraction of the presented members that did not is
+    never_learned_mean, resp. not_learned_for_good_mean (a member that never learned the
+    example is in both; one that learned it and misclassifies it at its last presentation
+    only in the latter)."""
     seen = scores["presentations"] > 0
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an example no member saw: NaN
-        return {f"{k}_mean": np.nanmean(np.where(seen, v.astype(float), np.nan), 0)
+        return {f"{k}_mean": np.nanmean(np.where(
+                    seen & (v >= 0) if k in _EPOCHS_OR_NEVER else seen, v.astype(float),
+                    np.nan), 0)
                 for k, v in scores.items() if k != "presentations"}

@@ -72,7 +72,8 @@ class Runner:
         self._evaluate_apply = computing_in(self.apply, train.compute_dtype)
         self._base_lr = np.asarray(state.learning_rate)  # (the epoch donates the state)
         if train.record_dynamics:
-            state = state.replace(dynamics=dynamics.empty(self.padded, len(split)))
+            state = state.replace(dynamics=dynamics.empty(self.padded, len(split),
+                                                         train.aum_include_first_epoch))
         self.state = shard_members(state, self.mesh, self.padded)
         view = member_view(padded, len(split), data_seed)
         noise = None

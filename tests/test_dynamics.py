@@ -82,3 +82,73 @@ def test_records_count_each_members_own_presentations_and_survive_resume(split, 
     again.run(3, desc="phase", run_dir=resumed)
     for name, value in again.dynamics_scores().items():
         np.testing.assert_array_equal(value, got[name], err_msg=name)
+
+
+def _presentations(epochs, n, seed):
+    """One member's presentations: per epoch a permutation of n examples plus one padding
+    row repeating an index, some rows not counted; logits of two classes put p(y | x)
+    near 0.999 (examples < n // 2, jitter 1e-4) or spread over (0.05, 0.95)."""
+    rng = np.random.default_rng(seed)
+    confident = np.arange(n) < n // 2
+    p = np.where(confident, 0.999 + 1e-4 * rng.standard_normal((epochs, n)),
+                 rng.uniform(0.05, 0.95, (epochs, n)))
+    labels = rng.integers(0, 2, n)
+    z = np.log(p / (1 - p))  # logit of the label minus the other one
+    logits = np.zeros((epochs, n, 2), np.float32)
+    logits[:, np.arange(n), labels] = z
+    for e in range(epochs):
+        order = np.append(rng.permutation(n), 0)
+        counted = np.append(rng.random(n) < 0.8, False)
+        yield e, order, counted, logits[e, order], labels[order]
+
+
+def test_in_step_records_against_float64_two_pass_and_aum_after_the_first_epoch():
+    """Welford's running mean and M2 in float32 against allenai/cartography's np.std
+    (float64, two passes) of the same float32 p(y | x): within 1e-5 on confident examples
+    (sums of p and p^2 are off by up to 7e-4 there) and on ordinary ones. AUM is the mean
+    margin over the counted presentations after epoch 0 (asappresearch/aum's runner), or
+    over all of them with include_first_epoch."""
+    from memjax import dynamics
+    n, epochs = 16, 20
+    step = jax.jit(dynamics.update)
+    for include_first in (False, True):
+        records = jax.tree.map(lambda a: a[0], dynamics.empty(1, n, include_first))
+        probs, margins = [[] for _ in range(n)], [[] for _ in range(n)]
+        for e, order, counted, logits, labels in _presentations(epochs, n, seed=3):
+            records = step(records, order, counted, logits, labels, e)
+            p = np.asarray(jax.nn.softmax(logits))[np.arange(len(order)), labels]
+            for row in np.flatnonzero(counted):
+                probs[order[row]].append(np.float64(p[row]))
+                if e > 0 or include_first:
+                    margins[order[row]].append(float(logits[row, labels[row]])
+                                               - float(logits[row, 1 - labels[row]]))
+        got = dynamics.scores(jax.tree.map(lambda a: a[None], records))
+        np.testing.assert_array_equal(got["presentations"][0], [len(q) for q in probs])
+        np.testing.assert_allclose(got["variability"][0], [np.std(q) for q in probs],
+                                   rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got["confidence"][0], [np.mean(q) for q in probs],
+                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(got["aum"][0], [np.mean(q) for q in margins],
+                                   rtol=1e-5, atol=1e-5)
+    assert Runner(MODEL, TrainConfig(members=1, batch_size=8, record_dynamics=True,
+                                     aum_include_first_epoch=True),
+                  load_dataset(DataConfig(train_size=16, validation_size=8)).train,
+                  10).state.dynamics.include_first_epoch
+
+
+def test_member_means_leave_out_the_members_that_never_learned():
+    """-1 (never learned / not learned for good) is no epoch: one member that learned at
+    epoch 9 and one that never did give 9, not 4; the fraction that did not is its own
+    array. Members not presented the example count in neither."""
+    from memjax import dynamics
+    first = np.array([[9, -1, 3, 2], [-1, -1, -1, 4], [5, -1, -1, 6]])
+    good = np.array([[9, -1, -1, 2], [-1, -1, -1, 5], [7, -1, -1, 6]])
+    presentations = np.array([[10, 10, 10, 10], [10, 10, 0, 10], [0, 10, 10, 10]])
+    got = dynamics.member_means({"presentations": presentations,
+                                 "first_learned_epoch": first, "never_learned": first < 0,
+                                 "learned_for_good_epoch": good,
+                                 "not_learned_for_good": good < 0})
+    np.testing.assert_array_equal(got["first_learned_epoch_mean"], [9, np.nan, 3, 4])
+    np.testing.assert_array_equal(got["never_learned_mean"], [0.5, 1, 0.5, 0])
+    np.testing.assert_array_equal(got["learned_for_good_epoch_mean"], [9, np.nan, np.nan, 13 / 3])
+    np.testing.assert_array_equal(got["not_learned_for_good_mean"], [0.5, 1, 1, 0])

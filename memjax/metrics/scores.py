@@ -17,8 +17,8 @@ each probability estimated by the fraction of the members on that side that are 
 Training-dynamics scores. Records stacked over epochs (or presentations) on a LEADING axis,
 [E, M, N]:
     forgetting events    correct -> incorrect transitions (Toneva et al., ICLR 2019)
-    AUM                  mean over epochs of assigned logit - largest other logit
-                         (Pleiss et al., NeurIPS 2020)
+    AUM                  mean over epochs after the first of assigned logit - largest
+                         other logit (Pleiss et al., NeurIPS 2020)
     data maps            mean / population std over epochs of p(y | x), fraction correct
                          (Swayamdipta et al., EMNLP 2020)
     EL2N                 ||softmax - onehot(y)||_2 at one epoch (Paul et al., NeurIPS 2021)
@@ -239,6 +239,8 @@ def first_learned_epoch(correct: jax.Array) -> jax.Array:
 
     correct: [E, M, N] bool. Returns [M, N] int32 in [1, E], or -1 where never correct.
     (mtoneva/example_forgetting's `first_learned` is the same, 0-based, NaN for never.)
+    -1 is no epoch: average over members only where it is >= 0 (memjax.dynamics.member_means
+    does), and count the rest separately.
     """
     c = correct.astype(bool)
     return jnp.where(c.any(0), jnp.argmax(c, axis=0).astype(jnp.int32) + 1, -1)
@@ -252,7 +254,7 @@ def learned_for_good_epoch(correct: jax.Array) -> jax.Array:
     correct: [E, M, N] bool. Returns [M, N] int32 in [1, E], or -1 where the last
     presentation is incorrect. (mtoneva/example_forgetting's `presentations_needed_to_learn`
     is the last incorrect presentation, 1-based, i.e. this minus 1; it reports it even when
-    the example ends incorrect.)
+    the example ends incorrect.) As for `first_learned_epoch`, -1 is not to be averaged.
     """
     c = correct.astype(bool)
     # correct at every presentation from e to the end, read from the end backwards
@@ -261,16 +263,34 @@ def learned_for_good_epoch(correct: jax.Array) -> jax.Array:
     return jnp.where(tail > 0, c.shape[0] - tail + 1, -1).astype(jnp.int32)
 
 
-@jax.jit
-def aum(margins: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnames="include_first_epoch")
+def aum(margins: jax.Array, include_first_epoch: bool = False) -> jax.Array:
     """Area under the margin (Pleiss, Zhang, Elenberg & Weinberger, NeurIPS 2020): the mean
-    over epochs of `margin`. Low or negative AUM flags mislabeled examples.
+    over epochs of `margin`, from the second epoch on. Low or negative AUM flags mislabeled
+    examples.
 
-    margins: [E, M, N] float, `margin(logits_e, labels)` at each of E epochs (or every
-    presentation, as asappresearch/aum's AUMCalculator does per training mini-batch).
-    Returns [M, N] float32, in logit units (AUMCalculator's sums / counts per sample).
+    margins: [E, M, N] float, `margin(logits_e, labels)` at each of E epochs (or at each
+    epoch's presentation in a training mini-batch, as asappresearch/aum records it).
+    include_first_epoch: also average margins[0]. Returns [M, N] float32, in logit units;
+    NaN when E = 1 and the first epoch is left out.
+
+    Follows asappresearch/aum: aum/aum.py, `AUMCalculator.update` adds each margin to a
+    per-sample sum and count and `finalize` reports sums / counts; its paper-replication
+    runner (examples/paper_replication/runner.py, `Runner.train_epoch`) calls update on
+    the training mini-batch's outputs only `if aum_calculator and epoch > 0` ("after the
+    first epoch due to variability of random initialization"), which is the default
+    here; its examples/cifar100/train.py updates at every epoch, which
+    include_first_epoch=True gives. Differs: that runner rounds the logits to float16
+    (`outputs.detach().cpu().half().float()`) before the margin; memjax keeps them as
+    given. Not provided: AUM's threshold samples, i.e. N // C random training examples
+    (one class's worth) relabeled to a fake extra class C, trained with a (C + 1)-way
+    output (runner.py, `use_threshold_samples`), and the cut: an example is flagged as
+    mislabeled when its AUM is below the 99th percentile of theirs (`generate_aum_details`,
+    AUM_WTR: more than 1 % of the threshold samples have a larger AUM). Build them from
+    a relabeled training set and this function.
     """
-    return jnp.mean(margins.astype(jnp.float32), axis=0)
+    m = margins.astype(jnp.float32)
+    return jnp.mean(m if include_first_epoch else m[1:], axis=0)
 
 
 @jax.jit
@@ -284,7 +304,10 @@ def cartography(prob_true: jax.Array, correct: jax.Array) -> dict[str, jax.Array
       correctness fraction of epochs at which the example is classified correctly.
 
     Follows allenai/cartography (cartography/selection/train_dy_filtering.py,
-    `compute_train_dy_metrics`: np.mean, np.std with its default ddof=0). Differs:
+    `compute_train_dy_metrics`: np.mean, np.std with its default ddof=0, in float64 on
+    the float32 softmax). jnp.std also takes two passes (the mean, then the squared
+    deviations), so in float32 it is within 1e-5 of that even for confident examples,
+    where E[p^2] - E[p]^2 would lose the variability to cancellation. Differs:
     correctness is the fraction of epochs (the paper's definition); that code stores the
     count, sum(trend), and divides by the largest count only when plotting. Its
     --include_ci variance correction and --burn_out epoch cut are not provided (slice the
