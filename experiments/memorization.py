@@ -158,7 +158,8 @@ def _example_scores(runner: Runner, mask: np.ndarray, correct: np.ndarray,
                     noisy: np.ndarray) -> dict[str, np.ndarray]:
     """Per training example [N]: memorization and held-out accuracy from the masks and
     correctness, the noisy mask, and (when recorded) the training-dynamics scores averaged
-    over the members that trained on the example."""
+    over the members that trained on the example (first_learned_epoch: over those that
+    learned it, NaN if none did; never_learned: the fraction that did not)."""
     scores = {"memorization": np.asarray(memorization(mask, correct)),
               "heldout_accuracy": np.asarray(holdout_consistency(mask, correct)),
               "noisy": noisy}
