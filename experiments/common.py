@@ -108,8 +108,14 @@ def example_figure(run_dir: RunDir, name: str, split: Split, score: np.ndarray, 
     """The `per_class` highest- and lowest-scoring examples of each class (by label as
     trained), one row per class, like the C-score paper's figures. NaN scores are left out."""
     classes = np.unique(split.y)
+    # in inches: a row of images with their score above, and one band for the title
+    row_inches, title_inches = 0.8, 0.4
+    height = row_inches * len(classes) + title_inches
     fig, rows = _pyplot().subplots(len(classes), 2 * per_class + 1, squeeze=False,
-                                   figsize=(0.7 * (2 * per_class + 1), 0.8 * len(classes) + 0.6))
+                                   figsize=(0.7 * (2 * per_class + 1), height))
+    # matplotlib's default margins leave a blank band of about an inch under the title
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.01, top=1 - title_inches / height,
+                        wspace=0.1, hspace=0.3)
     for row, c in zip(rows, classes):
         ids = np.flatnonzero((split.y == c) & np.isfinite(score))
         ranked = ids[np.argsort(-score[ids], kind="stable")]
@@ -122,7 +128,8 @@ def example_figure(run_dir: RunDir, name: str, split: Split, score: np.ndarray, 
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
             ax.set_title(f"{score[i]:.2f}", fontsize=6)
         row[0].text(-0.3, 0.5, str(c), transform=row[0].transAxes, ha="right", va="center")
-    fig.suptitle(f"{title}: highest (left) and lowest (right) per class", fontsize=9)
+    fig.suptitle(f"{title}: highest (left) and lowest (right) per class", fontsize=9,
+                 y=1 - 0.08 / height, va="top")
     run_dir.save_figure(fig, name)
 
 

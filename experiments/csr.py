@@ -194,6 +194,7 @@ def _figure(arrays: dict, conditions, run_dir: RunDir) -> None:
     axes[0].legend(fontsize=8)
     axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("accuracy")
+    axes[1].set_title("Accuracy per epoch")
     axes[1].legend(fontsize=7)
     run_dir.save_figure(fig, "fig9_csr.png")
 

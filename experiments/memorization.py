@@ -204,6 +204,8 @@ def _noise_figure(scores: dict, noisy: np.ndarray, run_dir: RunDir) -> None:
         ax.set_xlabel(name)
     axes[0].set_ylabel("density")
     axes[0].legend(fontsize=8)
+    fig.suptitle(f"Scores of clean and relabeled training examples ({np.mean(noisy):.0%} of "
+                 "the labels replaced)")
     run_dir.save_figure(fig, "fig_label_noise.png")
 
 

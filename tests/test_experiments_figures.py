@@ -1,0 +1,66 @@
+"""The studies' figures: every figure a smoke run writes has a title, and the example grids
+start right under theirs."""
+import numpy as np
+import pytest
+
+from memjax.data import Split
+from memjax.experiments import STUDIES
+from memjax.experiments.common import example_figure
+from memjax.reproduce import check_config, registered
+from memjax.results import RunDir
+
+
+def _title(fig) -> str:
+    """The figure's title: its suptitle, else the titles of all its panels (the axes that
+    draw something, colorbars aside), joined; "" if any panel has none."""
+    if fig.get_suptitle().strip():
+        return fig.get_suptitle()
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>" and ax.has_data()]
+    titles = [" ".join(t for loc in ("left", "center", "right") if (t := ax.get_title(loc)))
+              for ax in panels]
+    return " | ".join(titles) if panels and all(titles) else ""
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """{file name: figure} of every figure handed to RunDir.save_figure (none is written)."""
+    import matplotlib.pyplot as plt
+
+    figures = {}
+
+    def keep(self, fig, name):
+        fig.canvas.draw()  # lay it out as saving would
+        figures[name] = fig
+
+    monkeypatch.setattr(RunDir, "save_figure", keep)
+    yield figures
+    for fig in figures.values():
+        plt.close(fig)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_every_figure_of_a_smoke_run_has_a_title(name, tmp_path, saved_figures):
+    module = registered()[name]
+    config = module.PRESETS["smoke"]
+    check_config(module, config)
+    run_dir = RunDir(tmp_path)
+    run_dir.start(name, {})
+    module.run(config, run_dir)
+    assert saved_figures, f"{name}'s smoke run drew no figure"
+    untitled = [f for f, fig in saved_figures.items() if not _title(fig)]
+    assert not untitled, f"{name}: figures without a title: {', '.join(untitled)}"
+
+
+def test_example_grid_leaves_no_blank_band_under_its_title(tmp_path, saved_figures):
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (60, 28, 28, 1), dtype=np.uint8),
+                  np.repeat(np.arange(10), 6).astype(np.int32), np.zeros(60, bool))
+    example_figure(RunDir(tmp_path), "grid.png", split, rng.random(60), "score", per_class=3)
+    fig = saved_figures["grid.png"]
+    assert _title(fig) == "score: highest (left) and lowest (right) per class"
+    renderer = fig.canvas.get_renderer()
+    title_bottom = fig._suptitle.get_window_extent(renderer).y0
+    grid_top = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes if ax.images)
+    gap_inches = (title_bottom - grid_top) / fig.dpi
+    assert 0 <= gap_inches < 0.2, f"{gap_inches:.2f} in between the title and the first row"
