@@ -184,9 +184,9 @@ def _figure(scores: dict, run_dir: RunDir) -> None:
     if "one_epoch_error" in scores:
         axes[1].scatter(1.0 - scores["one_epoch_error"], scores["cscore"], s=2, alpha=0.3)
         axes[1].set_xlabel("accuracy across members after one epoch (E1)")
+        axes[1].set_ylabel("C-score")
         axes[1].set_title("against E1's one-epoch difficulty", fontsize=10)
     fig.suptitle("C-scores of the training examples (held-out accuracy over subset ratios)")
-        axes[1].set_ylabel("C-score")
     run_dir.save_figure(fig, "fig_cscore.png")
 
 
