@@ -14,6 +14,7 @@ SGD lr 0.01, 100 epochs).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -96,17 +97,15 @@ def phases(config: Config, rows: dict) -> list[tuple[ModelConfig, np.ndarray, Me
     return out
 
 
-def work(config: Config) -> list[cost.Step]:
+def work(config: Config) -> Iterator[cost.Step]:
     """Per width bucket: the training epoch and the validation accuracy after each epoch."""
     data, tc = data_shape(config.data), config.train
-    steps = []
     for model, _, members in phases(config, cells(config)):
         width = model.hidden[0]
-        steps += [cost.training(f"train, width <= {width}", model, tc, data, members,
-                                epochs=tc.epochs, data_seed=config.data.data_seed),
-                  cost.evaluation(f"validation, width <= {width}", model, tc, data,
-                                  members.count, data.validation, runs=tc.epochs)]
-    return steps
+        yield cost.training(f"train, width <= {width}", model, tc, data, members,
+                            epochs=tc.epochs, data_seed=config.data.data_seed)
+        yield cost.evaluation(f"validation, width <= {width}", model, tc, data, members.count,
+                              data.validation, runs=tc.epochs)
 
 
 def run(config: Config, run_dir: RunDir) -> dict:

@@ -18,6 +18,7 @@ paper (MNIST 50k, widths 16..4096, sizes 5k..50k at 4096, SGD lr 0.01, cap 1000 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import numpy as np
 
@@ -114,18 +115,16 @@ def phases(config: Config, table: dict, n: int) -> list[tuple[str, ModelConfig, 
     return out
 
 
-def work(config: Config) -> list[cost.Step]:
+def work(config: Config) -> Iterator[cost.Step]:
     """Per phase: the training epoch and each member's accuracy on its own training set
     after each epoch, for all `train.epochs` (the bound: a phase ends once all its members
     have converged, which the plan cannot know)."""
     data, tc = data_shape(config.data), config.train
-    steps = []
     for name, model, _, members in phases(config, cells(config, data.train), data.train):
-        steps += [cost.training(f"train, {name}", model, tc, data, members, epochs=tc.epochs,
-                                data_seed=config.data.data_seed),
-                  cost.evaluation(f"own accuracy, {name}", model, tc, data, members.count,
-                                  members.own_inputs(data.train), runs=tc.epochs)]
-    return steps
+        yield cost.training(f"train, {name}", model, tc, data, members, epochs=tc.epochs,
+                            data_seed=config.data.data_seed)
+        yield cost.evaluation(f"own accuracy, {name}", model, tc, data, members.count,
+                              members.own_inputs(data.train), runs=tc.epochs)
 
 
 def run(config: Config, run_dir: RunDir) -> dict:

@@ -23,6 +23,7 @@ memjax's MLP initializes as the paper's studies do (memjax.models).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -145,24 +146,22 @@ def _one_epoch_members(config: Config) -> Members:
     return Members(np.arange(config.one_epoch_members) + len(config.ratios) * config.seeds)
 
 
-def work(config: Config) -> list[cost.Step]:
+def work(config: Config) -> Iterator[cost.Step]:
     """Per ratio: the training epoch (a member's steps cover its subset) and the evaluation
     on the training and validation sets; then E1's one-epoch members."""
     data, tc = data_shape(config.data), config.train
-    steps = []
     for r, ratio in enumerate(config.ratios):
         members = _members(config, r, data.train)
-        steps += [cost.training(f"train, ratio {ratio:g}", config.model, tc, data, members,
-                                epochs=tc.epochs, data_seed=config.data.data_seed),
-                  cost.evaluation(f"evaluate, ratio {ratio:g}", config.model, tc, data,
-                                  members.count, data.train + data.validation, runs=1)]
+        yield cost.training(f"train, ratio {ratio:g}", config.model, tc, data, members,
+                            epochs=tc.epochs, data_seed=config.data.data_seed)
+        yield cost.evaluation(f"evaluate, ratio {ratio:g}", config.model, tc, data,
+                              members.count, data.train + data.validation, runs=1)
     if config.one_epoch_members:
         members = _one_epoch_members(config)
-        steps += [cost.training("one epoch, all data", config.model, tc, data, members,
-                                epochs=1, data_seed=config.data.data_seed),
-                  cost.evaluation("one epoch, evaluate", config.model, tc, data, members.count,
-                                  data.train, runs=1)]
-    return steps
+        yield cost.training("one epoch, all data", config.model, tc, data, members, epochs=1,
+                            data_seed=config.data.data_seed)
+        yield cost.evaluation("one epoch, evaluate", config.model, tc, data, members.count,
+                              data.train, runs=1)
 
 
 def _one_epoch_error(config: Config, dataset, run_dir: RunDir) -> np.ndarray:

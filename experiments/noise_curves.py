@@ -17,6 +17,7 @@ accuracy, a full pass over the training set, every 5 epochs and after the last).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -116,26 +117,23 @@ def _members(config: Config):
                                        label_noise=np.where(kind == "randY", level, 0.0))
 
 
-def work(config: Config) -> list[cost.Step]:
+def work(config: Config) -> Iterator[cost.Step]:
     """Per part: the training epoch and, after each epoch, the LASS search, the validation
     accuracy and each member's accuracy on its own training set."""
     members = _members(config)[3]
-    steps = []
     for name, data, model, train in _parts(config):
         shape = data_shape(data)
-        steps += [cost.training(f"train ({name})", model, train, shape, members,
-                                epochs=train.epochs, data_seed=data.data_seed),
-                  cost.search(f"LASS ({name})", model, train, shape, members.count,
-                              protocol=config.csr_protocol, examples=config.csr_examples,
-                              validation=shape.validation, runs=train.epochs,
-                              **{**PAPER_LASS, "max_iterations": config.csr_iterations}),
-                  cost.evaluation(f"validation ({name})", model, train, shape, members.count,
-                                  shape.validation, runs=train.epochs),
-                  cost.evaluation(f"own accuracy ({name})", model, train, shape, members.count,
-                                  members.own_inputs(shape.train),
-                                  runs=own_accuracy_runs(config.own_accuracy_every,
-                                                         train.epochs))]
-    return steps
+        yield cost.training(f"train ({name})", model, train, shape, members,
+                            epochs=train.epochs, data_seed=data.data_seed)
+        yield cost.search(f"LASS ({name})", model, train, shape, members.count,
+                          protocol=config.csr_protocol, examples=config.csr_examples,
+                          validation=shape.validation, runs=train.epochs,
+                          **{**PAPER_LASS, "max_iterations": config.csr_iterations})
+        yield cost.evaluation(f"validation ({name})", model, train, shape, members.count,
+                              shape.validation, runs=train.epochs)
+        yield cost.evaluation(f"own accuracy ({name})", model, train, shape, members.count,
+                              members.own_inputs(shape.train),
+                              runs=own_accuracy_runs(config.own_accuracy_every, train.epochs))
 
 
 def check(config: Config) -> None:

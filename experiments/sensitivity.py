@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -101,7 +102,7 @@ def _common(config: Config, condition: str) -> dict:
                 member_chunk=config.train.member_chunk)
 
 
-def work(config: Config) -> list[cost.Step]:
+def work(config: Config) -> Iterator[cost.Step]:
     """Per condition: the unrolled trajectory with its backward pass (and, for 10 classes,
     the per-class one), then the loss sensitivity and accuracy at the end."""
     shape, tc = data_shape(config.data), config.train
@@ -110,7 +111,6 @@ def work(config: Config) -> list[cost.Step]:
                                   shared_order=tc.shared_order)
     x = jax.ShapeDtypeStruct((shape.train,) + shape.image_shape, np.uint8)
     y = jax.ShapeDtypeStruct((shape.train,), np.int32)
-    steps = []
     for condition in config.conditions:
         per_example = CONDITIONS[condition][1]
         classes = shape.train if per_example else shape.num_classes
@@ -125,16 +125,13 @@ def work(config: Config) -> list[cost.Step]:
             unrolled = unrolled + cost.program_cost(lambda v, x, y: unrolled_loss_sensitivity(
                 network.apply, v, x, y, order, weight, every=config.class_matrix_every,
                 num_classes=classes, **common), state.variables, x, y)
-        steps.append(cost.Step(f"unrolled ({condition})", "unrolled", config.model.kind,
-                               unrolled, 1, per_example=float(np.sum(weight)),
-                               members=tc.members))
+        yield cost.Step(f"unrolled ({condition})", "unrolled", config.model.kind, unrolled, 1,
+                        per_example=float(np.sum(weight)), members=tc.members)
         final = cost.program_cost(lambda v, x, y: loss_sensitivity(
             network.apply, v, x, y, chunk=tc.eval_chunk, member_chunk=tc.member_chunk),
             state.variables, x, y)
-        steps.append(cost.Step(f"sensitivity at the end ({condition})", "evaluate",
-                               config.model.kind, final, 1, per_example=tc.members * shape.train,
-                               members=tc.members))
-    return steps
+        yield cost.Step(f"sensitivity at the end ({condition})", "evaluate", config.model.kind,
+                        final, 1, per_example=tc.members * shape.train, members=tc.members)
 
 
 def check(config: Config) -> None:

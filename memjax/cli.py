@@ -180,8 +180,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from memjax.reproduce import study_configs
 
     studies = study_configs(args.preset, _names(args.only, "--only"), args.data_dir)
-    result = plan.plan(studies, args.device, progress=lambda name: print(
-        f"memjax: counting {name}'s programs", file=sys.stderr, flush=True))
+    result = plan.plan(studies, args.device)  # (its progress bar on stderr)
     print(json.dumps(result, indent=2) if args.json else plan.format_plan(result, args.verbose))
     return 0
 

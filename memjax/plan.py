@@ -1,7 +1,7 @@
 """`memjax plan`: the work of every study of a preset, and its time on a device, before
 anything runs.
 
-Work: each study's `work(config)` lists the programs it compiles (memjax.cost: FLOPs and
+Work: each study's `work(config)` yields the programs it compiles (memjax.cost: FLOPs and
 bytes from XLA's cost analysis, loops counted as often as they run) and how often it runs
 each. Time: each program's FLOPs over the rate that `memjax bench` measured for that kind
 of program on the device (`Rate`), plus one measured compile time per program built.
@@ -25,8 +25,9 @@ import dataclasses
 import json
 import math
 import statistics
+import sys
 from importlib import resources
-from typing import Callable, Iterable
+from typing import Iterable, Iterator
 
 from memjax.cost import Step
 from memjax.errors import MemjaxError
@@ -304,18 +305,32 @@ def plan_steps(steps: Iterable[Step], rates: Rates) -> dict:
 
 
 def plan(configs: dict, device: str = "h200", measured: dict | None = None,
-         progress: Callable[[str], None] | None = None) -> dict:
+         progress: bool = True) -> dict:
     """The plan of studies {name: (module, config)} on `device` (DEVICES or "this"; see
     Rates for `measured`): {"device", "note", "measured", "studies": {name:
-    plan_steps(...)}, "total_seconds"}. progress(name) is called as each study starts."""
-    rates = Rates(device, measured=measured)
+    plan_steps(...)}, "total_seconds"}. progress: a bar on stderr over the studies, naming
+    the study and its programs counted so far (gone when the plan is done)."""
+    from tqdm.auto import tqdm
+
     studies = {}
-    for name, (module, config) in configs.items():
-        if progress:
-            progress(name)
-        studies[name] = plan_steps(module.work(config), rates)
+    # Counting lowers every program from abstract arrays: 20-40 s for the cpu presets.
+    with tqdm(total=len(configs), unit="study", leave=False, disable=not progress,
+              file=sys.stderr, desc="finding the rates") as bar:
+        rates = Rates(device, measured=measured)  # ("this": measures its roofline, ~5 s)
+        for name, (module, config) in configs.items():
+            bar.set_description(f"counting {name}'s programs")
+            studies[name] = plan_steps(_counted(module.work(config), bar), rates)
+            bar.update()
     return {"device": rates.name, "note": rates.scale_note, "measured": rates.measured,
             "studies": studies, "total_seconds": sum(s["seconds"] for s in studies.values())}
+
+
+def _counted(steps: Iterable[Step], bar) -> Iterator[Step]:
+    """`steps`, showing on `bar` how many have been counted (a study's `work` that yields
+    its programs one by one shows each as it is counted)."""
+    for n, step in enumerate(steps, 1):
+        bar.set_postfix_str(f"{n} counted: {step.name}")
+        yield step
 
 
 def _si(value: float, unit: str) -> str:

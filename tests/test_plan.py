@@ -174,10 +174,14 @@ def test_a_device_without_records_borrows_the_nearest_scaled_by_its_bound_per_ki
         plan.Rates("h100", [h100]).rate(cost.Step("s", "search", "mlp", cost.Cost(), 1, 1))
 
 
-def test_plan_command_prints_json(capsys):
+def test_plan_command_prints_json_and_its_progress_on_stderr(capsys):
     assert main(["plan", "--preset", "smoke", "--only", "consistency,csr", "--device", "h200",
                  "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    result = json.loads(printed.out)
+    # a bar over the studies, naming each program as it is counted (csr has 3)
+    assert "counting csr's programs" in printed.err and "2/2" in printed.err
+    assert "3 counted: " in printed.err
     assert result["device"] == "h200"
     studies = result["studies"]
     assert set(studies) == {"consistency", "csr"}
@@ -191,6 +195,7 @@ def test_plan_command_prints_json(capsys):
     step = max(studies[longest]["steps"], key=lambda p: p["seconds"])["name"]
     out = capsys.readouterr().out
     assert f"longest: {longest}, " in out and f"its {step} takes" in out
+    assert out == plan.format_plan(result) + "\n"  # the table alone: no progress in it
     assert main(["plan", "--preset", "smoke", "--only", "nope"]) == 2
     assert main(["plan", "--preset", "smoke", "--device", "gpu9000"]) == 2
     assert "unknown device" in capsys.readouterr().err
