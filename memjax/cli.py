@@ -81,7 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"memjax: no run in {out} to resume; starting a new one", file=sys.stderr)
     run_dir = RunDir(out, overwrite=args.overwrite, resume=args.resume,
                      checkpoint_every=args.checkpoint_every,
-                     keep_checkpoints=args.keep_checkpoints, checkpoints_of=checkpoints_of)
+                     keep_checkpoints=args.keep_checkpoints, checkpoints_of=checkpoints_of,
+                     discard_unstarted=True)
     if args.resume and run_dir.finished and not args.overwrite:
         previous = run_dir.read_manifest()
         if previous.get("experiment") != args.experiment:
@@ -185,6 +186,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from memjax.data.convert import import_dataset
+
+    target = import_dataset(args.name, args.path, args.out)
+    print(f"{args.name}: {args.path} -> {target} (use it with --data-dir {args.out})")
+    return 0
+
+
 def add_shared_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
     p.add_argument("--dataset", help="embedded | mnist | cifar10 | npz:PATH")
@@ -250,6 +259,15 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--overwrite", action="store_true",
                      help="run the selected studies again even where OUT holds them")
     rep.set_defaults(func=cmd_reproduce)
+    data = sub.add_parser("data", help="prepare data sets for --data-dir").add_subparsers(
+        dest="data_command", required=True)
+    imp = data.add_parser("import", help="write OUT/NAME.npz from the official files you have")
+    imp.add_argument("name", choices=["mnist", "cifar10"])
+    imp.add_argument("path", help="mnist: the folder with the four IDX files (gzipped or "
+                                  "not); cifar10: cifar-10-batches-py/ or cifar-10-python.tar.gz")
+    imp.add_argument("--out", required=True, help="folder to write NAME.npz into (then "
+                                                   "pass it as --data-dir)")
+    imp.set_defaults(func=cmd_data_import)
     return p
 
 

@@ -14,6 +14,7 @@ checkpoint stores the cursor's position at its epoch.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -96,11 +97,14 @@ class RunDir:
       there, start one. checkpoint_every: save each training phase's state every that many
       epochs (and after its last; 0: no checkpoints). keep_checkpoints: leave checkpoints/
       in place when the run finishes (default: removed, they are only for resuming).
+      discard_unstarted: a new run that fails before its first training phase (bad data,
+      no network) leaves nothing behind: the folders made for it are removed, or, in a
+      folder that was there before, its manifest.
     """
 
     def __init__(self, path: str | Path, *, overwrite: bool = False, resume: bool = False,
                  checkpoint_every: int = 1, keep_checkpoints: bool = False,
-                 checkpoints_of: str | Path | None = None):
+                 checkpoints_of: str | Path | None = None, discard_unstarted: bool = False):
         if checkpoint_every < 0:
             raise MemjaxError(f"checkpoint interval must be >= 0 epochs, got {checkpoint_every}")
         self.path = Path(path)
@@ -117,6 +121,10 @@ class RunDir:
         self._cursor = 0
         self._diverged: dict[str, list[int]] = {}
         self._placement: dict[str, dict] = {}
+        self.discard_unstarted = discard_unstarted
+        self._new = False  # start() began a run where there was none
+        self._made = list(itertools.takewhile(lambda p: not p.exists(),
+                                              [self.path, *self.path.parents]))
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -269,6 +277,7 @@ class RunDir:
         if self.resume and previous.get("status") in ("running", "failed"):
             self._resume_from(previous, experiment, config)
             return
+        self._new = not previous
         if previous:  # a run was here (--overwrite): none of its outputs may outlive it
             for stale in ["summary.json", "results.npz", *(f.name for f in self.path.glob("*.png"))]:
                 (self.path / stale).unlink(missing_ok=True)
@@ -323,6 +332,17 @@ class RunDir:
         self.write_json("manifest.json", self._manifest)
 
     def fail(self, error: BaseException) -> None:
+        if self.discard_unstarted and self._new and not self._phases:
+            if self._made:  # deepest first; a parent that holds other runs stays
+                shutil.rmtree(self.path, ignore_errors=True)
+                for folder in self._made[1:]:
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break
+            else:
+                (self.path / "manifest.json").unlink(missing_ok=True)
+            return
         self._manifest.update(status="failed", error=f"{type(error).__name__}: {error}",
                               wall_time_s=round(time.time() - self._started, 3))
         if self._diverged:

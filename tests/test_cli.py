@@ -1,6 +1,7 @@
 """Every bad input gives one line `memjax: error: ...` naming the problem and exit code 2,
 through the CLI and through the Python API; run directories record their status."""
 import json
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,14 +124,13 @@ def test_negative_checkpoint_interval(capsys, tmp_path):
     ({"y_train": np.zeros(300, np.float32)}, "y_train must be [300] integer labels"),
     ({"x_test": np.zeros((60, 14, 14), np.uint8)}, "x_test images are (14, 14, 1)"),
 ])
-def test_malformed_npz_is_named_and_run_marked_failed(capsys, tmp_path, fake_npz, replace, message):
+def test_malformed_npz_is_named_and_leaves_no_run(capsys, tmp_path, fake_npz, replace, message):
     path = fake_npz(**replace)
-    out = tmp_path / "run"
+    out = tmp_path / "runs" / "run"
     line = _error(capsys, SMOKE + ["--dataset", f"npz:{path}", "--out", str(out),
                                    "--set", "data.train_size=None", "--set", "data.validation_size=None"])
     assert message in line and str(path) in line
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "failed" and message in manifest["error"]
+    assert not (tmp_path / "runs").exists()  # nothing trained: the folders made for it go
 
 
 def test_unreadable_npz(capsys, tmp_path):
@@ -140,12 +140,50 @@ def test_unreadable_npz(capsys, tmp_path):
     assert f"{path} is not an .npz file" in line
 
 
+def _offline(monkeypatch):
+    """No name resolves, as on a machine without a network."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_offline_named_dataset_fails_in_seconds_in_one_line_and_leaves_nothing(
+        capsys, tmp_path, monkeypatch):
+    _offline(monkeypatch)
+    empty, out = tmp_path / "data", tmp_path / "run"
+    empty.mkdir()
+    started = time.perf_counter()
+    line = _error(capsys, ["run", "consistency", "--dataset", "mnist", "--out", str(out),
+                           "--data-dir", str(empty)])
+    assert time.perf_counter() - started < 15  # tensorflow-datasets' retries took 410 s
+    assert "storage.googleapis.com is unreachable" in line
+    assert "--data-dir DIR holding mnist.npz" in line and "memjax data import mnist" in line
+    assert not out.exists() and not any(empty.iterdir())
+
+
+def test_run_that_never_trained_leaves_a_folder_it_did_not_make(capsys, tmp_path, monkeypatch):
+    _offline(monkeypatch)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    for flags in ([], ["--resume"]):
+        capsys.readouterr()
+        assert main(["run", "consistency", "--dataset", "cifar10", "--out", str(out),
+                     "--data-dir", str(tmp_path), *flags]) == 2
+        assert [f.name for f in out.iterdir()] == ["notes.txt"]
+
+
 def test_batch_larger_than_data(capsys, tmp_path):
     out = tmp_path / "run"
     line = _error(capsys, SMOKE + ["--set", "data.train_size=50", "--set", "tracked=10",
                                    "--out", str(out)])
     assert "batch size 64 is larger than the 50 training examples" in line
-    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+    assert not out.exists()
 
 
 def test_finished_run_needs_overwrite(capsys, tmp_path):

@@ -43,9 +43,18 @@ def test_npz_path_source(fake_npz):
     assert d.train.y.dtype == np.int32
 
 
+def _network_up(monkeypatch):
+    """mock_data replaces tensorflow-datasets' download, not the check memjax makes that
+    the download host answers (memjax.data.sources.reachable)."""
+    from memjax.data import sources
+
+    monkeypatch.setattr(sources, "reachable", lambda host: True)
+
+
 def test_tfds_source_offline_with_mocks(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds  # a dependency of memjax: never skipped
     monkeypatch.delenv("MEMJAX_DATA_DIR", raising=False)
+    _network_up(monkeypatch)
     with tfds.testing.mock_data(num_examples=10_050):
         d = load_dataset(DataConfig("mnist"))
     assert d.train.x.shape == (50, 28, 28, 1) and d.train.x.dtype == np.uint8
@@ -180,7 +189,41 @@ def test_embedded_has_no_test_split():
 def test_tfds_order_is_named(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
     monkeypatch.delenv("MEMJAX_DATA_DIR", raising=False)
+    _network_up(monkeypatch)
     with tfds.testing.mock_data(num_examples=10_050):
         d = load_dataset(DataConfig("mnist", test_as_validation=True))
     assert "tensorflow-datasets mnist:" in d.order["train"] and "image_sha1" in d.order["train"]
     assert len(d.train) == 10_050 and "test split" in d.order["validation"]
+
+
+def test_reachable_gives_up_on_a_name_lookup_that_hangs(monkeypatch):
+    import socket
+    import time
+
+    from memjax.data.sources import reachable
+
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: time.sleep(3))
+    started = time.perf_counter()
+    assert not reachable("storage.googleapis.com", timeout=0.2)
+    assert time.perf_counter() - started < 1
+
+
+def test_reachable_asks_the_proxy_the_environment_names(monkeypatch):
+    import socket
+
+    from memjax.data.sources import reachable
+
+    asked = []
+
+    class Connection:
+        def close(self):
+            pass
+
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setattr(socket, "create_connection",
+                        lambda address, timeout: asked.append(address) or Connection())
+    assert reachable("www.cs.toronto.edu") and asked == [("proxy.example", 3128)]

@@ -4,12 +4,18 @@ tensorflow-datasets, or any `npz:PATH`.
 Every source returns a Dataset with uint8 images [N, H, W, C] and int32 labels.
 TensorFlow is never needed: tensorflow-datasets is imported only when a named data set
 is not found as a local .npz, and then read with `tfds.data_source` (no TensorFlow)
-before falling back to `tfds.load`.
+before falling back to `tfds.load`. When it has no copy and its download host cannot be
+reached, the load is refused at once (memjax.data.convert makes the .npz from files the
+user has).
 """
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import threading
+import urllib.parse
+import urllib.request
 import zipfile
 from importlib import resources
 from dataclasses import dataclass, replace
@@ -26,6 +32,8 @@ VALIDATION_SIZE = {"mnist": 10_000, "cifar10": 5_000}
 IMAGE_SHAPE = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 DATA_DIR_ENV = "MEMJAX_DATA_DIR"
+# Where tensorflow-datasets downloads each data set from (the URLs of its builders).
+DOWNLOAD_HOST = {"mnist": "storage.googleapis.com", "cifar10": "www.cs.toronto.edu"}
 
 
 def load_dataset(config: DataConfig) -> Dataset:
@@ -144,6 +152,8 @@ def _named(name: str, data_dir: str | None, test_as_validation: bool = False) ->
             a = read_npz(local, image_shape=IMAGE_SHAPE[name])
             return _official(name, (a["x_train"], a["y_train"]), (a["x_test"], a["y_test"]),
                              test_as_validation, f"index in {local} (the official files' order)")
+    _check_tfds_can_load(name, data_dir)
+    if data_dir is not None:
         print(f"memjax: note: no {name}.npz in {data_dir}; loading {name} through "
               f"tensorflow-datasets, with {data_dir} as its data directory (it downloads "
               f"there if it has no copy)", file=sys.stderr)
@@ -195,15 +205,62 @@ def read_npz(path: Path, image_shape: tuple[int, ...] | None = None) -> dict[str
     return arrays
 
 
-def _tfds_split(name: str, split: str, data_dir: str | None) -> tuple[tuple, str]:
-    """An official split through tensorflow-datasets: ((uint8 images, labels), the data
-    set's version), its examples in the order tensorflow-datasets enumerates them."""
+def _how_to_get(name: str) -> str:
+    return (f"pass --data-dir DIR holding {name}.npz (uint8 arrays x_train, y_train, x_test, "
+            f"y_test; `memjax data import {name} PATH --out DIR` makes it from the official "
+            f"files)")
+
+
+def _tfds(name: str):
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise MemjaxError(
-            f"{name}: no {name}.npz in the data directory and tensorflow-datasets is not "
-            f"installed; pass --data-dir or `pip install tensorflow-datasets`") from None
+        raise MemjaxError(f"{name}: no {name}.npz in the data directory and "
+                          f"tensorflow-datasets is not installed; {_how_to_get(name)}, or "
+                          f"`pip install tensorflow-datasets`") from None
+    return tfds
+
+
+def _check_tfds_can_load(name: str, data_dir: str | None) -> None:
+    """Refuse in seconds, before tensorflow-datasets writes anything, when it has no copy
+    of `name` and could not download one: offline, its downloader retries for minutes."""
+    if _tfds(name).builder(name, data_dir=data_dir).data_path.exists():
+        return
+    host = DOWNLOAD_HOST[name]
+    if not reachable(host):
+        where = f"no {name}.npz in {data_dir}" if data_dir else "no --data-dir"
+        raise MemjaxError(f"{name}: {where}, and tensorflow-datasets has no copy and cannot "
+                          f"download one ({host} is unreachable); {_how_to_get(name)}")
+
+
+def reachable(host: str, timeout: float = 5.0) -> bool:
+    """Whether a connection to `host` port 443 (through the HTTPS proxy that the
+    environment names, if any) opens within `timeout` seconds, name lookup included."""
+    proxy = urllib.request.getproxies().get("https")
+    address = (host, 443)
+    if proxy and not urllib.request.proxy_bypass(host):
+        url = urllib.parse.urlsplit(proxy if "//" in proxy else f"//{proxy}")
+        address = (url.hostname, url.port or 80)
+    opened = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            opened.append(True)
+        except (OSError, ValueError):
+            pass
+
+    # in a thread: name lookup takes no timeout, and a dead resolver holds it 10 s or more
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
+
+
+def _tfds_split(name: str, split: str, data_dir: str | None) -> tuple[tuple, str]:
+    """An official split through tensorflow-datasets: ((uint8 images, labels), the data
+    set's version), its examples in the order tensorflow-datasets enumerates them."""
+    tfds = _tfds(name)
     try:
         source = tfds.data_source(name, split=split, data_dir=data_dir)
         records = [source[i] for i in range(len(source))]
