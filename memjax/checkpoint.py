@@ -54,6 +54,24 @@ def _damage(state: EnsembleState, host: dict, step: int) -> str | None:
     return None
 
 
+def _check_arrays(stored: Any, like: Any) -> None:
+    """Raise ValueError naming the first array whose name, shape or dtype in a checkpoint's
+    metadata (`stored`) differs from `like`'s. Checked before orbax reads the arrays: a read
+    that fails midway abandons orbax's other reads, whose coroutines then print tracebacks
+    when they are collected, long after the failure was reported."""
+    import orbax.checkpoint as ocp
+
+    def describe(a):
+        return "nothing" if a is None else f"{tuple(a.shape)} {np.dtype(a.dtype).name}"
+
+    stored, wanted = ocp.tree.to_flat_dict(stored or {}), ocp.tree.to_flat_dict(like)
+    for key in sorted(set(stored) | set(wanted), key=str):
+        a, b = stored.get(key), wanted.get(key)
+        if describe(a) != describe(b):
+            raise ValueError(f"{'/'.join(map(str, key))} is {describe(a)} in the checkpoint, "
+                             f"{describe(b)} in this run")
+
+
 def _one_line(error: Exception) -> str:
     message = str(error).splitlines()[0][:200] if str(error) else ""
     return f"{type(error).__name__}: {message}"
@@ -129,6 +147,9 @@ class PhaseCheckpoints:
         self._ocp = ocp
         self._manager = ocp.CheckpointManager(
             self.directory,
+            # named, so that a new process can read a checkpoint's metadata before its arrays
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "host": ocp.JsonCheckpointHandler()},
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous,
                 cleanup_tmp_directories=True))
@@ -150,6 +171,7 @@ class PhaseCheckpoints:
         failed: list[tuple[int, Exception, bool]] = []  # (step, error, damaged)
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
+                _check_arrays(self._manager.item_metadata(step)["state"], like)
                 restored = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()))
             except Exception as e:  # unreadable, or not a state like `like`
