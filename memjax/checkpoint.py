@@ -2,7 +2,7 @@
 
 A phase (one ensemble trained for some epochs) keeps its checkpoints in its own folder,
 `run_dir/checkpoints/<phase>/<epoch>/`, written by orbax's CheckpointManager at epoch
-boundaries, asynchronously (the device-to-host copy happens before `save` returns, so the
+boundaries (every N epochs, or by time: `SaveClock`), asynchronously (the device-to-host copy happens before `save` returns, so the
 next epoch may donate the state's buffers; the file writes overlap with training). Each
 checkpoint holds the EnsembleState and a small JSON dict of host-side progress (e.g. how
 many metrics.jsonl records the run had written). Every key is a stateless function of
@@ -24,6 +24,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,20 +130,62 @@ def _interrupts_deferred():
             raise KeyboardInterrupt(f"signal {received[0]}")
 
 
+class SaveClock:
+    """When a run checkpoints by time, across its phases: at an epoch boundary once the work
+    a resume would redo reaches `minutes`, and at a phase's last epoch once it reaches half
+    of that. So a killed run loses at most `minutes` of work (and the epoch under way), and
+    short phases write nothing: nobody needs a checkpoint of a phase that takes seconds.
+
+    The work a resume would redo: the time since the current phase's newest checkpoint (or
+    since the previous phase ended), and the finished phases that ended unsaved, each from
+    its newest checkpoint on. The latter stay under minutes / 2, since a phase is saved at
+    its end when they would not. `now`: the clock in seconds (tests pass their own). With
+    several processes, process 0's decision is everyone's (they save together).
+    """
+
+    def __init__(self, minutes: float, now: Callable[[], float] = time.monotonic):
+        self.limit, self._now = 60.0 * minutes, now
+        self._since, self._behind = now(), 0.0
+
+    def unsaved(self) -> float:
+        """Seconds of work a resume now would redo."""
+        return self._behind + self._now() - self._since
+
+    def due(self, last: bool) -> bool:
+        """Whether to checkpoint now; last: at the phase's last epoch."""
+        decided = self.unsaved() >= (self.limit / 2 if last else self.limit)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            decided = bool(multihost_utils.broadcast_one_to_all(np.bool_(decided)))
+        return decided
+
+    def saved(self) -> None:
+        self._since = self._now()
+
+    def phase_ended(self) -> None:
+        """The phase is over: what it did since its newest checkpoint stays to redo."""
+        now = self._now()
+        self._behind += now - self._since
+        self._since = now
+
+
 class PhaseCheckpoints:
     """The checkpoints of one training phase.
 
     directory: the phase's folder (created). every: save after every that many epochs
-    (the phase's last epoch is always saved). keep: newest checkpoints kept on disk.
-    host_state: returns the JSON-able host-side progress stored beside each state.
+    (the phase's last epoch is always saved), or clock: save when it says (a run's
+    SaveClock). keep: newest checkpoints kept on disk. host_state: returns the JSON-able
+    host-side progress stored beside each state.
     """
 
-    def __init__(self, directory: str | Path, *, every: int = 1, keep: int = 2,
-                 host_state: Callable[[], dict] = dict, asynchronous: bool = True):
+    def __init__(self, directory: str | Path, *, every: int = 1, clock: SaveClock | None = None,
+                 keep: int = 2, host_state: Callable[[], dict] = dict,
+                 asynchronous: bool = True):
         import orbax.checkpoint as ocp
 
         self.directory = Path(directory).absolute()
-        self.every = every
+        self.every, self.clock = every, clock
         self.host_state = host_state
         self._ocp = ocp
         self._manager = ocp.CheckpointManager(
@@ -208,15 +251,15 @@ class PhaseCheckpoints:
         if failed:
             self._manager.reload()
 
-    def save(self, state: EnsembleState, *, force: bool = False) -> bool:
-        """Save `state` as checkpoint `state.epoch` if the interval (or force) says so.
+    def save(self, state: EnsembleState, *, last: bool = False) -> bool:
+        """Save `state` as checkpoint `state.epoch` if the interval or the clock says so;
+        last: the phase's last epoch (always saved by interval; by clock at half its limit).
 
         Returns whether a save was started; it completes in the background.
         """
         epoch = int(state.epoch)
-        if not force and epoch % self.every:
-            return False
-        if epoch in self._manager.all_steps():
+        due = self.clock.due(last) if self.clock is not None else last or epoch % self.every == 0
+        if not due or epoch in self._manager.all_steps():
             return False
         ocp = self._ocp
         host = self.host_state()
@@ -224,13 +267,17 @@ class PhaseCheckpoints:
         with _interrupts_deferred():
             self._manager.save(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)), force=True)
+        if self.clock is not None:
+            self.clock.saved()
         return True
 
     def close(self) -> None:
-        """Wait for the last save to be on disk and release the manager."""
+        """Wait for the last save to be on disk and release the manager; the phase is over."""
         with _interrupts_deferred():
             self._manager.wait_until_finished()
             self._manager.close()
+        if self.clock is not None:
+            self.clock.phase_ended()
 
     def __enter__(self) -> "PhaseCheckpoints":
         return self

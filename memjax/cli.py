@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from memjax.compilation_cache import enable as enable_compilation_cache
 from memjax.config import override
 from memjax.errors import MemjaxError
 
@@ -80,6 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and RunDir.status_of(out) is None:
         print(f"memjax: no run in {out} to resume; starting a new one", file=sys.stderr)
     run_dir = RunDir(out, overwrite=args.overwrite, resume=args.resume,
+                     checkpoint_minutes=args.checkpoint_minutes,
                      checkpoint_every=args.checkpoint_every,
                      keep_checkpoints=args.keep_checkpoints, checkpoints_of=checkpoints_of,
                      discard_unstarted=True)
@@ -95,6 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                               f"runs it again with the new ones)")
         print(f"{args.experiment}: {out} already holds this finished run; nothing to resume")
         return 0
+    enable_compilation_cache()  # a rerun or --resume reads its programs back
     result = run_experiment(args.experiment, module, config, run_dir)
     print(f"{args.experiment}: finished in {run_dir.read_manifest()['wall_time_s']:.1f} s -> {out}")
     _print_summary(result)
@@ -169,6 +172,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                           "MEMJAX_DISTRIBUTED=0")
 
     only = _names(args.only, "--only")
+    enable_compilation_cache()
     _, failed = reproduce(args.preset, args.out, only=only, data_dir=args.data_dir,
                           overwrite=args.overwrite)
     return 1 if failed else 0
@@ -214,15 +218,19 @@ def add_shared_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--resume", action="store_true",
                    help="continue the unfinished run in --out from its checkpoints")
-    p.add_argument("--checkpoint-every", type=int, default=1, metavar="EPOCHS",
-                   help="checkpoint each training phase every EPOCHS epochs (and after its "
-                        "last; 0: never; default 1)")
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0, metavar="MINUTES",
+                   help="checkpoint by time: a killed run loses at most MINUTES of work, and "
+                        "phases shorter than that write nothing (default 10)")
+    p.add_argument("--checkpoint-every", type=int, metavar="EPOCHS",
+                   help="instead, checkpoint each training phase every EPOCHS epochs (and "
+                        "after its last; 0: never)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep checkpoints/ after the run finishes (default: removed)")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="memjax", description=__import__("memjax").__doc__)
+    p = argparse.ArgumentParser(prog="memjax",
+                                description=__import__("memjax").__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one study")
     run.add_argument("experiment", help="study name (see `memjax list`)")

@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import jax
-
 
 def cache_dir() -> Path | None:
     """Where compiled programs are kept (None: the cache is off)."""
@@ -38,5 +36,7 @@ def enable() -> Path | None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None
+    import jax  # (here: `memjax --help` need not wait for it)
+
     jax.config.update("jax_compilation_cache_dir", str(folder))
     return folder

@@ -94,8 +94,10 @@ class RunDir:
     """A study's output folder. Refuses to write into a finished run unless overwrite.
 
     resume: continue the unfinished run in `path` (see the module docstring); with no run
-      there, start one. checkpoint_every: save each training phase's state every that many
-      epochs (and after its last; 0: no checkpoints). keep_checkpoints: leave checkpoints/
+      there, start one. checkpoint_minutes: checkpoint by time, so that a killed run
+      loses at most that many minutes of work (memjax.checkpoint.SaveClock; short phases
+      write nothing). checkpoint_every: instead, save each training phase's state every
+      that many epochs (and after its last; 0: no checkpoints). keep_checkpoints: leave checkpoints/
       in place when the run finishes (default: removed, they are only for resuming).
       discard_unstarted: a new run that fails before its first training phase (bad data,
       no network) leaves nothing behind: the folders made for it are removed, or, in a
@@ -103,10 +105,15 @@ class RunDir:
     """
 
     def __init__(self, path: str | Path, *, overwrite: bool = False, resume: bool = False,
-                 checkpoint_every: int = 1, keep_checkpoints: bool = False,
-                 checkpoints_of: str | Path | None = None, discard_unstarted: bool = False):
-        if checkpoint_every < 0:
+                 checkpoint_minutes: float = 10.0, checkpoint_every: int | None = None,
+                 keep_checkpoints: bool = False, checkpoints_of: str | Path | None = None,
+                 discard_unstarted: bool = False):
+        from memjax.checkpoint import SaveClock
+
+        if checkpoint_every is not None and checkpoint_every < 0:
             raise MemjaxError(f"checkpoint interval must be >= 0 epochs, got {checkpoint_every}")
+        if not checkpoint_minutes > 0:
+            raise MemjaxError(f"checkpoint interval must be > 0 minutes, got {checkpoint_minutes}")
         self.path = Path(path)
         # Several processes checkpoint one state into one folder: the writer's run
         # directory's (process 0); only that process creates or removes it.
@@ -115,6 +122,7 @@ class RunDir:
         self.resume = resume
         self.overwrite = overwrite
         self.checkpoint_every = checkpoint_every
+        self.save_clock = SaveClock(checkpoint_minutes) if checkpoint_every is None else None
         self.keep_checkpoints = keep_checkpoints
         self._phases = 0
         self._records_on_disk = 0
@@ -223,11 +231,11 @@ class RunDir:
         from memjax.checkpoint import PhaseCheckpoints
 
         self._phases += 1
-        if not self.checkpoint_every:
+        if self.checkpoint_every == 0:
             return None
         slug = re.sub(r"[^A-Za-z0-9]+", "-", phase).strip("-").lower() or "phase"
         return PhaseCheckpoints(self.checkpoint_dir / f"{self._phases:02d}-{slug}",
-                                every=self.checkpoint_every,
+                                every=self.checkpoint_every or 1, clock=self.save_clock,
                                 host_state=lambda: {"metrics_records": self._cursor,
                                                     "history": json.loads(to_json(history or {}))})
 

@@ -264,7 +264,7 @@ class Runner:
                     if line is not None and run_dir is not None:
                         run_dir.log_metrics(line)
                     if checkpoints is not None:
-                        checkpoints.save(self.member_state(), force=stop or done == epochs)
+                        checkpoints.save(self.member_state(), last=stop or done == epochs)
                     if stop:
                         break
         finally:

@@ -25,7 +25,7 @@ def fit(state, epoch, seed, x, y, epochs, checkpoints=None):
     for i in range(epochs):
         state, _ = epoch(state, seed, x, y)
         if checkpoints is not None:
-            checkpoints.save(state, force=i == epochs - 1)
+            checkpoints.save(state, last=i == epochs - 1)
     return state
 
 
@@ -213,3 +213,59 @@ def test_overflow_on_the_last_step_is_flagged(setup):
     state, metrics = epoch(state, 0, x, y)
     assert np.asarray(state.diverged).tolist() == [False, True]
     assert np.asarray(metrics["diverged"]).tolist() == [False, True]
+
+
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _run_phases(clock, save_clock, phases):
+    """Simulated phases (lists of epoch seconds) checkpointed by `save_clock`: the epochs
+    at which each saved, and the most work a kill at any moment would lose."""
+    saves, worst, redo = [], 0.0, 0.0  # redo: finished phases' unsaved seconds
+    for phase, epochs in enumerate(phases):
+        since = clock.t
+        for e, seconds in enumerate(epochs):
+            clock.t += seconds
+            worst = max(worst, redo + clock.t - since)  # a kill just before the save
+            assert save_clock.unsaved() == pytest.approx(redo + clock.t - since)
+            if save_clock.due(last=e == len(epochs) - 1):
+                save_clock.saved()
+                saves.append((phase, e + 1))
+                since = clock.t
+        redo += clock.t - since
+        save_clock.phase_ended()
+    return saves, worst
+
+
+def test_save_clock_bounds_the_lost_work_and_skips_short_phases():
+    from memjax.checkpoint import SaveClock
+
+    # three one-epoch phases of 5 s (the paper's consistency): nothing is written
+    clock = _Clock()
+    saves, worst = _run_phases(clock, SaveClock(10, now=clock), [[5.0]] * 3)
+    assert saves == [] and worst == 15.0
+    # one long phase of 1000 one-minute epochs: a checkpoint every 10 minutes, and the last
+    clock = _Clock()
+    saves, worst = _run_phases(clock, SaveClock(10, now=clock), [[60.0] * 1000])
+    assert [e for _, e in saves] == list(range(10, 1001, 10)) and worst == 600.0
+    # many phases of 4 min: never more than 10 min (and an epoch) to redo, and few saves
+    for epochs in ([240.0], [60.0] * 4, [7.0] * 35):
+        clock = _Clock()
+        saves, worst = _run_phases(clock, SaveClock(10, now=clock), [epochs] * 30)
+        assert worst <= 600.0 + max(epochs), (epochs, worst)
+        assert 10 <= len(saves) <= 30, (epochs, len(saves))
+
+
+def test_a_run_checkpointed_by_time_writes_nothing_for_short_phases(tmp_path):
+    from memjax.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "consistency", "--preset", "smoke", "--out", str(out),
+                 "--keep-checkpoints"]) == 0
+    phases = sorted((out / "checkpoints").iterdir())
+    assert len(phases) == 3 and not any(any(p.iterdir()) for p in phases)

@@ -82,7 +82,9 @@ def test_two_processes_killed_and_resumed_equal_an_uninterrupted_run(tmp_path):
     killed with SIGKILL mid-run and started again with --resume, they end where one
     uninterrupted process does."""
     args = ["run", "capacity", "--preset", "smoke", "--set", "noise_levels=0.5",
-            "--set", "widths=8", "--set", "bucket_limits=8", "--set", "train.epochs=6"]
+            "--set", "widths=8", "--set", "bucket_limits=8", "--set", "train.epochs=6",
+            # by time, at an interval every epoch passes: process 0's decision is both's
+            "--checkpoint-minutes", "0.000001"]
     out = tmp_path / "multi"
     procs = _start_two(args, out)
     phase = out / "checkpoints" / "01-width-8"

@@ -11,7 +11,7 @@ from memjax.cli import main
 pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses (CI runs them)
 
 ARGS = ["run", "csr", "--preset", "smoke", "--set", "train.epochs=3",
-        "--set", "conditions=real,randY"]
+        "--set", "conditions=real,randY", "--checkpoint-every", "1"]
 
 
 def test_csr_resumes_with_its_history(tmp_path):
@@ -49,7 +49,8 @@ def test_sweep_resumes_from_its_previous_checkpoint(tmp_path, study, extra):
     the last save) ends with the uninterrupted run's arrays (training dynamics and score
     exports included) and metrics.jsonl."""
     out = tmp_path / "run"
-    args = ["run", study, "--preset", "smoke", "--out", str(out), *extra]
+    args = ["run", study, "--preset", "smoke", "--out", str(out), "--checkpoint-every", "1",
+            *extra]
     assert main([*args, "--keep-checkpoints"]) == 0
     clean = _arrays(out)
     lines = (out / "metrics.jsonl").read_text().splitlines()

@@ -14,8 +14,10 @@ pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses (CI runs them)
 
 # Two phases (real, then randY) of 6 epochs each, so the kill lands inside the second phase
 # and the resume must skip the first one and continue the second from a checkpoint.
+# Checkpoints by time, at an interval (0.06 ms) that every epoch passes: the clock's path.
 ARGS = ["run", "consistency", "--preset", "smoke", "--set", "train.epochs=6",
-        "--set", "tracked=50", "--set", "model.hidden=16", "--set", "conditions=real,randY"]
+        "--set", "tracked=50", "--set", "model.hidden=16", "--set", "conditions=real,randY",
+        "--checkpoint-minutes", "0.000001"]
 
 
 def _env(cache):
@@ -83,7 +85,8 @@ def test_sigkill_then_resume_equals_clean_run(tmp_path, env):
 
 def test_sigterm_marks_the_run_failed_and_resumable(tmp_path, env):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "memjax.cli", *ARGS, "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "memjax.cli", *ARGS, "--out", str(out),
+                             "--checkpoint-every", "1"],  # (the epochs' path)
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while not _checkpoints(out / "checkpoints" / "01-real-1-2") and time.time() < deadline:
