@@ -10,14 +10,17 @@ A rate is a benchmark row's achieved FLOP/s: training of an MLP (the recorded ca
 in FLOPs per model-example), training of the paper's CNN, LASS, loss sensitivity (for
 MLP evaluation, a forward and a backward pass; the nearest recorded kind). For the CNN,
 evaluation and LASS borrow its training rate: no convolutional search or evaluation is
-recorded. A device without a record of its own borrows the records of the recorded device
-nearest in peak rate, scaled by the two devices' datasheet ratio of the resource that bound
-the recorded case (memory bandwidth when its bytes over bandwidth exceeded its FLOPs over
-peak on the recording device's measured roofline, else matmul peak); the plan names the
-record and the scaling. A program in a precision without a record (bf16 CNN training on a
-GPU, so far) takes the float32 row, scaled by the datasheet ratio of the two precisions'
-peaks when compute-bound: the same share of peak is assumed, and the plan says so. Not counted: data loading, host-side analysis, figures, and
-checkpoint writes (their bytes are shown).
+recorded. Each kind of program a device has no record of is borrowed from the recorded
+device nearest in peak rate that has one, scaled by the two devices' datasheet ratio of
+the resource that bound the recorded case (memory bandwidth when its bytes over bandwidth
+exceeded its FLOPs over peak on the recording device's measured roofline, else matmul
+peak); the line says "borrowed from", and each study counts the programs priced from the
+device's own records. A program in a precision without a record (bf16 CNN training on a
+GPU without a bf16 row) takes the float32 row, scaled by the datasheet ratio of the two precisions'
+peaks when compute-bound: the same share of peak is assumed, and the plan says so. Not
+counted: data loading, host-side analysis, figures, and checkpoint writes on a named
+device (their bytes are shown: as many checkpoints as `memjax run`'s clock writes,
+`checkpoints_saved`).
 """
 from __future__ import annotations
 
@@ -271,6 +274,15 @@ def measure_checkpoints() -> tuple[float, float]:
     return max(seconds[0] - sizes[0] / rate, 0.0), rate
 
 
+def checkpoints_saved(phase_seconds: float, minutes: float = 10.0) -> int:
+    """How many checkpoints a phase of `phase_seconds` writes under `memjax run`'s clock
+    (memjax.checkpoint.SaveClock, --checkpoint-minutes, default 10) when no earlier phase
+    left work unsaved: one each `minutes`, and one at its end once what followed the last
+    reached half of that."""
+    full, rest = divmod(phase_seconds, 60.0 * minutes)
+    return int(full) + (rest >= 30.0 * minutes)
+
+
 def plan_steps(steps: Iterable[Step], rates: Rates) -> dict:
     """{"flops", "bytes", "seconds", "compile_seconds", "checkpoint_seconds",
     "checkpoint_bytes", "probes", "members", "steps": [...]} of one study's programs on the
@@ -288,11 +300,12 @@ def plan_steps(steps: Iterable[Step], rates: Rates) -> dict:
         out["compile_seconds"] += compile_s * step.programs
         out["probes"] += step.probes * step.runs
         if step.kind == "train":
-            out["checkpoint_bytes"] += step.checkpoint_bytes * step.runs
+            saves = checkpoints_saved(seconds / max(step.programs, 1)) * step.programs
+            out["checkpoint_bytes"] += step.checkpoint_bytes * saves
             out["members"] += step.members * step.programs
             if rates.checkpoint is not None and step.checkpoint_bytes:
                 latency, rate_b = rates.checkpoint
-                saving = step.runs * (latency + step.checkpoint_bytes / rate_b)
+                saving = saves * (latency + step.checkpoint_bytes / rate_b)
                 out["checkpoint_seconds"] += saving
                 out["seconds"] += saving
         out["steps"].append({"name": step.name, "kind": step.kind, "model": step.model,

@@ -214,3 +214,21 @@ def test_cpu_preset_predictions_hold_against_recorded_runs():
                               table["measured"])["total_seconds"]
         measured = table["studies"][name]["measured_seconds"]
         assert 0.5 < predicted / measured < 2, (name, predicted, measured)
+
+
+def test_checkpoints_saved_follow_the_run_clock():
+    """As memjax.checkpoint.SaveClock writes them in one phase: one each 10 minutes, and one
+    at the end once what followed the last reached 5 minutes (epochs of one second)."""
+    from memjax.checkpoint import SaveClock
+
+    for seconds in (5, 299, 300, 600, 899, 900, 60_000):
+        clock_time = [0.0]
+        clock = SaveClock(10, now=lambda: clock_time[0])
+        epochs, saved = seconds, 0
+        for e in range(epochs):
+            clock_time[0] += 1.0
+            if clock.due(last=e == epochs - 1):
+                clock.saved()
+                saved += 1
+        assert plan.checkpoints_saved(seconds) == saved, seconds
+    assert [plan.checkpoints_saved(s) for s in (5, 300, 900, 60_000)] == [0, 1, 2, 100]
