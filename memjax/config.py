@@ -70,6 +70,13 @@ class TrainConfig:
     eval_chunk: examples per evaluation chunk.
     compute_dtype: `float32`, or `bfloat16` for mixed precision (bf16 compute, float32
       master weights and loss).
+    conv_form: how a CNN's members convolve (memjax.models.CONV_FORMS): `conv`, lax.conv
+      per member (vmapped: one grouped convolution; at member_chunk 1, lax.map: one plain
+      convolution per member), or `im2col`, patches times kernel (vmapped: one batched
+      matmul); None: planned (memjax.memory.plan_conv_form: the fastest form the bench
+      recorded on this kind of accelerator, with its member chunk; else `conv`).
+    norm_in_compute_dtype: BatchNorm normalizes in compute_dtype (bf16 end to end) instead
+      of float32 (its statistics are reduced in float32 either way); None: planned.
     record_dynamics: keep per-example training records in the state (memjax.dynamics) and
       save their scores with each training phase (`--record dynamics`).
     aum_include_first_epoch: those records' AUM also averages the margins of each phase's
@@ -90,6 +97,8 @@ class TrainConfig:
     member_chunk: int | None = None
     eval_chunk: int = 2048
     compute_dtype: str = "float32"
+    conv_form: str | None = None
+    norm_in_compute_dtype: bool | None = None
     record_dynamics: bool = False
     aum_include_first_epoch: bool = False
     adversarial_protocol: str = "exhaustive"
@@ -103,6 +112,9 @@ class TrainConfig:
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise MemjaxError(f"{prefix}compute_dtype must be float32 or bfloat16, got "
                               f"{self.compute_dtype!r}")
+        if self.conv_form not in (None, "conv", "im2col"):
+            raise MemjaxError(f"{prefix}conv_form must be conv or im2col (or unset: planned), "
+                              f"got {self.conv_form!r}")
         if self.adversarial_protocol not in ("exhaustive", "authors"):
             raise MemjaxError(f"{prefix}adversarial_protocol must be exhaustive or authors, "
                               f"got {self.adversarial_protocol!r}")

@@ -188,16 +188,17 @@ def set_regularization(variables, **strengths) -> dict:
 
 # ---- members over devices and groups ------------------------------------------------
 
-def member_plan(fn: Callable, stacked: tuple, chunk: int | None = None, *, mesh=None) -> dict:
-    """How `map_members(fn, chunk, mesh=mesh)` places stacked arguments [M, ...]: {"devices",
-    "members_per_device", "member_chunk" (members per vmap group), "groups" (per device),
-    "padded_members" (M rounded up to devices x chunk x groups)}."""
+def member_plan(fn: Callable, stacked: tuple, chunk: int | None = None, *, mesh=None,
+                at_most: int | None = None) -> dict:
+    """How `map_members(fn, chunk, mesh=mesh, at_most=at_most)` places stacked arguments
+    [M, ...]: {"devices", "members_per_device", "member_chunk" (members per vmap group),
+    "groups" (per device), "padded_members" (M rounded up to devices x chunk x groups)}."""
     from memjax import memory, sharding
 
     m = jax.tree_util.tree_leaves(stacked)[0].shape[0]
     mesh = sharding.default_mesh(m) if mesh is None else mesh
     d = mesh.shape[sharding.AXIS]
-    c = chunk or memory.plan_member_chunk(fn, stacked, devices=d)
+    c = chunk or memory.plan_member_chunk(fn, stacked, devices=d, at_most=at_most)
     c = min(c, -(-m // d))
     total = sharding.padded_members(m, mesh, c)
     return {"devices": d, "members_per_device": -(-m // d), "member_chunk": c,
@@ -206,18 +207,19 @@ def member_plan(fn: Callable, stacked: tuple, chunk: int | None = None, *, mesh=
 
 def map_members(fn: Callable, chunk: int | None = None, *, mesh=None,
                 light: tuple[Callable, Callable] | None = None,
-                needs: tuple[bool, ...] | None = None) -> Callable:
+                needs: tuple[bool, ...] | None = None, at_most: int | None = None) -> Callable:
     """Lift a per-member function to stacked arguments [M, ...]: members split over the
     devices of `mesh` (axis `members`; None: every device, at most one per member), and on
     each device vmap inside groups of `chunk` members, lax.map across groups.
 
     chunk None: planned from the device's memory and one member's size (memjax.memory): one
-    vmap over a device's members when they fit. Every positional argument must carry the
-    member axis; close over shared data. The member count is padded to a multiple of the
-    devices (memjax.runner stores it so), then each device's block to a multiple of the
-    chunk, by repeating the last member, whose extra results are dropped; so member i's
-    result does not depend on M, the chunk or the device count, and no member moves
-    between devices.
+    vmap over a device's members when they fit; at_most (with chunk None): no more than
+    that many (a planned convolution form's chunk, memjax.memory.ConvPlan), as memory
+    allows. Every positional argument must carry the member axis; close over shared data.
+    The member count is padded to a multiple of the devices (memjax.runner stores it so),
+    then each device's block to a multiple of the chunk, by repeating the last member,
+    whose extra results are dropped; so member i's result does not depend on M, the chunk
+    or the device count, and no member moves between devices.
 
     light: (needed, light_fn), where light_fn gives the same results as fn for members
     that do not need fn's extra work (members without adversarial weight: no search).
@@ -242,8 +244,9 @@ def map_members(fn: Callable, chunk: int | None = None, *, mesh=None,
         mesh_ = sharding.default_mesh(m) if mesh is None else mesh
         if (light is not None and needs is not None and mesh_.shape[sharding.AXIS] == 1
                 and 0 < sum(needs) < m):
-            return _split(fn, light[1], np.asarray(needs, bool), chunk, mesh_, stacked)
-        placed = member_plan(fn, stacked, chunk, mesh=mesh_)
+            return _split(fn, light[1], np.asarray(needs, bool), chunk, mesh_, stacked,
+                          at_most)
+        placed = member_plan(fn, stacked, chunk, mesh=mesh_, at_most=at_most)
         if placed["devices"] == 1 and placed["member_chunk"] >= m:
             return vmapped(*stacked)
         return _on_groups(vmapped, stacked, placed, mesh_)
@@ -289,12 +292,12 @@ def _on_groups(vmapped: Callable, stacked: tuple, placed: dict, mesh):
 
 
 def _split(fn: Callable, light_fn: Callable, needs: np.ndarray, chunk: int | None, mesh,
-           stacked: tuple):
+           stacked: tuple, at_most: int | None = None):
     """map_members on one device with the members that need fn apart from the others."""
     heavy, rest = np.flatnonzero(needs), np.flatnonzero(~needs)
     take = lambda idx: jax.tree_util.tree_map(lambda leaf: leaf[idx], stacked)
-    out = (map_members(fn, chunk, mesh=mesh)(*take(heavy)),
-           map_members(light_fn, chunk, mesh=mesh)(*take(rest)))
+    out = (map_members(fn, chunk, mesh=mesh, at_most=at_most)(*take(heavy)),
+           map_members(light_fn, chunk, mesh=mesh, at_most=at_most)(*take(rest)))
     order = np.argsort(np.concatenate([heavy, rest]))
     return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b])[order], *out)
 

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import optax
 
+from memjax import memory
 from memjax.config import ModelConfig, TrainConfig
 from memjax.ensemble import (EnsembleState, init_ensemble, init_width_ensemble, make_optimizer,
                              pad_members, set_regularization)
@@ -76,7 +77,8 @@ def build_ensemble(model: ModelConfig, train: TrainConfig, num_classes: int,
                    example_x: np.ndarray, members: Members
                    ) -> tuple[Network, optax.GradientTransformation, EnsembleState]:
     """The network, the optimizer and the initialized state of `members` (on the default
-    device). example_x: [1, H, W, C] float, for shapes."""
+    device). example_x: [1, H, W, C] float, for shapes. A CNN convolves and normalizes in
+    the run's form (conv_form), the planned one where the run leaves it unset."""
     tx = make_optimizer(train.momentum)
     lr = train.learning_rate if members.learning_rate is None else members.learning_rate
     wd = train.weight_decay if members.weight_decay is None else members.weight_decay
@@ -87,7 +89,10 @@ def build_ensemble(model: ModelConfig, train: TrainConfig, num_classes: int,
                                              widths=members.widths, regularized=regularized,
                                              **kw)
     else:
-        network = build_network(model, num_classes, regularized=regularized)
+        form = convolution_form(model, train)
+        network = build_network(model, num_classes, regularized=regularized,
+                                conv_form=form.conv_form,
+                                norm_in_compute_dtype=form.norm_in_compute_dtype)
         state = init_ensemble(network, tx, example_x, **kw)
     if members.strengths:
         state = state.replace(variables=set_regularization(state.variables, **members.strengths))
@@ -109,14 +114,30 @@ def abstract_ensemble(model: ModelConfig, train: TrainConfig, num_classes: int,
     return built["network"], built["tx"], state
 
 
+def convolution_form(model: ModelConfig, train: TrainConfig) -> memory.ConvPlan:
+    """How a run's CNN members convolve: what `train` sets, the rest planned on this
+    device (memjax.memory.conv_plan); the default ConvPlan for models that do not convolve."""
+    if model.kind != "cnn":
+        return memory.ConvPlan()
+    return memory.conv_plan(train.conv_form, train.member_chunk, train.norm_in_compute_dtype,
+                            train.compute_dtype)
+
+
 def epoch_program(network: Network, tx: optax.GradientTransformation, train: TrainConfig,
                   mesh, example_mask: np.ndarray | None):
     """The training epoch a Runner compiles (memjax.train.make_train_epoch) for members
-    with these example masks ([M, N] bool; None: all examples)."""
+    with these example masks ([M, N] bool; None: all examples). A CNN's members are
+    grouped as its planned convolution form says (at most its chunk, as memory allows),
+    unless train.member_chunk is set."""
+    planned = None
+    if network.conv_form is not None and train.member_chunk is None:
+        form = memory.conv_plan(train.conv_form, None, train.norm_in_compute_dtype,
+                                train.compute_dtype)
+        planned = form.member_chunk if form.conv_form == network.conv_form else None
     return make_train_epoch(
         network, tx, batch_size=train.batch_size, shared_order=train.shared_order,
         lr_halving_epochs=train.lr_halving_epochs, member_chunk=train.member_chunk, mesh=mesh,
-        compute_dtype=train.compute_dtype,
+        compute_dtype=train.compute_dtype, planned_chunk=planned,
         adversarial_examples=functools.partial(lass_adversarial_examples,
                                                protocol=train.adversarial_protocol),
         max_examples=None if example_mask is None else int(np.sum(example_mask, 1).max()))

@@ -10,9 +10,15 @@ so it overestimates: the plan errs toward smaller groups, never toward running o
 Overrides: an explicit `member_chunk` (TrainConfig.member_chunk, `--set
 train.member_chunk=N`); the environment variables MEMJAX_MEMORY_BYTES (the budget per
 device, in bytes) or MEMJAX_MEMORY_FRACTION (share of the device's memory limit, default 0.8).
+
+A CNN's members also have a planned convolution form (`plan_conv_form`): how each member's
+convolution is written (memjax.models.CONV_FORMS), how many members one vmap holds, and
+BatchNorm's precision; the fastest that `memjax bench` recorded on this kind of accelerator,
+else today's default (lax.conv, one member at a time, BatchNorm in float32).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any, Callable
@@ -125,27 +131,117 @@ def _costs(closed: ClosedJaxpr) -> tuple[int, int]:
 
 
 def plan_member_chunk(fn: Callable, stacked: tuple, *, devices: int = 1,
-                      budget_bytes: int | None = None) -> int:
+                      budget_bytes: int | None = None, at_most: int | None = None) -> int:
     """Members per vmap group on one device for `fn` over `stacked` arguments [M, ...]:
     all of a device's members when they fit the budget, else the most that do (at least 1),
-    balanced so the groups are equal in size; computations with convolutions CONV_CHUNK."""
+    balanced so the groups are equal in size; computations with convolutions CONV_CHUNK.
+    at_most: no more than that many (a planned convolution form's chunk, ConvPlan), as many
+    as fit, whether the computation convolves or not."""
     leaves = jax.tree_util.tree_leaves(stacked)
     local = -(-leaves[0].shape[0] // devices)
     one = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), stacked)
     closed = jax.make_jaxpr(fn)(*one)
-    if convolves(closed.jaxpr):
+    if at_most is None and convolves(closed.jaxpr):
         return min(local, env_number("MEMJAX_CONV_CHUNK", int, CONV_CHUNK, minimum=1))
+    most = local if at_most is None else max(1, min(local, at_most))
     state, temporary = _costs(closed)
     budget = memory_budget_bytes() if budget_bytes is None else budget_bytes
     # Arguments and results exist for every member at once (results replace donated
     # arguments); temporaries only for the members of one group.
     free = budget - local * state
     fits = max(1, free // max(temporary, 1))
-    if fits >= local:
+    if fits >= local and most >= local:
         return local
     # Several groups: regrouping the members to [groups, chunk] and stacking lax.map's
     # results copy every member's arguments and results (16 MLPs 512-512 in groups of 2:
     # XLA's peak 238 MB where the single-copy count said 214 MB), so count them thrice.
-    fits = max(1, (budget - 3 * local * state) // max(temporary, 1))
+    fits = min(most, max(1, (budget - 3 * local * state) // max(temporary, 1)))
     groups = -(-local // fits)
     return -(-local // groups)
+
+
+# ---- the convolution form -------------------------------------------------------------
+
+# The bench case whose rows time the convolution forms (benchmarks/throughput.py)
+CONV_CASE = "c_cnn"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvPlan:
+    """How a CNN ensemble convolves: conv_form (memjax.models.CONV_FORMS); member_chunk,
+    the most members one vmap holds (memory may allow fewer; None: plan_member_chunk's
+    rule, CONV_CHUNK for lax convolutions); norm_in_compute_dtype (BatchNorm normalizes in
+    the compute dtype); source: where the choice comes from."""
+
+    conv_form: str = "conv"
+    member_chunk: int | None = None
+    norm_in_compute_dtype: bool = False
+    source: str = "default"
+
+
+def recorded_conv_forms(records: list[dict], device_kind: str,
+                        compute_dtype: str) -> tuple[dict | None, list[dict]]:
+    """(record, rows): the newest of `records` (oldest first, as memjax.plan.records()
+    gives them) made on an accelerator of kind `device_kind` whose CONV_CASE rows name their
+    convolution form, and those of its rows in `compute_dtype` that ran (they carry
+    "conv_form", "member_chunk", "compute_dtype", "norm_in_compute_dtype")."""
+    for record in reversed(records):
+        device = record.get("device", {})
+        if device.get("kind") != device_kind or device.get("platform") == "cpu":
+            continue
+        rows = [row for row in record.get("rows", ())
+                if row.get("case") == CONV_CASE and row.get("conv_form")
+                and row.get("compute_dtype", "float32") == compute_dtype
+                and row.get("model_examples_per_s")]
+        if rows:
+            return record, rows
+    return None, []
+
+
+def plan_conv_form(compute_dtype: str = "float32", *, device_kind: str | None = None,
+                   platform: str | None = None, records: list[dict] | None = None) -> ConvPlan:
+    """The fastest convolution form `memjax bench` recorded on this kind of device in
+    `compute_dtype` (the newest record that has the forms: recorded_conv_forms), else the
+    default ConvPlan (today's: lax.conv, one member at a time, BatchNorm in float32).
+
+    CPUs keep the default: their bench rows come from a narrow CNN on a shared machine, and
+    a CPU run's results stay what they were. device_kind, platform: of the first local
+    device unless given; records: memjax.plan.records() unless given (tests pass fakes)."""
+    if device_kind is None or platform is None:
+        device = jax.local_devices()[0]
+        device_kind = device.device_kind if device_kind is None else device_kind
+        platform = device.platform if platform is None else platform
+    if platform == "cpu":
+        return ConvPlan(source="default (CPUs keep it)")
+    if records is None:
+        from memjax.plan import records as bench_records  # (memjax.plan imports the trainer)
+
+        records = bench_records()
+    record, rows = recorded_conv_forms(records, device_kind, compute_dtype)
+    if not rows:
+        return ConvPlan(source=f"default (no {CONV_CASE} record of {device_kind} names its "
+                               f"forms in {compute_dtype})")
+    best = max(rows, key=lambda row: row["model_examples_per_s"])
+    return ConvPlan(best["conv_form"], best.get("member_chunk"),
+                    bool(best.get("norm_in_compute_dtype", False)),
+                    f"{record.get('file', 'record')}: {best['impl']}, "
+                    f"{best['model_examples_per_s']:,.0f} model-examples/s")
+
+
+def conv_plan(conv_form: str | None, member_chunk: int | None,
+              norm_in_compute_dtype: bool | None, compute_dtype: str = "float32",
+              **device) -> ConvPlan:
+    """A run's convolution form: what it sets (TrainConfig.conv_form, member_chunk,
+    norm_in_compute_dtype; None: planned), the rest from plan_conv_form. The planned chunk
+    goes with the planned form only: a form the run names without a chunk gets
+    plan_member_chunk's rule. device: plan_conv_form's keywords (tests)."""
+    if conv_form is not None and norm_in_compute_dtype is not None:
+        return ConvPlan(conv_form, member_chunk, norm_in_compute_dtype, "set by the run")
+    planned = plan_conv_form(compute_dtype, **device)
+    same_form = conv_form is None or conv_form == planned.conv_form
+    return ConvPlan(
+        planned.conv_form if conv_form is None else conv_form,
+        member_chunk if member_chunk is not None else
+        (planned.member_chunk if same_form else None),
+        planned.norm_in_compute_dtype if norm_in_compute_dtype is None
+        else norm_in_compute_dtype, planned.source)

@@ -164,7 +164,8 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
                      member_chunk: int | None = None, mesh=None,
                      compute_dtype: str = "float32",
                      adversarial_examples: Callable | None = None,
-                     max_examples: int | None = None) -> Callable:
+                     max_examples: int | None = None,
+                     planned_chunk: int | None = None) -> Callable:
     """Build `train_epoch(state, seed, x, y, view=None, noise=None, searching=None) ->
     (state, metrics)`, jitted, state donated. searching (static): which members have an
     adversarial weight > 0, as the host knows it (memjax.members.searching); on one device
@@ -172,9 +173,11 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
     it every member of a group with one does.
 
     Members are split over `mesh` (None: every device) in groups of `member_chunk` (None:
-    planned from device memory); see `ensemble.map_members`. compute_dtype `bfloat16`: mixed
-    precision, the forward and backward pass in bf16 on bf16 copies of the float32 master
-    weights, which receive the (float32) gradient and the update; the loss is float32.
+    planned from device memory, at most `planned_chunk` when that is set: the chunk of a
+    planned convolution form, memjax.memory.ConvPlan); see `ensemble.map_members`.
+    compute_dtype `bfloat16`: mixed precision, the forward and backward pass in bf16 on bf16
+    copies of the float32 master weights, which receive the (float32) gradient and the
+    update; the loss is float32.
 
     x: [N, H, W, C] uint8 (or float in [0, 1]), y: [N] int32, both on the device, shared by
     all members. view (memjax.views.MemberView, [M, ...]): per-member example masks
@@ -208,7 +211,7 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
         light = (_without_search(one) if view is not None
                  and view.adversarial_weight is not None else None)
         carry, metrics = map_members(one, member_chunk, mesh=mesh, light=light,
-                                     needs=searching)(*stacked)
+                                     needs=searching, at_most=planned_chunk)(*stacked)
         return state.replace(variables=carry.variables, opt_state=carry.opt_state,
                              diverged=carry.frozen, dynamics=carry.dynamics,
                              epoch=state.epoch + 1), \
@@ -217,7 +220,7 @@ def make_train_epoch(network: Network, tx: optax.GradientTransformation, *, batc
     def placement(state, seed, x, y, view=None, noise=None, searching=None) -> dict:
         """How train_epoch places these members (ensemble.member_plan)."""
         return member_plan(*per_member(state, seed, x, y, view, noise)[:2], member_chunk,
-                           mesh=mesh)
+                           mesh=mesh, at_most=planned_chunk)
 
     train_epoch.placement = placement
     return train_epoch
