@@ -2,8 +2,9 @@
 
     memjax bench --preset cpu|gpu [--cases a_mlp512,c_cnn]
 
-(a) 100 x MLP 784-512-512-10, (b) 100 x MLP 784-4096-4096-10, (c) 100 x the paper's CNN on
-28 x 28 x 3 (32 x 32 images cropped), batch 128, plain SGD (momentum 0.9 for the CNN), on
+(a) 100 x MLP 784-512-512-10, (b) 100 x MLP 784-4096-4096-10, (c) 100 x the paper's CNN with
+BatchNorm on 28 x 28 x 3 (32 x 32 images cropped), batch 128, plain SGD (momentum 0.9 for the
+CNN), on
 synthetic device-resident uint8 data; e1: the consistency study's cpu preset (100 x MLP
 2 x 256 on the embedded MNIST subset); f_cscore: the C-score protocol's training (members on
 their own 50 % subsets). Implementations, all timed in the same run:
@@ -11,10 +12,10 @@ their own 50 % subsets). Implementations, all timed in the same run:
   jax-one-at-a-time   the same jitted epoch on one member at a time (a Python loop)
   plain-jax           (MLPs) reference: a straightforward vmap + scan of plain SGD, without
                       memjax's per-member features; what those features cost
-  jax-lax.map / jax-chunk-K / jax-vmap   (CNN) one member at a time inside the program
-                      (the planned default for convolutions), K members per vmap group,
-                      one vmap over all members; jax-lax.map-bf16 the first in bf16
-                      compute (reported, left out of the TF32 comparisons)
+  jax-lax.map, jax-grouped-K, jax-im2col-K, jax-vmap and their -bf16 / -bf16-bn rows
+                      (CNN) the convolution forms (`cnn_forms`, memjax.models.CONV_FORMS),
+                      each trained by the Runner as TrainConfig selects it; bf16 rows are
+                      reported, left out of the TF32 comparisons
   torch-*             PyTorch baselines (benchmarks/torch_baselines.py) when torch imports
 Serial baselines time `serial` members and report their rate (the rate of a loop does not
 depend on how many members it runs). The gpu preset keeps 100 members and times fewer
@@ -46,6 +47,11 @@ class Case:
     serial: int  # members timed by one-at-a-time baselines
     momentum: float = 0.0
     batch: int = 128
+    # (CNN) members per vmap group of the chunked convolution forms: 10, what memjax's
+    # memory plan allows the paper CNN's im2col form on an H200 (so a planned form runs as
+    # it was measured there; it allows 4 on an 80 GB GPU)
+    form_chunk: int = 10
+    vmap_all: bool = False  # (CNN) time one vmap over all members too
 
 
 def _presets() -> dict[str, dict[str, Case]]:
@@ -54,13 +60,16 @@ def _presets() -> dict[str, dict[str, Case]]:
         "gpu": {
             "a_mlp512": Case(ModelConfig(hidden=(512, 512)), mlp, 100, 300, 5),
             "b_mlp4096": Case(ModelConfig(hidden=(4096, 4096)), mlp, 100, 40, 5),
-            "c_cnn": Case(ModelConfig(kind="cnn", conv_channels=200), cnn, 100, 6, 3, 0.9),
+            # (one vmap over all 100 ran out of memory on an H200: 42.5 GiB for one buffer)
+            "c_cnn": Case(ModelConfig(kind="cnn", conv_channels=200, batchnorm=True), cnn, 100,
+                          6, 2, 0.9),
         },
         "cpu": {
             "a_mlp512": Case(ModelConfig(hidden=(128, 128)), mlp, 20, 20, 3),
             "b_mlp4096": Case(ModelConfig(hidden=(512, 512)), mlp, 20, 8, 2),
             # XLA:CPU convolutions are slow (about 1 GFLOP/s here): a narrow, small CNN.
-            "c_cnn": Case(ModelConfig(kind="cnn", conv_channels=4), cnn, 4, 2, 1, 0.9, batch=32),
+            "c_cnn": Case(ModelConfig(kind="cnn", conv_channels=4, batchnorm=True), cnn, 4, 2,
+                          1, 0.9, batch=32, form_chunk=2, vmap_all=True),
         },
     }
 
@@ -131,21 +140,75 @@ def _once(fn) -> float:
     return time.perf_counter() - start
 
 
-def _runner(case: Case, x, y, member_ids, chunk=None, compute_dtype="float32") -> Runner:
+def _runner(case: Case, x, y, member_ids, chunk=None, compute_dtype="float32",
+            conv_form=None, norm_in_compute_dtype=None) -> Runner:
+    """A CNN's rows name their convolution form: as today's default unless told."""
+    if case.model.kind == "cnn":
+        conv_form = conv_form or "conv"
+        norm_in_compute_dtype = bool(norm_in_compute_dtype)
     train = TrainConfig(batch_size=case.batch, learning_rate=0.01, momentum=case.momentum,
-                        member_chunk=chunk, compute_dtype=compute_dtype)
+                        member_chunk=chunk, compute_dtype=compute_dtype, conv_form=conv_form,
+                        norm_in_compute_dtype=norm_in_compute_dtype)
     return Runner(case.model, train, Split(x, y, None), 10, Members(np.asarray(member_ids)))
 
 
 def jax_ensemble_row(case: Case, x, y, chunk=None, impl="jax-ensemble", repeats=2,
-                     compute_dtype="float32") -> dict:
-    """One epoch (= case.steps steps) of all members in one program (memjax.runner)."""
-    runner = _runner(case, x, y, np.arange(case.members), chunk, compute_dtype)
+                     compute_dtype="float32", conv_form=None,
+                     norm_in_compute_dtype=None) -> dict:
+    """One epoch (= case.steps steps) of all members in one program (memjax.runner). A
+    CNN's row names its convolution form (conv_form, member_chunk, compute_dtype,
+    norm_in_compute_dtype: what memjax.memory.plan_conv_form reads)."""
+    runner = _runner(case, x, y, np.arange(case.members), chunk, compute_dtype, conv_form,
+                     norm_in_compute_dtype)
     compile_s = runner.compile()
     seconds = _timed(runner.epoch, repeats)  # (the epoch ends with its metrics on the host)
-    return {"impl": impl, "members": case.members, "member_chunk": chunk,
-            "model_examples_per_s": case.members * len(y) / seconds, "seconds": seconds,
-            "compile_s": compile_s}
+    row = {"impl": impl, "members": case.members, "member_chunk": chunk,
+           "model_examples_per_s": case.members * len(y) / seconds, "seconds": seconds,
+           "compile_s": compile_s}
+    if case.model.kind == "cnn":
+        module = runner.network.module
+        row.update(conv_form=module.conv_form, compute_dtype=compute_dtype,
+                   norm_in_compute_dtype=module.norm_in_compute_dtype,
+                   member_chunk=runner.placement()["member_chunk"])
+    return row
+
+
+def cnn_forms(case: Case) -> list[tuple[str, dict, str]]:
+    """(impl, jax_ensemble_row's keywords, note) of each convolution form the CNN case
+    times, in order (the vmap over all members last: the likeliest to run out of memory).
+    Training selects the same forms with TrainConfig's conv_form, member_chunk,
+    compute_dtype and norm_in_compute_dtype, as these rows do.
+
+    Left out, as they cannot win: im2col one member at a time (the same patch traffic as
+    im2col-K, with K times the launches of its small kernels), forcing XLA's NCHW layout
+    for cuDNN (XLA picks NHWC on Hopper already, `xla_gpu_force_conv_nhwc`), and members
+    folded into the batch dimension (one convolution cannot give members their own
+    weights there; vmap folds them into the channels, the grouped form). Left out to keep
+    the gpu preset's time: the grouped form in bf16 (it trailed lax.map in float32 on an
+    H200, without BatchNorm)."""
+    k = case.form_chunk
+    grouped = (f"vmap over {k} members: one grouped convolution (feature_group_count={k}, "
+               f"the members as channels)")
+    im2col = f"im2col (patches x kernel), vmap over {k} members: one batched matmul"
+    bf16_bn = "bf16 end to end (BatchNorm normalizes in bf16)"
+    forms = [
+        ("jax-lax.map", dict(chunk=1, conv_form="conv"),
+         "lax.map: one member's plain convolution at a time (the default)"),
+        (f"jax-grouped-{k}", dict(chunk=k, conv_form="conv"), grouped),
+        (f"jax-im2col-{k}", dict(chunk=k, conv_form="im2col"), im2col),
+        ("jax-lax.map-bf16", dict(chunk=1, conv_form="conv", compute_dtype="bfloat16"),
+         "lax.map, bf16 compute, BatchNorm in float32"),
+        ("jax-lax.map-bf16-bn", dict(chunk=1, conv_form="conv", compute_dtype="bfloat16",
+                                     norm_in_compute_dtype=True), f"lax.map, {bf16_bn}"),
+        (f"jax-im2col-{k}-bf16-bn", dict(chunk=k, conv_form="im2col", compute_dtype="bfloat16",
+                                         norm_in_compute_dtype=True), f"{im2col}; {bf16_bn}"),
+    ]
+    if case.vmap_all:
+        forms.append(("jax-vmap", dict(chunk=case.members, conv_form="conv"),
+                      f"one vmap over all {case.members} members: a grouped convolution"))
+    return [(impl, kw, note + ("" if "bf16" not in impl else
+                               "; bf16: not counted against the TF32 targets"))
+            for impl, kw, note in forms]
 
 
 def jax_one_at_a_time_row(case: Case, x, y) -> dict:
@@ -211,27 +274,15 @@ def run_case(name: str, preset: str) -> list[dict]:
     # after the JAX rows).
     rows = _torch_rows(case, x, y)
     x, y = jax.device_put(x), jax.device_put(y)
-    if case.model.kind == "cnn":
-        # The planned default for convolutions is lax.map (memjax.memory.CONV_CHUNK); vmap,
-        # the likeliest to run out of memory, runs last.
-        variants = [("jax-lax.map", 1)]
-        if 1 < case.members // 4 < case.members:
-            variants.append((f"jax-chunk-{case.members // 4}", case.members // 4))
-        last = [("jax-vmap", case.members)]
-    else:
-        variants, last = [("jax-ensemble", None)], []
-    for impl, chunk in variants:
-        rows.append(_guarded(lambda: jax_ensemble_row(case, x, y, chunk, impl), impl, case))
+    if case.model.kind != "cnn":
+        rows.append(_guarded(lambda: jax_ensemble_row(case, x, y), "jax-ensemble", case))
     rows.append(_guarded(lambda: jax_one_at_a_time_row(case, x, y), "jax-one-at-a-time", case))
     if case.model.kind == "mlp" and not case.momentum:
         rows.append(_guarded(lambda: plain_jax_row(case, x, y), "plain-jax", case))
-    if case.model.kind == "cnn":  # compute-bound: where bf16 may pay (not in the comparisons)
-        rows.append(_guarded(lambda: {**jax_ensemble_row(
-            case, x, y, 1, "jax-lax.map-bf16", compute_dtype="bfloat16"),
-            "note": "bf16 compute: not counted against the TF32 targets"},
-            "jax-lax.map-bf16", case))
-    for impl, chunk in last:
-        rows.append(_guarded(lambda: jax_ensemble_row(case, x, y, chunk, impl), impl, case))
+    if case.model.kind == "cnn":
+        for impl, kw, note in cnn_forms(case):
+            rows.append(_guarded(lambda: {**jax_ensemble_row(case, x, y, impl=impl, **kw),
+                                          "note": note}, impl, case))
     costs = training_costs(case)
     return [{"case": name, **costs, **row} for row in rows]
 
