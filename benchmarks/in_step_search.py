@@ -62,7 +62,7 @@ def measure(train_size: int, epochs: int, channels: int, data_dir: str | None) -
         return {}
 
     searches(runner, 0)
-    runner.run(epochs, desc="in-step search", measure=searches)
+    runner.run(epochs, phase="in-step-search", measure=searches)
     iterations = np.array([row["iterations"] for row in rows])
     per_epoch = {e: float(np.mean([r["iterations"] for r in rows if r["epoch"] == e]))
                  for e in at}

@@ -42,7 +42,7 @@ def check(data: str, epochs: int, members: int, examples: int, channels: int | N
         split = with_noise(dataset.train, condition, 1.0, dataset.num_classes, 0)
         runner = Runner(model, train, split, dataset.num_classes)
         start = time.perf_counter()
-        runner.run(epochs, desc=condition)
+        runner.run(epochs, phase=condition)
         trained = time.perf_counter() - start
         found = {}
         for precision in ("default", "highest"):

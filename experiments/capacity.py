@@ -127,7 +127,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
                     "validation_accuracy": record["validation_accuracy"].tolist(),
                     "train_accuracy": record["train_accuracy"].tolist()}
 
-        history = runner.run(config.train.epochs, desc=f"width <= {model_width}",
+        history = runner.run(config.train.epochs, phase=f"width-{model_width}",
+                             desc=f"width <= {model_width}",
                              run_dir=run_dir, log=log, measure=lambda r, epoch: {
                                  "validation_accuracy": r.evaluate(val_x, val_y)["correct"].mean(1)})
         done = history["validation_accuracy"]

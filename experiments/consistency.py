@@ -90,7 +90,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
         split = with_noise(dataset.train, condition, config.noise_fraction, dataset.num_classes,
                            config.data.data_seed, config.input_noise_stats)
         runner = Runner(config.model, config.train, split, dataset.num_classes)
-        runner.run(config.train.epochs, desc=f"{condition} ({i + 1}/{len(config.conditions)})",
+        runner.run(config.train.epochs, phase=condition,
+                   desc=f"{condition} ({i + 1}/{len(config.conditions)})",
                    run_dir=run_dir)
         seconds += runner.seconds
         model_examples += runner.model_examples

@@ -145,7 +145,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
                     "train_accuracy": record["train_accuracy"].tolist(),
                     "converged": int((record["first_epoch"] != convergence.NOT_CONVERGED).sum())}
 
-        history = runner.run(config.train.epochs, desc=name, run_dir=run_dir,
+        history = runner.run(config.train.epochs, phase=name.replace(" ", "-"),
+                             desc=name, run_dir=run_dir,
                              converge_at=config.threshold, log=log)
         done = history["train_accuracy"]
         curves[:len(done), rows] = done

@@ -98,7 +98,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
         mask = members.example_mask
         runner = Runner(config.model, config.train, train, dataset.num_classes, members,
                         data_seed=config.data.data_seed)
-        runner.run(config.train.epochs, desc=f"ratio {ratio:g} ({r + 1}/{len(ratios)})",
+        runner.run(config.train.epochs, phase=f"ratio-{ratio:g}",
+                   desc=f"ratio {ratio:g} ({r + 1}/{len(ratios)})",
                    run_dir=run_dir)
         seconds, model_examples = seconds + runner.seconds, model_examples + runner.model_examples
         right = np.asarray(runner.evaluate(runner.x, runner.y)["correct"])
@@ -170,7 +171,7 @@ def _one_epoch_error(config: Config, dataset, run_dir: RunDir) -> np.ndarray:
     runner = Runner(config.model, replace(config.train, epochs=1), dataset.train,
                     dataset.num_classes, _one_epoch_members(config),
                     data_seed=config.data.data_seed)
-    runner.run(1, desc="one epoch, all data", run_dir=run_dir)
+    runner.run(1, phase="one-epoch", desc="one epoch, all data", run_dir=run_dir)
     return np.asarray(misclassification_rate(runner.evaluate(runner.x, runner.y)["correct"]))
 
 

@@ -152,7 +152,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
                     "train_accuracy": float(np.mean(record["train_accuracy"]))}
 
         runner = Runner(config.model, tc, split, dataset.num_classes)
-        history = runner.run(tc.epochs, desc=f"{condition} ({c_index + 1}/{len(config.conditions)})",
+        history = runner.run(tc.epochs, phase=condition,
+                             desc=f"{condition} ({c_index + 1}/{len(config.conditions)})",
                              run_dir=run_dir, measure=measure, log=log)
         seconds += runner.seconds
         model_examples += runner.model_examples

@@ -106,7 +106,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
     # the log shows the trainer's running accuracy; the summary's training accuracy is a
     # full pass after the last epoch, the one it reads
     history = runner.run(
-        epochs, desc="filters", run_dir=run_dir,
+        epochs, phase="filters", run_dir=run_dir,
         measure=lambda r, epoch: {"own_accuracy": own_accuracy_every(r, epoch, epochs, epochs)},
         log=lambda epoch, record: {"epoch": epoch,
                                    "train_accuracy": record["train_accuracy"].tolist(),

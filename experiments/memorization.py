@@ -116,7 +116,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
     mask = ensemble.example_mask
     runner = Runner(config.model, config.train, train, dataset.num_classes, ensemble,
                     data_seed=config.data.data_seed)
-    runner.run(config.train.epochs, desc="subsets", run_dir=run_dir,
+    runner.run(config.train.epochs, phase="subsets", run_dir=run_dir,
                log=lambda epoch, record: {"epoch": epoch, **{
                    k: float(np.mean(record[k])) for k in ("train_loss", "train_accuracy")}})
     correct = np.asarray(runner.evaluate(runner.x, runner.y)["correct"])

@@ -181,7 +181,8 @@ def _run_part(name, data, model, train, config, run_dir):
         return {"part": name, "epoch": epoch, "train_loss": record["train_loss"],
                 **{k: record[k].tolist() for k in names}}
 
-    history = runner.run(train.epochs, desc=f"noise curves ({name})", run_dir=run_dir, log=log,
+    history = runner.run(train.epochs, phase=f"noise-curves-{name}",
+                         desc=f"noise curves ({name})", run_dir=run_dir, log=log,
                          measure=lambda r, epoch: epoch_evaluation(r, validation, config, epoch,
                                                                    scale))
     curves = {k: history[k] for k in names}  # [epochs, M]

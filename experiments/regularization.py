@@ -167,7 +167,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
                                                      config.train.epochs),
                 "validation_accuracy": accuracy}
 
-    history = runner.run(config.train.epochs, desc="regularization", run_dir=run_dir,
+    history = runner.run(config.train.epochs, phase="regularization", run_dir=run_dir,
                          measure=measure, log=lambda epoch, record: {
                              "epoch": epoch, **{k: record[k].tolist() for k in names}})
     curves = {k: history[k] for k in names}  # [epochs, M]

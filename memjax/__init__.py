@@ -6,7 +6,7 @@ The public face:
     data = memjax.load_dataset(memjax.DataConfig(train_size=2048))
     runner = memjax.Runner(memjax.ModelConfig(hidden=(64,)), memjax.TrainConfig(members=4),
                            data.train, data.num_classes)
-    history = runner.run(2, desc="real")                 # {"train_loss": [2, 4], ...}
+    history = runner.run(2, phase="real")                # {"train_loss": [2, 4], ...}
     s = memjax.metrics.loss_sensitivity(runner.apply, runner.member_state().variables,
                                         data.validation.x, data.validation.y)  # [4, N]
 

@@ -90,6 +90,16 @@ def device_description() -> dict[str, Any]:
             "count": len(devices), "host": platform.node(), "processor": platform.processor()}
 
 
+_PHASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_phase_id(phase: str) -> None:
+    """A phase id names files and folders: letters, digits, '.', '_' and '-' (ValueError)."""
+    if not isinstance(phase, str) or not _PHASE_ID.fullmatch(phase):
+        raise ValueError(f"phase id {phase!r}: use letters, digits, '.', '_' and '-' "
+                         f"(the progress text goes in desc=)")
+
+
 class RunDir:
     """A study's output folder. Refuses to write into a finished run unless overwrite.
 
@@ -125,6 +135,7 @@ class RunDir:
         self.save_clock = SaveClock(checkpoint_minutes) if checkpoint_every is None else None
         self.keep_checkpoints = keep_checkpoints
         self._phases = 0
+        self._phase_ids: set[str] = set()
         self._records_on_disk = 0
         self._cursor = 0
         self._diverged: dict[str, list[int]] = {}
@@ -224,17 +235,21 @@ class RunDir:
 
     def checkpoints(self, phase: str, history: dict[str, list] | None = None):
         """The checkpoints of the next training phase (memjax.checkpoint.PhaseCheckpoints),
-        in checkpoints/<NN>-<phase>/ where NN counts the phases of this run in order;
+        in checkpoints/<NN>-<phase>/ where NN counts the phases of this run in order and
+        phase is the phase's id (check_phase_id; unique within the run);
         None when checkpointing is off. history: a study's per-epoch host-side records
         (name -> list, one entry per epoch), saved with each checkpoint and put back by
         `restore_progress`."""
         from memjax.checkpoint import PhaseCheckpoints
 
+        check_phase_id(phase)
+        if phase in self._phase_ids:
+            raise ValueError(f"phase id {phase!r} used twice in one run")
+        self._phase_ids.add(phase)
         self._phases += 1
         if self.checkpoint_every == 0:
             return None
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", phase).strip("-").lower() or "phase"
-        return PhaseCheckpoints(self.checkpoint_dir / f"{self._phases:02d}-{slug}",
+        return PhaseCheckpoints(self.checkpoint_dir / f"{self._phases:02d}-{phase}",
                                 every=self.checkpoint_every or 1, clock=self.save_clock,
                                 host_state=lambda: {"metrics_records": self._cursor,
                                                     "history": json.loads(to_json(history or {}))})

@@ -1,8 +1,9 @@
 """The one path by which memjax trains an ensemble: every study and benchmark goes through it.
 
     runner = Runner(model, train, dataset.train, dataset.num_classes, Members(ids, widths=...))
-    history = runner.run(epochs, desc="width <= 512", run_dir=run_dir, measure=lambda r, epoch:
-                         {"validation_accuracy": r.evaluate(x_val, y_val)["correct"].mean(1)})
+    history = runner.run(epochs, phase="width-512", desc="width <= 512", run_dir=run_dir,
+                         measure=lambda r, epoch: {
+                             "validation_accuracy": r.evaluate(x_val, y_val)["correct"].mean(1)})
 
 A `Runner` builds the ensemble from configs and per-member arrays (`Members`: ids, widths,
 example masks, noise fractions, regularizer strengths, learning rates, weight decay,
@@ -21,7 +22,6 @@ checkpoints hold the real members only, so a run may resume on another device co
 from __future__ import annotations
 
 import functools
-import re
 import time
 from typing import Callable
 
@@ -36,7 +36,7 @@ from memjax.ensemble import EnsembleState, pad_members
 from memjax.evaluation import evaluate, member_accuracy
 from memjax.members import Members, build_ensemble, epoch_program, member_view, searching
 from memjax.models import computing_in
-from memjax.results import RunDir
+from memjax.results import RunDir, check_phase_id
 from memjax.sharding import (default_mesh, put_members, replicate, shard_members,
                              take_members, to_host)
 from memjax.views import MemberView, NoiseSource, noise_source
@@ -232,11 +232,15 @@ class Runner:
         saved = (self._remaining - 1) * self._epoch_seconds * (1 - smaller / size)
         return smaller if saved > self._compile_seconds else size
 
-    def run(self, epochs: int, *, desc: str, run_dir: RunDir | None = None,
+    def run(self, epochs: int, *, phase: str, desc: str | None = None,
+            run_dir: RunDir | None = None,
             measure: Measure | None = None, converge_at: float | None = None,
             log: Callable[[int, dict], dict | None] | None = None) -> dict[str, np.ndarray]:
         """Train until `epochs` epochs are done; return the history, name -> [epochs, M].
 
+        phase: the phase's id (letters, digits, '.', '_', '-'), unique within a run: it
+        names the phase's checkpoints, its diverged members and placement in the manifest,
+        and its dynamics-<phase>.npz. desc: the progress bar's text (default: phase).
         After each epoch: the trainer's metrics (train_loss, train_accuracy averaged over the
         epoch's steps), then `measure(runner, epoch)` (name -> [M] or scalar; a name may
         replace a trainer metric), on the device, copied to the host once. converge_at:
@@ -250,12 +254,13 @@ class Runner:
         from tqdm.auto import tqdm
 
         history: dict[str, list] = {}
-        checkpoints = self._open_phase(run_dir, desc, epochs, history)
+        check_phase_id(phase)
+        checkpoints = self._open_phase(run_dir, phase, epochs, history)
         done = int(self.state.epoch)
         try:
             if done < epochs and not history.get("stopped"):
                 self.compile()
-                for _ in tqdm(range(done, epochs), desc=desc, unit="epoch", leave=False,
+                for _ in tqdm(range(done, epochs), desc=desc or phase, unit="epoch", leave=False,
                               mininterval=1.0):
                     self._remaining = epochs - done
                     record, stop = self._measured_epoch(measure, converge_at, history)
@@ -273,22 +278,21 @@ class Runner:
                 checkpoints.close()
         if run_dir is not None:
             diverged, ids = to_host((self.state.diverged, self.state.member_ids))
-            run_dir.record_divergence(re.sub(r" \(\d+/\d+\)$", "", desc),
-                                      np.asarray(diverged)[:self.members],
+            run_dir.record_divergence(phase, np.asarray(diverged)[:self.members],
                                       np.asarray(ids)[:self.members])
-            run_dir.record_placement(desc, self.placement())
+            run_dir.record_placement(phase, self.placement())
             if self.state.dynamics is not None:
-                self._save_dynamics(run_dir, desc)
+                self._save_dynamics(run_dir, phase)
         history.pop("stopped", None)
         return {k: np.stack([np.asarray(v) for v in values]) for k, values in history.items()}
 
-    def _open_phase(self, run_dir: RunDir | None, desc: str, epochs: int, history: dict):
+    def _open_phase(self, run_dir: RunDir | None, phase: str, epochs: int, history: dict):
         """The phase's checkpoints (None: not checkpointed); on resume the state and
         `history` (in place) continue from the newest one."""
         if run_dir is None:
             return None
         template = self.member_state()
-        checkpoints, restored = run_dir.open_phase(desc, template, epochs, history)
+        checkpoints, restored = run_dir.open_phase(phase, template, epochs, history)
         if restored is not template:
             self.state = self._place(restored)
             if history.get("first_epoch"):
@@ -329,14 +333,13 @@ class Runner:
         return dynamics.scores(jax.tree.map(lambda a: np.asarray(a)[:self.members],
                                             to_host(self.state.dynamics)))
 
-    def _save_dynamics(self, run_dir: RunDir, desc: str) -> None:
+    def _save_dynamics(self, run_dir: RunDir, phase: str) -> None:
         """dynamics-<phase>.npz: each score [M, N], its member average `<score>_mean` [N]
         (over the members that saw the example), and member_ids [M]."""
         scores = self.dynamics_scores()
         averages = dynamics.member_means(scores)
         ids = np.asarray(to_host(self.state.member_ids))[:self.members]
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", desc).strip("-").lower()
-        run_dir.write_npz(f"dynamics-{slug}.npz", {**scores, **averages, "member_ids": ids})
+        run_dir.write_npz(f"dynamics-{phase}.npz", {**scores, **averages, "member_ids": ids})
 
     def _real(self, values: dict) -> dict[str, np.ndarray]:
         """Host values with dummy members cut off."""

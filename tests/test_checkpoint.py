@@ -171,7 +171,7 @@ def test_divergence_reported_in_summary_and_manifest(tmp_path):
     run_dir.start("test", {})
     runner = Runner(ModelConfig(hidden=(8,)), TrainConfig(members=3, batch_size=64), d.train, 10,
                     Members(np.arange(3), learning_rate=np.array([0.05, 0.05, 1e30])))
-    runner.run(1, desc="real (1/3)", run_dir=run_dir)
+    runner.run(1, phase="real", desc="real (1/3)", run_dir=run_dir)
     assert np.asarray(runner.state.diverged).tolist() == [False, False, True]
     run_dir.write_json("summary.json", {"real": {"mean_error": 0.5}})
     run_dir.finish()

@@ -31,13 +31,13 @@ def test_converged_members_are_frozen_and_slow_ones_censored():
     train = TrainConfig(members=2, epochs=40, batch_size=16, momentum=0.9)
     members = Members(np.arange(2), learning_rate=np.array([0.05, 1e-6]))
     runner = Runner(ModelConfig(hidden=(64,)), train, data, 10, members, mesh=member_mesh(1))
-    history = runner.run(40, desc="converge", converge_at=1.0)
+    history = runner.run(40, phase="converge", converge_at=1.0)
     first = int(history["first_epoch"][-1][0])
     assert first > 0, "member 0 should fit 32 examples"
     assert history["first_epoch"][-1][1] == convergence.NOT_CONVERGED
     assert len(history["first_epoch"]) == 40  # member 1 never converged: all epochs ran
     stopped = Runner(ModelConfig(hidden=(64,)), train, data, 10, members, mesh=member_mesh(1))
-    stopped.run(first, desc="until member 0 converged")
+    stopped.run(first, phase="until-member-0-converged")
     np.testing.assert_array_equal(
         np.asarray(runner.member_state().variables["params"]["Dense_0"]["kernel"][0]),
         np.asarray(stopped.member_state().variables["params"]["Dense_0"]["kernel"][0]))

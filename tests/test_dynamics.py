@@ -28,7 +28,7 @@ def test_records_equal_scores_of_the_replayed_logits(split):
     train = TrainConfig(members=3, epochs=EPOCHS, batch_size=64, learning_rate=0.5,
                         record_dynamics=True)
     recorded = Runner(MODEL, train, split, 10, mesh=member_mesh(1))
-    recorded.run(EPOCHS, desc="recorded")
+    recorded.run(EPOCHS, phase="recorded")
     got = recorded.dynamics_scores()
     replay = Runner(MODEL, TrainConfig(**{**train.__dict__, "record_dynamics": False}), split,
                     10, mesh=member_mesh(1))
@@ -66,7 +66,7 @@ def test_records_count_each_members_own_presentations_and_survive_resume(split, 
     whole = RunDir(tmp_path / "whole")
     whole.start("test", {})
     runner = Runner(MODEL, train, split, 10, members)
-    runner.run(3, desc="phase", run_dir=whole)
+    runner.run(3, phase="phase", run_dir=whole)
     got = runner.dynamics_scores()
     np.testing.assert_array_equal(got["presentations"], 3 * mask)
     assert np.isnan(got["aum"][~mask]).all() and np.isfinite(got["aum"][mask]).all()
@@ -75,11 +75,11 @@ def test_records_count_each_members_own_presentations_and_survive_resume(split, 
     assert saved["aum_mean"].shape == (64,)
     part = RunDir(tmp_path / "part")
     part.start("test", {})
-    Runner(MODEL, train, split, 10, members).run(2, desc="phase", run_dir=part)
+    Runner(MODEL, train, split, 10, members).run(2, phase="phase", run_dir=part)
     resumed = RunDir(tmp_path / "part", resume=True)
     resumed.start("test", {})
     again = Runner(MODEL, train, split, 10, members)
-    again.run(3, desc="phase", run_dir=resumed)
+    again.run(3, phase="phase", run_dir=resumed)
     for name, value in again.dynamics_scores().items():
         np.testing.assert_array_equal(value, got[name], err_msg=name)
 

@@ -85,7 +85,7 @@ def _noise_curves(dtype, d, label_noise):
     runner = Runner(ModelConfig(kind="cnn", conv_channels=6, batchnorm=True), train, d.train,
                     10, Members(np.arange(len(label_noise)), label_noise=label_noise))
     validation = (jnp.asarray(d.validation.x), jnp.asarray(d.validation.y))
-    history = runner.run(train.epochs, desc=dtype, measure=lambda r, epoch: {
+    history = runner.run(train.epochs, phase=dtype, measure=lambda r, epoch: {
         "own": r.own_accuracy(), "validation": r.evaluate(*validation)["correct"].mean(1)})
     assert all(leaf.dtype == jnp.float32  # master weights
                for leaf in jax.tree_util.tree_leaves(runner.variables))

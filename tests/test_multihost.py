@@ -98,7 +98,7 @@ def test_two_processes_killed_and_resumed_equal_an_uninterrupted_run(tmp_path):
         p.wait()
     assert json.loads((out / "manifest.json").read_text())["status"] == "running"
     outputs = _finish(_start_two(args + ["--resume"], out))
-    assert all("width <= 8: resumed from the checkpoint of epoch" in o for o in outputs)
+    assert all("width-8: resumed from the checkpoint of epoch" in o for o in outputs)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "finished" and len(manifest["resumed"]) == 1
     assert (out / "hosts" / "1" / "manifest.json").exists() and not (out / "hosts" / "0").exists()

@@ -74,3 +74,17 @@ def test_data_folders_compare_as_the_loader_resolves_them(tmp_path, monkeypatch)
     assert differences_from_run(embedded, {"data": DataConfig(name="embedded")}) == []
     assert differences_from_run(embedded, {"data": DataConfig(name="embedded", train_size=5)}) \
         == [f"data.train_size: {DataConfig().train_size!r} -> 5"]
+
+
+def test_phase_ids_name_files_and_are_unique_in_a_run(tmp_path):
+    from memjax.results import check_phase_id
+
+    for good in ("real", "width-512", "ratio-0.5", "noise_curves-mlp"):
+        check_phase_id(good)
+    for bad in ("real (1/3)", "", "-x", "a/b", None):
+        with pytest.raises(ValueError, match="phase id"):
+            check_phase_id(bad)
+    run_dir = RunDir(tmp_path, checkpoint_every=1)
+    assert run_dir.checkpoints("randY").directory.name == "01-randY"
+    with pytest.raises(ValueError, match="used twice"):
+        run_dir.checkpoints("randY")

@@ -39,7 +39,7 @@ def eleven(data):
     out = {}
     for devices in (8, 1):
         runner = Runner(MODEL, TRAIN, data.train, 10, members, mesh=member_mesh(devices))
-        out[devices] = runner, runner.run(TRAIN.epochs, desc="eleven", measure=_measure)
+        out[devices] = runner, runner.run(TRAIN.epochs, phase="eleven", measure=_measure)
     return out
 
 
@@ -84,7 +84,7 @@ def test_convergence_stops_members_and_the_phase(data):
     train = TrainConfig(members=3, epochs=30, batch_size=32, learning_rate=0.1)
     runner = Runner(ModelConfig(hidden=(64,)), train, data.train.take(64), 10,
                     Members(np.arange(3), widths=np.array([2, 64, 64])), mesh=member_mesh(1))
-    history = runner.run(30, desc="converge", converge_at=1.0)
+    history = runner.run(30, phase="converge", converge_at=1.0)
     first = history["first_epoch"][-1]
     assert first[1] > 0 and first[2] > 0 and first[0] == -1  # 2 units cannot fit 64 digits
     assert len(history["train_accuracy"]) == 30  # member 0 never converged: no early stop
@@ -104,13 +104,13 @@ def test_converged_members_leave_the_computation(data):
     members = Members(np.arange(4), widths=np.array([64, 64, 64, 2]))
     runner = Runner(ModelConfig(hidden=(64,)), train, data.train.take(64), 10, members,
                     mesh=member_mesh(1))
-    history = runner.run(30, desc="converge", converge_at=1.0)
+    history = runner.run(30, phase="converge", converge_at=1.0)
     first = history["first_epoch"][-1]
     assert (first[:3] > 0).all() and first[3] == -1 and first[:3].max() < 30
     assert np.isnan(history["train_loss"][-1][:3]).all()
     alone = Runner(ModelConfig(hidden=(64,)), train, data.train.take(64), 10,
                    Members(np.array([3]), widths=np.array([2])), mesh=member_mesh(1))
-    alone.run(31, desc="alone")
+    alone.run(31, phase="alone")
     # inside `run` a smaller program is compiled only when the epochs left pay for it (here
     # they do not); an epoch outside it takes the smallest that holds the active members
     converged = [np.asarray(leaf) for leaf in
@@ -127,7 +127,7 @@ def test_checkpointed_history_resumes_and_placement_is_recorded(data, tmp_path):
     train = TrainConfig(members=3, epochs=3, batch_size=64, learning_rate=0.05)
     run_dir = RunDir(tmp_path / "run", keep_checkpoints=True)
     run_dir.start("test", {})
-    whole = Runner(MODEL, train, data.train, 10).run(3, desc="p", run_dir=run_dir,
+    whole = Runner(MODEL, train, data.train, 10).run(3, phase="p", run_dir=run_dir,
                                                       measure=_measure)
     run_dir.finish()
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["placement"]["p"][
@@ -135,10 +135,10 @@ def test_checkpointed_history_resumes_and_placement_is_recorded(data, tmp_path):
     # a second run that stops after 2 epochs, then is resumed to 3
     part = RunDir(tmp_path / "part")
     part.start("test", {})
-    Runner(MODEL, train, data.train, 10).run(2, desc="p", run_dir=part, measure=_measure)
+    Runner(MODEL, train, data.train, 10).run(2, phase="p", run_dir=part, measure=_measure)
     resumed = RunDir(tmp_path / "part", resume=True)
     resumed.start("test", {})
-    history = Runner(MODEL, train, data.train, 10).run(3, desc="p", run_dir=resumed,
+    history = Runner(MODEL, train, data.train, 10).run(3, phase="p", run_dir=resumed,
                                                         measure=_measure)
     for name in whole:
         np.testing.assert_array_equal(history[name], whole[name], err_msg=name)
