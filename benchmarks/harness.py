@@ -8,8 +8,9 @@ import re
 import time
 from pathlib import Path
 
-from memjax.benchmarks import BENCHMARK_MODULES, roofline
+from memjax.benchmarks import BENCHMARK_MODULES
 from memjax.errors import MemjaxError
+from memjax.plan import roofline
 
 PRESETS = ("cpu", "gpu")
 # the targets on one H100/H200: case prefix -> (baseline, minimum ratio)
@@ -34,7 +35,7 @@ def collect(names=BENCHMARK_MODULES) -> tuple[dict, list[str]]:
 
 
 def _versions() -> dict:
-    from memjax.results import versions
+    from memjax.manifest import versions
 
     out = versions()
     try:
@@ -99,7 +100,7 @@ def compare(rows: list[dict], preset: str) -> dict:
     return out
 
 
-def run(preset: str, only: list[str] | None = None, out_dir: str | Path = "benchmarks/results",
+def run(preset: str, only: list[str] | None = None, out_dir: str | Path = "memjax/records",
         log=print) -> dict:
     """Run the benchmark (every case, or `only` those); returns the record written to
     <out_dir>/<date>-<device>[-<preset>][-<cases>].json and .md (-<preset> when the preset
@@ -134,7 +135,7 @@ def run(preset: str, only: list[str] | None = None, out_dir: str | Path = "bench
     case_wall: dict[str, float] = {}
 
     def write() -> dict:
-        from memjax.results import atomic_path, to_json
+        from memjax.files import atomic_path, to_json
 
         record = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                   "preset": preset, "device": {"kind": jax.devices()[0].device_kind,

@@ -30,7 +30,8 @@ from memjax.data import load_dataset
 from memjax.experiments import regularization
 from memjax.members import Members
 from memjax.metrics.lass import PROTOCOLS, TRAINING_LASS, lass_search
-from memjax.results import atomic_path, versions
+from memjax.files import atomic_path
+from memjax.manifest import versions
 from memjax.runner import Runner
 
 BATCH = 128

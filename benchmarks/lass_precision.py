@@ -25,7 +25,8 @@ from memjax.config import DataConfig
 from memjax.data import load_dataset, with_noise
 from memjax.experiments import csr
 from memjax.metrics import PAPER_LASS, authors_scale, critical_sample_ratio, validation_search
-from memjax.results import atomic_path, device_description, versions
+from memjax.files import atomic_path
+from memjax.manifest import device_description, versions
 from memjax.runner import Runner
 
 

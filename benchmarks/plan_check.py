@@ -1,7 +1,7 @@
 """The plan against reality: predict studies on this machine (`memjax plan --device this`),
 run them, and record predicted against measured wall time.
 
-    python -m memjax.benchmarks.plan_check --preset cpu [--only a,b] [--out benchmarks/results]
+    python -m memjax.benchmarks.plan_check --preset cpu [--only a,b] [--out memjax/records]
 
 Writes <out>/plan-<preset>-<date>-<device>[-<only>].json and .md: the roofline and checkpoint
 speed measured before the runs (the plan's scale), each study's predicted and measured
@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 from memjax import plan
-from memjax.benchmarks import roofline
+from memjax.plan import roofline
 from memjax.reproduce import run_experiment, study_configs
-from memjax.results import RunDir, atomic_path, versions
+from memjax.files import atomic_path
+from memjax.manifest import versions
+from memjax.results import RunDir
 
 
 def check(preset: str, only: list[str] | None, out: Path, runs: Path | None = None) -> dict:
@@ -74,7 +76,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="cpu")
     p.add_argument("--only", help="comma-separated studies (default: the paper's)")
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--out", default="memjax/records")
     p.add_argument("--runs", help="keep the study runs in this folder (default: removed)")
     args = p.parse_args()
     only = [n for n in args.only.split(",") if n] if args.only else None

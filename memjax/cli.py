@@ -57,7 +57,8 @@ def build_config(module, args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from memjax.reproduce import check_config, run_experiment
-    from memjax.results import RunDir, differences_from_run
+    from memjax.manifest import differences_from_run
+    from memjax.results import RunDir
     from memjax.sharding import initialize_distributed, is_writer
 
     several = initialize_distributed()
@@ -240,8 +241,9 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="ensemble training throughput against baselines")
     bench.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores) | gpu")
     bench.add_argument("--cases", help="comma-separated case names (default: all)")
-    bench.add_argument("--out", default="benchmarks/results",
-                       help="folder for <date>-<device>.json/.md (default: benchmarks/results)")
+    bench.add_argument("--out", default="memjax/records",
+                       help="folder for <date>-<device>.json/.md (default: memjax/records, "
+                            "the records memjax plan reads)")
     bench.set_defaults(func=cmd_bench)
     pl = sub.add_parser("plan", help="the work of the studies of a preset and its time on a "
                                      "device, before running them")

@@ -18,7 +18,9 @@ from typing import Callable
 
 from memjax.config import override, to_dict
 from memjax.errors import MemjaxError
-from memjax.results import RunDir, atomic_path, differences_from_run, read_manifest
+from memjax.files import atomic_path
+from memjax.manifest import differences_from_run, read_manifest
+from memjax.results import RunDir
 
 # PAPER.md, "Headline claims the tool must be able to show" (the claims, not the verdicts).
 CLAIMS = {

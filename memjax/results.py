@@ -13,81 +13,22 @@ checkpoint stores the cursor's position at its epoch.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import os
-import platform
 import re
 import shutil
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from memjax.errors import MemjaxError
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (tuple, set)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
-def to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=_json_default, allow_nan=True)
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only on success."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        # On disk before the rename, so a crash never leaves an empty file under the name;
-        # readable like any other result (mkstemp makes it private).
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for package in ("memjax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def device_description() -> dict[str, Any]:
-    import jax
-
-    devices = jax.devices()
-    return {"platform": devices[0].platform, "kind": devices[0].device_kind,
-            "count": len(devices), "host": platform.node(), "processor": platform.processor()}
+from memjax.files import atomic_path, to_json
+from memjax.manifest import (device_description, differences_from_run, memjax_environment,
+                             read_manifest, versions)
 
 
 _PHASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -231,7 +172,7 @@ class RunDir:
         if self._cursor <= self._records_on_disk:
             return
         with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
+            f.write(to_json(record, indent=None) + "\n")
 
     def checkpoints(self, phase: str, history: dict[str, list] | None = None):
         """The checkpoints of the next training phase (memjax.checkpoint.PhaseCheckpoints),
@@ -373,15 +314,6 @@ class RunDir:
         self.write_json("manifest.json", self._manifest)
 
 
-def read_manifest(path: str | Path) -> dict:
-    """The manifest.json in run directory `path`, {} where there is none (or unreadable)."""
-    try:
-        manifest = json.loads((Path(path) / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return manifest if isinstance(manifest, dict) else {}
-
-
 def _keep_whole_lines(path: Path) -> int:
     """Drop a torn last line (a kill mid-write) from a JSON-lines file; count the lines."""
     if not path.exists():
@@ -392,44 +324,3 @@ def _keep_whole_lines(path: Path) -> int:
         with atomic_path(path) as tmp:
             tmp.write_bytes(whole)
     return whole.count(b"\n")
-
-
-def memjax_environment() -> dict[str, str]:
-    """This process's MEMJAX_* environment variables (MEMJAX_DATA_DIR above all)."""
-    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("MEMJAX_")}
-
-
-def differences_from_run(manifest: dict, config: Any) -> list[str]:
-    """`key: old -> new` for every setting in which `config` (a dataclass or dict, about to
-    run in this process) differs from the run that `manifest` (manifest.json) records;
-    sorted, [] when they are the same. Data folders are compared as the loader resolves
-    them (--data-dir, else MEMJAX_DATA_DIR; absolute; ignored where the data set reads
-    none), so the same data reached another way is the same setting."""
-    old = _as_loaded(json.loads(to_json(manifest.get("config"))), manifest.get("environment", {}),
-                     manifest.get("cwd", os.getcwd()))
-    new = _as_loaded(json.loads(to_json(config)), memjax_environment(), os.getcwd())
-    return sorted(_differences(old, new))
-
-
-def _as_loaded(config: Any, environment: dict, cwd: str) -> Any:
-    from memjax.data.sources import DATA_DIR_ENV, VALIDATION_SIZE
-
-    if not isinstance(config, dict):
-        return config
-    out = {k: _as_loaded(v, environment, cwd) for k, v in config.items()}
-    if "name" in out and "data_dir" in out:  # a DataConfig
-        folder = None
-        if out["name"] in VALIDATION_SIZE:  # the data sets read from a folder
-            folder = out["data_dir"] or environment.get(DATA_DIR_ENV)
-            folder = os.path.normpath(os.path.join(cwd, folder)) if folder else None
-        out["data_dir"] = folder
-    return out
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        return out
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]

@@ -189,7 +189,7 @@ def test_batch_larger_than_data(capsys, tmp_path):
 def test_finished_run_needs_overwrite(capsys, tmp_path):
     from memjax.config import to_dict
     from memjax.experiments import consistency
-    from memjax.results import to_json
+    from memjax.files import to_json
 
     config = json.loads(to_json(to_dict(consistency.PRESETS["smoke"])))
     (tmp_path / "manifest.json").write_text(json.dumps(

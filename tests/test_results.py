@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from memjax.results import RunDir, atomic_path
+from memjax.files import atomic_path
+from memjax.results import RunDir
 
 
 def test_failed_write_leaves_previous_file_and_no_temporary(tmp_path):
@@ -53,7 +54,8 @@ def test_data_folders_compare_as_the_loader_resolves_them(tmp_path, monkeypatch)
     import json
 
     from memjax.config import DataConfig
-    from memjax.results import RunDir, differences_from_run
+    from memjax.manifest import differences_from_run
+    from memjax.results import RunDir
 
     def recorded(data, run):
         RunDir(tmp_path / run).start("consistency", {"data": data})

@@ -25,7 +25,7 @@ CIFAR10_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["
 def import_dataset(name: str, source: str | Path, out: str | Path) -> Path:
     """Write out/<name>.npz from the official files at `source`; returns its path.
     name: mnist | cifar10. Refuses to replace an existing file."""
-    from memjax.results import atomic_path
+    from memjax.files import atomic_path
 
     readers = {"mnist": mnist_arrays, "cifar10": cifar10_arrays}
     if name not in readers:
