@@ -4,7 +4,7 @@
 #   2. memjax bench --preset gpu (at most about 4 min)       -> $OUT/<date>-<device>.{json,md}
 #   3. LASS in TF32 against full float32 on the paper's CNN  -> $OUT/lass-precision.json
 #      (benchmarks/lass_precision.py; data .devdata/cifar10-8k.npz)
-#   4. the plan against reality: the new bench record joins benchmarks/results/ (of this
+#   4. the plan against reality: the new bench record joins memjax/records/ (of this
 #      copy), then benchmarks/plan_check.py plans and runs consistency at the paper preset
 #      (data .devdata/mnist.npz)                              -> $OUT/plan-paper-*.{json,md}
 #   5. a short table of all of it, printed last              -> $OUT/summary.txt
@@ -77,8 +77,8 @@ step "LASS precision" "${MEMJAX_LASS_TIMEOUT:-150}" \
   "${PYM[@]}" memjax.benchmarks.lass_precision "${LASS_ARGS[@]}" --out "$OUT/lass-precision.json"
 
 if [ "${MEMJAX_CHECK_STUDY:-1}" != 0 ]; then
-  # the plan reads its rates from benchmarks/results/: the record just made joins them
-  [ "$CHECK" = cpu ] || cp "$WORK"/bench/*.json benchmarks/results/ 2>/dev/null
+  # the plan reads its rates from memjax/records/: the record just made joins them
+  [ "$CHECK" = cpu ] || cp "$WORK"/bench/*.json memjax/records/ 2>/dev/null
   step "plan check ${PLAN_ARGS[*]}" "${MEMJAX_PLAN_TIMEOUT:-180}" \
     "${PYM[@]}" memjax.benchmarks.plan_check "${PLAN_ARGS[@]}" --out "$OUT" --runs "$WORK/runs"
 fi

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from memjax.config import env_number
+from memjax.records import bench_records
 
 try:  # jax >= 0.4.33 moved the core types here
     from jax.extend.core import ClosedJaxpr, Jaxpr
@@ -181,7 +182,7 @@ class ConvPlan:
 
 def recorded_conv_forms(records: list[dict], device_kind: str,
                         compute_dtype: str) -> tuple[dict | None, list[dict]]:
-    """(record, rows): the newest of `records` (oldest first, as memjax.plan.records()
+    """(record, rows): the newest of `records` (oldest first, as memjax.records.bench_records()
     gives them) made on an accelerator of kind `device_kind` whose CONV_CASE rows name their
     convolution form, and those of its rows in `compute_dtype` that ran (they carry
     "conv_form", "member_chunk", "compute_dtype", "norm_in_compute_dtype")."""
@@ -206,7 +207,7 @@ def plan_conv_form(compute_dtype: str = "float32", *, device_kind: str | None = 
 
     CPUs keep the default: their bench rows come from a narrow CNN on a shared machine, and
     a CPU run's results stay what they were. device_kind, platform: of the first local
-    device unless given; records: memjax.plan.records() unless given (tests pass fakes)."""
+    device unless given; records: memjax.records.bench_records() unless given (tests pass fakes)."""
     if device_kind is None or platform is None:
         device = jax.local_devices()[0]
         device_kind = device.device_kind if device_kind is None else device_kind
@@ -214,8 +215,6 @@ def plan_conv_form(compute_dtype: str = "float32", *, device_kind: str | None = 
     if platform == "cpu":
         return ConvPlan(source="default (CPUs keep it)")
     if records is None:
-        from memjax.plan import records as bench_records  # (memjax.plan imports the trainer)
-
         records = bench_records()
     record, rows = recorded_conv_forms(records, device_kind, compute_dtype)
     if not rows:

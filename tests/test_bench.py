@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from memjax.benchmarks import harness, roofline, throughput
+from memjax.benchmarks import harness, throughput
 from memjax.cli import main
 from memjax.config import ModelConfig
+from memjax.plan import roofline
 
 
 def test_forward_macs_by_hand():

@@ -170,7 +170,7 @@ def test_planned_form_is_the_fastest_recorded_on_this_device():
         {"case": "c_cnn", "impl": "torch-loop", "model_examples_per_s": 1e9}],
         file="new.json")
     other = _record("NVIDIA H100 80GB HBM3", [_row("jax-grouped-25", 1e9, "conv", 25)])
-    records = [old, new, other]  # oldest first, as memjax.plan.records() gives them
+    records = [old, new, other]  # oldest first, as memjax.records.bench_records() gives them
     plan = memory.plan_conv_form("float32", device_kind=h200, platform="gpu", records=records)
     # the newest record of this device that has the forms, its fastest float32 row
     assert (plan.conv_form, plan.member_chunk, plan.norm_in_compute_dtype) == ("im2col", 25, False)

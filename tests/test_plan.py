@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from memjax import cost, plan
+from memjax import cost, plan, records
 from memjax.cli import main
 from memjax.config import DataConfig, ModelConfig, TrainConfig
 from memjax.data import DataShape, data_shape
@@ -202,13 +202,13 @@ def test_plan_command_prints_json_and_its_progress_on_stderr(capsys):
 
 
 def test_cpu_preset_predictions_hold_against_recorded_runs():
-    """The recorded cpu-preset runs (benchmarks/results/plan-cpu-*.json: wall times measured
+    """The recorded cpu-preset runs (memjax/records/plan-cpu-*.json: wall times measured
     on this CPU, with its roofline and checkpoint speed measured beside them) are predicted
     within 2x."""
     from memjax.reproduce import study_configs
 
     for name in ("csr", "consistency", "convergence", "noise-curves", "regularization"):
-        table = next(t for t in reversed(plan.plan_checks())
+        table = next(t for t in reversed(records.plan_checks())
                      if t["preset"] == "cpu" and name in t["studies"])
         predicted = plan.plan(study_configs("cpu", [name]), "this",
                               table["measured"])["total_seconds"]
@@ -232,3 +232,23 @@ def test_checkpoints_saved_follow_the_run_clock():
                 saved += 1
         assert plan.checkpoints_saved(seconds) == saved, seconds
     assert [plan.checkpoints_saved(s) for s in (5, 300, 900, 60_000)] == [0, 1, 2, 100]
+
+
+def test_the_plan_reads_shipped_records_and_imports_no_benchmark():
+    """The records are memjax's package data (memjax/records/), each read once with its
+    file name, dated names in date order; no library module imports a benchmark (they
+    import the library's roofline), but the `memjax bench` command that runs them."""
+    import pathlib
+    import re
+
+    bench = records.bench_records()
+    assert [r["file"] for r in bench] == sorted(r["file"] for r in bench)
+    assert {"2026-11-26-nvidia-h100-80gb-hbm3.json", "2026-12-04-nvidia-h200-c_cnn.json"} <= {
+        r["file"] for r in bench}
+    assert all(r["device"]["kind"] and r["rows"] for r in bench)
+    assert all(t["file"].startswith("plan-") and t["studies"] for t in records.plan_checks())
+    library = pathlib.Path(plan.__file__).parents[1]
+    importers = {str(p.relative_to(library)) for p in library.rglob("*.py")
+                 if re.search(r"^\s*(from|import) memjax\.benchmarks|^\s*from memjax import .*"
+                              r"\bbenchmarks\b", p.read_text(), re.M)}
+    assert importers == {"cli.py"}, importers

@@ -1,4 +1,6 @@
-"""The device's roofline, measured: peak matmul rate and memory bandwidth.
+"""The device's roofline, measured: peak matmul rate and memory bandwidth. The plan scales
+this machine's recorded rates by it (memjax.plan.rates); `memjax bench` records it beside
+its rows and reports each row's share of it.
 
 peak: the best of a few float32 matmuls at JAX's default precision (TF32 on NVIDIA GPUs,
 which the PyTorch baselines are allowed too) of n x n, FLOPs = 2 n^3.
