@@ -23,7 +23,7 @@ import numpy as np
 from memjax import dynamics
 from memjax.config import ModelConfig, TrainConfig
 from memjax.data import DataShape
-from memjax.evaluation import evaluate
+from memjax.evaluation import evaluation_program
 from memjax.memory import nbytes
 from memjax.metrics.lass import TRAINING_LASS, validation_search
 from memjax.members import Members, abstract_ensemble, epoch_program, member_view, searching
@@ -241,10 +241,8 @@ def evaluation(name: str, model: ModelConfig, train: TrainConfig, data: DataShap
     """memjax.evaluation.evaluate of `members` on `examples` inputs, run `runs` times, in the
     training's compute precision (as the Runner evaluates)."""
     network, variables = _variables(model, train, data, members)
-    cost = program_cost(
-        lambda v, x, y: evaluate(network.apply, v, x, y, chunk=train.eval_chunk,
-                                 member_chunk=train.member_chunk, mesh=member_mesh(1)),
-        variables, _images(data, examples), jax.ShapeDtypeStruct((examples,), np.int32))
+    cost = program_cost(evaluation_program(network.apply, train, member_mesh(1)), variables,
+                        _images(data, examples), jax.ShapeDtypeStruct((examples,), np.int32))
     return Step(name, "evaluate", model.kind, cost, runs, per_example=members * examples,
                 precision=train.compute_dtype, members=members)
 

@@ -12,7 +12,7 @@ import optax
 from memjax import sharding
 from memjax.chunks import map_example_chunks
 from memjax.ensemble import map_members
-from memjax.models import ApplyFn, as_float
+from memjax.models import ApplyFn, as_float, computing_in
 from memjax.views import MemberView, NoiseSource
 
 
@@ -38,6 +38,15 @@ def evaluate(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array, *, chunk:
     correct, loss = map_example_chunks(on_chunk, (x, y), chunk)
     # every host gets every member's results (one run dir)
     return sharding.everywhere({"correct": correct, "loss": loss}, correct.shape[0], mesh)
+
+
+def evaluation_program(apply_fn: ApplyFn, train, mesh=None):
+    """(variables, x, y) -> `evaluate`'s results, as a run evaluates: in the training's
+    compute precision (train.compute_dtype), train.eval_chunk examples and
+    train.member_chunk members at a time, on `mesh`. The Runner evaluates with it and
+    memjax.cost counts it, so the plan counts the program that runs."""
+    return functools.partial(evaluate, computing_in(apply_fn, train.compute_dtype),
+                             chunk=train.eval_chunk, member_chunk=train.member_chunk, mesh=mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "chunk", "member_chunk", "mesh"))

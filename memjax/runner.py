@@ -33,7 +33,7 @@ from memjax import convergence, dynamics
 from memjax.config import ModelConfig, TrainConfig
 from memjax.data import Split
 from memjax.ensemble import EnsembleState, pad_members
-from memjax.evaluation import evaluate, member_accuracy
+from memjax.evaluation import evaluation_program, member_accuracy
 from memjax.members import Members, build_ensemble, epoch_program, member_view, searching
 from memjax.models import computing_in
 from memjax.results import RunDir, check_phase_id
@@ -70,6 +70,8 @@ class Runner:
         self.apply = self.network.apply  # float32: what the metrics (LASS, sensitivity) take
         # accuracy is measured in the precision the members train in
         self._evaluate_apply = computing_in(self.apply, train.compute_dtype)
+        # (stacked variables, x, y) -> {"correct", "loss"}: the program memjax.cost counts
+        self.evaluation = evaluation_program(self.apply, train, self.mesh)
         self._base_lr = np.asarray(state.learning_rate)  # (the epoch donates the state)
         if train.record_dynamics:
             state = state.replace(dynamics=dynamics.empty(self.padded, len(split),
@@ -137,8 +139,7 @@ class Runner:
         variables = self.variables
         if members is not None:
             variables = jax.tree.map(lambda a: a[np.asarray(members)], variables)
-        out = evaluate(self._evaluate_apply, variables, x, y, chunk=self.train.eval_chunk,
-                       member_chunk=self.train.member_chunk, mesh=self.mesh)
+        out = self.evaluation(variables, x, y)
         return {k: v[:self.members] if members is None else v for k, v in out.items()}
 
     def own_accuracy(self) -> jax.Array:

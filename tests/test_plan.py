@@ -252,3 +252,27 @@ def test_the_plan_reads_shipped_records_and_imports_no_benchmark():
                  if re.search(r"^\s*(from|import) memjax\.benchmarks|^\s*from memjax import .*"
                               r"\bbenchmarks\b", p.read_text(), re.M)}
     assert importers == {"cli.py"}, importers
+
+
+def test_planned_evaluation_is_the_program_the_runner_runs():
+    """cost.evaluation counts the Runner's own evaluation program: in bf16 for members that
+    train in bf16 (it once counted a float32 one under a bf16 label)."""
+    from memjax.data import Split
+    from memjax.evaluation import evaluate
+    from memjax.runner import Runner
+
+    model = ModelConfig(kind="cnn", conv_channels=4, batchnorm=True)
+    train = TrainConfig(members=2, batch_size=16, compute_dtype="bfloat16", eval_chunk=32)
+    data = DataShape(train=64, validation=48, image_shape=(32, 32, 3), num_classes=10)
+    split = Split(np.zeros((64, 32, 32, 3), np.uint8), np.zeros(64, np.int32), np.zeros(64, bool))
+    runner = Runner(model, train, split, 10)
+    images = jax.ShapeDtypeStruct((48, 32, 32, 3), np.uint8)
+    labels = jax.ShapeDtypeStruct((48,), np.int32)
+    variables = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), runner.variables)
+    ran = cost.program_cost(runner.evaluation, variables, images, labels)
+    planned = cost.evaluation("validation", model, train, data, 2, 48, runs=1)
+    assert planned.cost == ran and planned.precision == "bfloat16"
+    float32 = cost.program_cost(  # the program the plan counted before
+        lambda v, x, y: evaluate(runner.apply, v, x, y, chunk=32, mesh=runner.mesh),
+        variables, images, labels)
+    assert float32 != ran
