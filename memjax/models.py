@@ -51,11 +51,13 @@ class Regularization(nn.Module):
             return x
         noise, rate = (("input_noise", "input_dropout") if kind == "input"
                        else ("hidden_noise", "dropout"))
-        std = strengths[noise].value
+        # The strengths are float32 variables; x stays in its (compute) dtype, or a bf16
+        # network would compute in float32 from the first regularizer on.
+        std = strengths[noise].value.astype(x.dtype)
         x = x + std * jax.random.normal(self.make_rng("dropout"), x.shape, x.dtype)
         keep = 1.0 - strengths[rate].value
         kept = jax.random.uniform(self.make_rng("dropout"), x.shape) < keep
-        return jnp.where(kept, x / jnp.maximum(keep, 1e-6), 0.0)
+        return jnp.where(kept, x / jnp.maximum(keep, 1e-6).astype(x.dtype), 0.0)
 
 
 class MLP(nn.Module):
@@ -81,8 +83,11 @@ class MLP(nn.Module):
             if regularize is not None:
                 x = regularize(x, "hidden", train)
             if self.masked:
-                # After the regularizers, so noise never switches an unused unit on.
-                x = x * self.variable("masks", f"hidden_{i}", jnp.ones, (width,), x.dtype).value
+                # After the regularizers, so noise never switches an unused unit on. The
+                # float32 mask in x's dtype (0 and 1 are exact in bf16): else a bf16 network
+                # would compute every later layer in float32.
+                mask = self.variable("masks", f"hidden_{i}", jnp.ones, (width,), x.dtype)
+                x = x * mask.value.astype(x.dtype)
         return nn.Dense(self.num_classes)(x)
 
 
