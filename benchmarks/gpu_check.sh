@@ -96,12 +96,15 @@ for path in sorted(glob.glob(os.path.join(out, "20*.json"))):
         rate, tf, sh = (row.get(k) for k in ("model_examples_per_s", "tflops", "roofline_share"))
         print(f"{row['case']:18s} {row['impl']:18s} {rate or 0:12,.0f} {tf or 0:8.2f} "
               f"{100 * (sh or 0):7.1f}%  {row.get('note', '')[:60]}")
-    for case, c in r["comparison"].items():
-        ratios = ", ".join(f"{v:.2f}{k}" for k, v in c.items() if k.startswith("x "))
-        target = c.get("target", "")
-        if target:
-            target += " MET" if c["target_met"] else " MISSED"
-        print(f"  {case}: best {c['best_jax']}: {ratios} {target}")
+    for case, entry in r["comparison"].items():
+        for label, c in ((case, entry), (f"{case} (bf16)", entry.get("bf16"))):
+            if not c:
+                continue
+            ratios = ", ".join(f"{v:.2f}{k}" for k, v in c.items() if k.startswith("x "))
+            target = c.get("target", "")
+            if target:
+                target += " MET" if c["target_met"] else " MISSED"
+            print(f"  {label}: best {c['best_jax']}: {ratios} {target}")
     print("case wall times (s):", r.get("case_wall_s"))
 lass = os.path.join(out, "lass-precision.json")
 if os.path.exists(lass):

@@ -9,17 +9,21 @@ synthetic device-resident uint8 data; e1: the consistency study's cpu preset (10
 2 x 256 on the embedded MNIST subset); f_cscore: the C-score protocol's training (members on
 their own 50 % subsets). Implementations, all timed in the same run:
   jax-ensemble        memjax's jitted epoch, members vmapped (planned chunks)
+  jax-ensemble-bf16   (MLPs) the same in bf16 compute, float32 master weights
+                      (TrainConfig(compute_dtype="bfloat16")), compared with torch-bmm-bf16
   jax-one-at-a-time   the same jitted epoch on one member at a time (a Python loop)
   plain-jax           (MLPs) reference: a straightforward vmap + scan of plain SGD, without
                       memjax's per-member features; what those features cost
   jax-lax.map, jax-grouped-K, jax-im2col-K, jax-vmap and their -bf16 / -bf16-bn rows
                       (CNN) the convolution forms (`cnn_forms`, memjax.models.CONV_FORMS),
-                      each trained by the Runner as TrainConfig selects it; bf16 rows are
-                      reported, left out of the TF32 comparisons
+                      each trained by the Runner as TrainConfig selects it
   torch-*             PyTorch baselines (benchmarks/torch_baselines.py) when torch imports
+bf16 rows are left out of the TF32 comparisons; the MLPs' are compared in bf16 with
+torch-bmm-bf16 (harness.BF16_TARGETS).
 Serial baselines time `serial` members and report their rate (the rate of a loop does not
 depend on how many members it runs). The gpu preset keeps 100 members and times fewer
-steps so the whole benchmark fits in a few minutes of one H100.
+steps so the whole benchmark fits in a few minutes of one H100. Each row records its wall
+time (`wall_s`: set-up, compilation, warm-up and timed runs), what sizes the presets.
 """
 from __future__ import annotations
 
@@ -58,8 +62,11 @@ def _presets() -> dict[str, dict[str, Case]]:
     mlp, cnn = (28, 28, 1), (32, 32, 3)
     return {
         "gpu": {
-            "a_mlp512": Case(ModelConfig(hidden=(512, 512)), mlp, 100, 300, 5),
-            "b_mlp4096": Case(ModelConfig(hidden=(4096, 4096)), mlp, 100, 40, 5),
+            # 2 serial members: each of jax-one-at-a-time's is a program of its own to compile
+            # (about 5 s on an H100), the rate of a loop does not depend on how many it runs,
+            # and the bf16 rows need the time (a, b and c: about 4 minutes of an H200)
+            "a_mlp512": Case(ModelConfig(hidden=(512, 512)), mlp, 100, 300, 2),
+            "b_mlp4096": Case(ModelConfig(hidden=(4096, 4096)), mlp, 100, 40, 2),
             # (one vmap over all 100 ran out of memory on an H200: 42.5 GiB for one buffer)
             "c_cnn": Case(ModelConfig(kind="cnn", conv_channels=200, batchnorm=True), cnn, 100,
                           6, 2, 0.9),
@@ -164,10 +171,10 @@ def jax_ensemble_row(case: Case, x, y, chunk=None, impl="jax-ensemble", repeats=
     seconds = _timed(runner.epoch, repeats)  # (the epoch ends with its metrics on the host)
     row = {"impl": impl, "members": case.members, "member_chunk": chunk,
            "model_examples_per_s": case.members * len(y) / seconds, "seconds": seconds,
-           "compile_s": compile_s}
+           "compile_s": compile_s, "compute_dtype": compute_dtype}
     if case.model.kind == "cnn":
         module = runner.network.module
-        row.update(conv_form=module.conv_form, compute_dtype=compute_dtype,
+        row.update(conv_form=module.conv_form,
                    norm_in_compute_dtype=module.norm_in_compute_dtype,
                    member_chunk=runner.placement()["member_chunk"])
     return row
@@ -276,6 +283,11 @@ def run_case(name: str, preset: str) -> list[dict]:
     x, y = jax.device_put(x), jax.device_put(y)
     if case.model.kind != "cnn":
         rows.append(_guarded(lambda: jax_ensemble_row(case, x, y), "jax-ensemble", case))
+        # memjax.plan reads this impl name for bfloat16 programs (its IMPLS)
+        rows.append(_guarded(lambda: {**jax_ensemble_row(
+            case, x, y, impl="jax-ensemble-bf16", compute_dtype="bfloat16"),
+            "note": "bf16 compute, float32 master weights: compared with torch-bmm-bf16"},
+            "jax-ensemble-bf16", case))
     rows.append(_guarded(lambda: jax_one_at_a_time_row(case, x, y), "jax-one-at-a-time", case))
     if case.model.kind == "mlp" and not case.momentum:
         rows.append(_guarded(lambda: plain_jax_row(case, x, y), "plain-jax", case))
@@ -288,13 +300,17 @@ def run_case(name: str, preset: str) -> list[dict]:
 
 
 def _guarded(fn, impl: str, case: Case) -> dict:
-    """A failing implementation (out of memory above all) becomes a row that says so."""
+    """fn's row with its wall time (wall_s: what the row costs the bench, compilation
+    included); a failing implementation (out of memory above all) becomes a row that says
+    so."""
+    start = time.perf_counter()
     try:
-        return fn()
+        row = fn()
     except Exception as e:  # reported, not raised: the other implementations still run
         message = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        return {"impl": impl, "members": case.members, "model_examples_per_s": None,
-                "seconds": None, "note": f"failed: {message}"}
+        row = {"impl": impl, "members": case.members, "model_examples_per_s": None,
+               "seconds": None, "note": f"failed: {message}"}
+    return {**row, "wall_s": round(time.perf_counter() - start, 1)}
 
 
 def _torch_rows(case: Case, x: np.ndarray, y: np.ndarray) -> list[dict]:

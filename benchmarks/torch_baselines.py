@@ -4,6 +4,8 @@
   torch-loop   one nn.Module and optimizer per member, trained one after another
   torch-func   torch.func ensemble: stack_module_state + vmap(grad(functional_call))
   torch-bmm    MLPs hand-batched with torch.baddbmm over a [members, in, out] weight stack
+  torch-bmm-bf16  the same in bf16 autocast: bf16 matmuls on float32 master weights, the
+               loss and the update in float32 (the precision of memjax's jax-ensemble-bf16)
 and, for benchmarks/metrics.py, per-model loops of LASS (`lass_loop`) and loss sensitivity
 (`sensitivity_loop`) that run the same algorithm as memjax.metrics.
 Training: same models, batch, learning rate (0.01) and momentum as the JAX side; each member its own
@@ -116,7 +118,8 @@ def _row(impl: str, members: int, examples: int, seconds: float, note: str = "")
 def per_model_loop(case, x, y) -> dict:
     X, Y = _data(x, y)
     dev = _device()
-    models = [_model(case).to(dev) for _ in range(case.serial)]
+    with torch.device(dev):  # initialized where they train (not on the host, then copied)
+        models = [_model(case) for _ in range(case.serial)]
     opts = [torch.optim.SGD(m.parameters(), lr=LEARNING_RATE, momentum=case.momentum)
             for m in models]
     order = _orders(case.serial, len(y), case.batch)
@@ -142,7 +145,8 @@ def func_ensemble(case, x, y) -> dict:
 
     X, Y = _data(x, y)
     dev = _device()
-    models = [replace_all_batch_norm_modules_(_model(case).to(dev)) for _ in range(case.members)]
+    with torch.device(dev):  # 100 MLP-4096s are 8 GB: initialized on the device, not the host
+        models = [replace_all_batch_norm_modules_(_model(case)) for _ in range(case.members)]
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
     velocity = {k: torch.zeros_like(v) for k, v in params.items()}
@@ -169,9 +173,14 @@ def func_ensemble(case, x, y) -> dict:
     return _row("torch-func", case.members, order.shape[1] * case.batch, seconds, note)
 
 
-def bmm_ensemble(case, x, y) -> dict:
+def bmm_ensemble(case, x, y, bf16: bool = False) -> dict:
+    """bf16: the forward and backward matmuls in bf16 autocast (the weights cast once a
+    step, the backward pass reading the forward's bf16 copies), float32 master weights,
+    gradients and update; the cross-entropy in float32 (autocast's rule, as memjax
+    computes it)."""
     X, Y = _data(x, y)
     dev = _device()
+    precision = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
     m = case.members
     widths = (int(np.prod(case.image)),) + tuple(case.model.hidden) + (10,)
     weights, biases = [], []
@@ -185,18 +194,22 @@ def bmm_ensemble(case, x, y) -> dict:
     def run(warmup: bool):
         for s in range(1 if warmup else order.shape[1]):
             idx = order[:, s]
-            h = _prep(X[idx]).reshape(m, case.batch, -1)
-            for i, (w, b) in enumerate(zip(weights, biases)):
-                h = torch.baddbmm(b, h, w)
-                if i < len(weights) - 1:
-                    h = F.relu(h)
-            # sum over members of each member's mean loss: member-wise mean gradients
-            loss = F.cross_entropy(h.reshape(m * case.batch, -1), Y[idx].reshape(-1)) * m
+            with precision:
+                h = _prep(X[idx]).reshape(m, case.batch, -1)
+                for i, (w, b) in enumerate(zip(weights, biases)):
+                    h = torch.baddbmm(b, h, w)
+                    if i < len(weights) - 1:
+                        h = F.relu(h)
+                # sum over members of each member's mean loss: member-wise mean gradients
+                loss = F.cross_entropy(h.reshape(m * case.batch, -1), Y[idx].reshape(-1)) * m
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
                 torch._foreach_add_(params, grads, alpha=-LEARNING_RATE)
 
     seconds = _timed(run)
+    if bf16:
+        return _row("torch-bmm-bf16", m, order.shape[1] * case.batch, seconds,
+                    "bf16 autocast, float32 master weights")
     return _row("torch-bmm", m, order.shape[1] * case.batch, seconds)
 
 
@@ -282,4 +295,5 @@ def baselines(case) -> dict:
     found = {"torch-loop": per_model_loop, "torch-func": func_ensemble}
     if case.model.kind == "mlp" and not case.momentum:
         found["torch-bmm"] = bmm_ensemble
+        found["torch-bmm-bf16"] = lambda case, x, y: bmm_ensemble(case, x, y, bf16=True)
     return found
