@@ -52,6 +52,14 @@ else
   for entry in "$PWD"/memjax/*; do ln -s "$entry" "$SHIM/memjax/"; done
   ln -s "$PWD/experiments" "$SHIM/memjax/experiments"
   ln -s "$PWD/benchmarks" "$SHIM/memjax/benchmarks"
+  # the studies and the bench are found through pyproject's entry points: a dist-info
+  # beside the links carries them
+  mkdir "$SHIM/memjax-0.0.dist-info"
+  printf 'Metadata-Version: 2.1\nName: memjax\nVersion: 0.0\n' >"$SHIM/memjax-0.0.dist-info/METADATA"
+  "$PY" -c 'import sys, tomllib
+for group, entries in tomllib.load(open(sys.argv[1], "rb"))["project"]["entry-points"].items():
+    print(f"[{group}]", *(f"{k} = {v}" for k, v in entries.items()), sep="\n")' \
+    "$PWD/pyproject.toml" >"$SHIM/memjax-0.0.dist-info/entry_points.txt"
   export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
   PYM=("$PY" -P -m)  # -P: the repository's own memjax/ must not shadow the links
 fi

@@ -30,6 +30,10 @@ from memjax.members import Members
 from memjax.runner import Runner
 
 
+# PAPER.md's experiment: `memjax reproduce` runs the studies that have one, in its order
+EXPERIMENT = "E3"
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)

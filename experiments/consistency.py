@@ -33,6 +33,10 @@ from memjax.runner import Runner
 CONDITIONS = ("real", "randX", "randY")
 
 
+# PAPER.md's experiment: `memjax reproduce` runs the studies that have one, in its order
+EXPERIMENT = "E1"
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)

@@ -45,6 +45,10 @@ ANCHOR_TRAIN = TrainConfig(members=1, epochs=10, batch_size=128, learning_rate=0
                            momentum=0.9)
 
 
+# No experiment of PAPER.md: `memjax reproduce` runs it only when named (--only)
+EXPERIMENT = None
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)

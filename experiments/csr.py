@@ -37,6 +37,10 @@ from memjax.runner import Runner
 CONDITIONS = ("real", "randX", "randY")
 
 
+# PAPER.md's experiment: `memjax reproduce` runs the studies that have one, in its order
+EXPERIMENT = "E5"
+
+
 @dataclass(frozen=True)
 class Config:
     """protocol: how LASS searches (memjax.metrics.PROTOCOLS). "authors" (the authors'

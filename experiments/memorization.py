@@ -42,6 +42,10 @@ from memjax.members import Members
 from memjax.runner import Runner
 
 
+# No experiment of PAPER.md: `memjax reproduce` runs it only when named (--only)
+EXPERIMENT = None
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)

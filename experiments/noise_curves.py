@@ -41,6 +41,10 @@ from memjax.runner import Runner
 CNN_TRAIN = TrainConfig(members=1, epochs=100, momentum=0.9, lr_halving_epochs=15)
 
 
+# PAPER.md's experiment: `memjax reproduce` runs the studies that have one, in its order
+EXPERIMENT = "E6"
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)

@@ -40,6 +40,10 @@ from memjax.runner import Runner
 STRENGTH_REGULARIZERS = REGULARIZERS + ("weight_decay",)
 
 
+# PAPER.md's experiment: `memjax reproduce` runs the studies that have one, in its order
+EXPERIMENT = "E7"
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=lambda: DataConfig(name="cifar10"))

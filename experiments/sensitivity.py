@@ -39,6 +39,10 @@ CONDITIONS = {"real": ("real", False), "randX": ("randX", False), "randY": ("ran
               "real_per_example": ("real", True), "randX_per_example": ("randX", True)}
 
 
+# PAPER.md's experiment: `memjax reproduce` runs the studies that have one, in its order
+EXPERIMENT = "E2"
+
+
 @dataclass(frozen=True)
 class Config:
     """every: SGD steps between the chosen steps t (g_x^t is computed at t = every,

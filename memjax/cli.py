@@ -17,11 +17,9 @@ from memjax.errors import MemjaxError
 
 
 def _experiment(name: str):
-    from memjax.experiments import STUDIES
+    from memjax.studies import study
 
-    if name not in STUDIES:
-        raise MemjaxError(f"unknown experiment {name!r}; known: {', '.join(STUDIES)}")
-    return importlib.import_module(f"memjax.experiments.{STUDIES[name]}")
+    return study(name)
 
 
 # The flags every `memjax run NAME` accepts, and the config field each one sets.
@@ -130,12 +128,14 @@ def _print_summary(result: dict) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from memjax.experiments import SCORES, STUDIES
+    from memjax.studies import registered
 
-    for name in STUDIES:
-        if name == next(iter(SCORES)):
-            print("\nper-example scores (not part of `memjax reproduce` unless named):")
-        first = " ".join(_experiment(name).__doc__.strip().split("\n\n")[0].split())
+    modules = registered()
+    for name, module in modules.items():
+        if module.EXPERIMENT is None and name == next(n for n, m in modules.items()
+                                                      if m.EXPERIMENT is None):
+            print("\nbeyond the paper (not part of `memjax reproduce` unless named):")
+        first = " ".join(module.__doc__.strip().split("\n\n")[0].split())
         print(textwrap.fill(first, 92, initial_indent=f"{name:15s}", subsequent_indent=" " * 15))
     return 0
 
@@ -154,8 +154,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # JAX would otherwise take 75 % of a GPU's memory up front, before the PyTorch rows run
     # (read when JAX first touches the device, which has not happened yet)
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    from memjax.benchmarks import harness
+    from importlib.metadata import entry_points
 
+    # the bench registers itself (pyproject's memjax.bench entry point): the library
+    # imports no benchmark by name
+    (entry,) = entry_points(group="memjax.bench")
+    harness = entry.load()
     only = _names(args.cases, "--cases")
     record = harness.run(args.preset, only, args.out)
     print(harness.markdown(record), end="")

@@ -90,7 +90,7 @@ def table(presets: dict) -> str:
 
 def studies() -> dict:
     """{study name: its module}, every registered study."""
-    from memjax.reproduce import registered
+    from memjax.studies import registered
 
     return registered()
 

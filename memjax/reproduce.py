@@ -9,7 +9,6 @@ tested). Nothing in the report is a fixed sentence about the results.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import traceback
@@ -21,6 +20,7 @@ from memjax.errors import MemjaxError
 from memjax.files import atomic_path
 from memjax.manifest import differences_from_run, read_manifest
 from memjax.results import RunDir
+from memjax.studies import registered
 
 # PAPER.md, "Headline claims the tool must be able to show" (the claims, not the verdicts).
 CLAIMS = {
@@ -32,21 +32,10 @@ CLAIMS = {
 }
 
 
-def registered() -> dict[str, object]:
-    """Every study's module: the paper's (EXPERIMENTS, run by default) first, then the
-    per-example score studies (SCORES, run when named)."""
-    from memjax.experiments import STUDIES
-
-    return {name: importlib.import_module(f"memjax.experiments.{module}")
-            for name, module in STUDIES.items()}
-
-
 def default_names(out: Path | None = None) -> list[str]:
-    """The paper's studies, and any score study already run in `out`."""
-    from memjax.experiments import EXPERIMENTS, SCORES
-
-    return list(EXPERIMENTS) + [n for n in SCORES
-                                if out is not None and (out / n / "manifest.json").exists()]
+    """The paper's studies, and any other study already run in `out`."""
+    return [n for n, module in registered().items() if module.EXPERIMENT is not None
+            or out is not None and (out / n / "manifest.json").exists()]
 
 
 def check_config(module, config) -> None:

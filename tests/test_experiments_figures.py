@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from memjax.data import Split
-from memjax.experiments import STUDIES
 from memjax.experiments.common import example_figure
-from memjax.reproduce import check_config, registered
+from memjax.reproduce import check_config
+from memjax.studies import registered
 from memjax.results import RunDir
 
 
@@ -39,7 +39,7 @@ def saved_figures(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(STUDIES))
+@pytest.mark.parametrize("name", list(registered()))
 def test_every_figure_of_a_smoke_run_has_a_title(name, tmp_path, saved_figures):
     module = registered()[name]
     config = module.PRESETS["smoke"]
