@@ -19,8 +19,8 @@
 # Rehearse on a CPU (cpu bench preset, a narrow CNN on .devdata/cifar10-small.npz, 600/100
 # images made the same way, and the smoke consistency study on the embedded data):
 #   MEMJAX_CHECK=cpu OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh
-# MEMJAX_BENCH_CASES=a_mlp512,c_cnn limits the bench to those cases; MEMJAX_BENCH_TIMEOUT
-# (seconds, default 260) bounds it; MEMJAX_CHECK_STUDY=0 skips the plan check's study run.
+# MEMJAX_BENCH_CASES (default a_mlp512,b_mlp4096,c_cnn; "all": the whole gpu preset) picks
+# the bench cases; MEMJAX_BENCH_TIMEOUT (seconds, default 260) bounds it; MEMJAX_CHECK_STUDY=0 skips the plan check's study run.
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
@@ -74,8 +74,10 @@ else
   LASS_ARGS=(--data npz:.devdata/cifar10-8k.npz --epochs 4 --members 3 --examples 500)
   export MEMJAX_DATA_DIR="$PWD/.devdata"
 fi
-CASES=()
-[ -n "${MEMJAX_BENCH_CASES:-}" ] && CASES=(--cases "$MEMJAX_BENCH_CASES")
+# the cases whose rows the plan and the planned convolution form read (the whole gpu
+# preset, metric cases included, runs past 4 minutes): MEMJAX_BENCH_CASES=all for all
+CASES=(--cases "${MEMJAX_BENCH_CASES:-a_mlp512,b_mlp4096,c_cnn}")
+[ "${MEMJAX_BENCH_CASES:-}" = all ] && CASES=()
 
 step "bench --preset $BENCH_PRESET" "${MEMJAX_BENCH_TIMEOUT:-260}" \
   "${PYM[@]}" memjax.cli bench --preset "$BENCH_PRESET" "${CASES[@]}" --out "$WORK/bench"
