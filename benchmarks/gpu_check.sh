@@ -97,25 +97,10 @@ stamp "summary"
 "$PY" - "$OUT" "$WORK" <<'EOF' | tee "$OUT/summary.txt"
 import glob, json, os, sys
 out, work = sys.argv[1:3]
-for path in sorted(glob.glob(os.path.join(out, "20*.json"))):
-    r = json.load(open(path))
-    print(f"bench {os.path.basename(path)}: {r['device']['kind']}, roofline "
-          f"{r['roofline']['peak_tflops']:.1f} TFLOP/s, {r['roofline']['bandwidth_gbs']:.0f} GB/s")
-    print(f"{'case':18s} {'impl':18s} {'model-ex/s':>12s} {'TFLOP/s':>8s} {'roofline':>8s}  note")
-    for row in r["rows"]:
-        rate, tf, sh = (row.get(k) for k in ("model_examples_per_s", "tflops", "roofline_share"))
-        print(f"{row['case']:18s} {row['impl']:18s} {rate or 0:12,.0f} {tf or 0:8.2f} "
-              f"{100 * (sh or 0):7.1f}%  {row.get('note', '')[:60]}")
-    for case, entry in r["comparison"].items():
-        for label, c in ((case, entry), (f"{case} (bf16)", entry.get("bf16"))):
-            if not c:
-                continue
-            ratios = ", ".join(f"{v:.2f}{k}" for k, v in c.items() if k.startswith("x "))
-            target = c.get("target", "")
-            if target:
-                target += " MET" if c["target_met"] else " MISSED"
-            print(f"  {label}: best {c['best_jax']}: {ratios} {target}")
-    print("case wall times (s):", r.get("case_wall_s"))
+for path in sorted(glob.glob(os.path.join(out, "20*.md"))):  # the bench record, as it wrote it
+    print(open(path).read())
+    record = json.load(open(path[:-3] + ".json"))
+    print("case wall times (s):", record.get("case_wall_s"))
 lass = os.path.join(out, "lass-precision.json")
 if os.path.exists(lass):
     for cond, c in json.load(open(lass))["conditions"].items():
