@@ -237,7 +237,7 @@ def test_checkpoints_saved_follow_the_run_clock():
 def test_the_plan_reads_shipped_records_and_imports_no_benchmark():
     """The records are memjax's package data (memjax/records/), each read once with its
     file name, dated names in date order; no library module imports a benchmark (they
-    import the library's roofline), but the `memjax bench` command that runs them."""
+    import the library's roofline), but at most the `memjax bench` command that runs them."""
     import pathlib
     import re
 
@@ -251,7 +251,7 @@ def test_the_plan_reads_shipped_records_and_imports_no_benchmark():
     importers = {str(p.relative_to(library)) for p in library.rglob("*.py")
                  if re.search(r"^\s*(from|import) memjax\.benchmarks|^\s*from memjax import .*"
                               r"\bbenchmarks\b", p.read_text(), re.M)}
-    assert importers == {"cli.py"}, importers
+    assert importers <= {"cli.py"}, importers  # (the `memjax bench` command, at most)
 
 
 def test_planned_evaluation_is_the_program_the_runner_runs():
