@@ -207,7 +207,8 @@ def plan_conv_form(compute_dtype: str = "float32", *, device_kind: str | None = 
 
     CPUs keep the default: their bench rows come from a narrow CNN on a shared machine, and
     a CPU run's results stay what they were. device_kind, platform: of the first local
-    device unless given; records: memjax.records.bench_records() unless given (tests pass fakes)."""
+    device unless given; records: memjax.records.bench_records() unless given (tests pass
+    fakes)."""
     if device_kind is None or platform is None:
         device = jax.local_devices()[0]
         device_kind = device.device_kind if device_kind is None else device_kind
