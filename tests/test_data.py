@@ -204,7 +204,11 @@ def test_reachable_gives_up_on_a_name_lookup_that_hangs(monkeypatch):
 
     monkeypatch.delenv("https_proxy", raising=False)
     monkeypatch.delenv("HTTPS_PROXY", raising=False)
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: time.sleep(3))
+    def dead_resolver(*args, **kwargs):  # answers, as a real one does, long after
+        time.sleep(3)
+        raise socket.gaierror("Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", dead_resolver)
     started = time.perf_counter()
     assert not reachable("storage.googleapis.com", timeout=0.2)
     assert time.perf_counter() - started < 1
