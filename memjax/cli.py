@@ -131,9 +131,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     from memjax.studies import registered
 
     modules = registered()
+    first_other = next((n for n, m in modules.items() if m.EXPERIMENT is None), None)
     for name, module in modules.items():
-        if module.EXPERIMENT is None and name == next(n for n, m in modules.items()
-                                                      if m.EXPERIMENT is None):
+        if name == first_other:
             print("\nbeyond the paper (not part of `memjax reproduce` unless named):")
         first = " ".join(module.__doc__.strip().split("\n\n")[0].split())
         print(textwrap.fill(first, 92, initial_indent=f"{name:15s}", subsequent_indent=" " * 15))
