@@ -118,6 +118,15 @@ def compare(rows: list[dict], preset: str) -> dict:
     return out
 
 
+def record_stem(date: str, device: str, preset: str, platform: str,
+                cases: list[str] | None) -> str:
+    """The record's file name without its suffix: <date>-<device>[-<preset> where it is not
+    the device's own][-<case>-<case>... for a partial run, which never replaces the record of
+    a whole one]. Letters, digits, ".", "_" and "-" only, as the device tool returns."""
+    stem = f"{date}-{device}" + (f"-{preset}" if platform != preset else "")
+    return stem + ("-" + "-".join(cases) if cases else "")
+
+
 def run(preset: str, only: list[str] | None = None, out_dir: str | Path = "memjax/records",
         log=print) -> dict:
     """Run the benchmark (every case, or `only` those); returns the record written to
@@ -142,13 +151,10 @@ def run(preset: str, only: list[str] | None = None, out_dir: str | Path = "memja
         f"{peaks['bandwidth_gbs']:.0f} GB/s")
     import jax
 
-    stem = f"{time.strftime('%Y-%m-%d', time.gmtime())}-{device_name()}"
     platform = "cpu" if jax.devices()[0].platform == "cpu" else "gpu"
-    if platform != preset:
-        stem += f"-{preset}"
-    if only:  # a partial run never replaces the record of a whole one
-        stem += "-" + "+".join(name for name in cases if name in only)
-    stem = out_dir / stem
+    partial = [name for name in cases if name in only] if only else None
+    stem = out_dir / record_stem(time.strftime('%Y-%m-%d', time.gmtime()), device_name(), preset,
+                                 platform, partial)
     rows: list[dict] = []
     case_wall: dict[str, float] = {}
 

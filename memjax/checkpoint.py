@@ -2,8 +2,9 @@
 
 A phase (one ensemble trained for some epochs) keeps its checkpoints in its own folder,
 `run_dir/checkpoints/<phase>/<epoch>/`, written by orbax's CheckpointManager at epoch
-boundaries (every N epochs, or by time: `SaveClock`), asynchronously (the device-to-host copy happens before `save` returns, so the
-next epoch may donate the state's buffers; the file writes overlap with training). Each
+boundaries (every N epochs, or by time: `SaveClock`), asynchronously (the device-to-host
+copy happens before `save` returns, so the next epoch may donate the state's buffers; the
+file writes overlap with training). Each
 checkpoint holds the EnsembleState and a small JSON dict of host-side progress (e.g. how
 many metrics.jsonl records the run had written). Every key is a stateless function of
 (seed, member, epoch, step), so restoring the state at an epoch boundary continues the

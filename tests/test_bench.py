@@ -279,3 +279,15 @@ def test_unrolled_case_counts_its_work_with_xla(monkeypatch):
     # at least a training step's forward and backward pass per model-example
     assert row["flops_per_model_example"] > 6 * (196 * 16 + 16 * 16 + 16 * 10)
     assert row["model_examples_per_s"] == pytest.approx(2 * 200 / row["seconds"])
+
+
+def test_record_names_are_plain():
+    """Letters, digits, '.', '_' and '-' only: the device tool drops other names ('+')."""
+    import re
+
+    from memjax.benchmarks.harness import record_stem
+
+    stem = record_stem("2026-12-04", "nvidia-h200", "gpu", "gpu", ["a_mlp512", "c_cnn"])
+    assert stem == "2026-12-04-nvidia-h200-a_mlp512-c_cnn"
+    assert record_stem("2026-12-04", "cpu", "gpu", "cpu", None) == "2026-12-04-cpu-gpu"
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", stem)
