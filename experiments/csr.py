@@ -165,21 +165,24 @@ def run(config: Config, run_dir: RunDir) -> dict:
         history["lass_iterations"] = history["lass_iterations"] / (runner.members * searched)
         for name, values in history.items():
             arrays[f"{name}_{condition}"] = values  # [epochs, M] (iterations: [epochs])
-        csr = arrays[f"csr_{condition}"]
-        summary[condition] = {
-            "csr_first_epoch": float(csr[0].mean()), "csr_last_epoch": float(csr[-1].mean()),
-            "csr_max_epoch_mean": float(csr.mean(1).max()),
-            "validation_accuracy_last": float(arrays[f"validation_accuracy_{condition}"][-1].mean()),
-            "train_accuracy_last": float(arrays[f"train_accuracy_{condition}"][-1].mean()),
-            # what was searched each epoch (examples None: the whole validation split)
-            "examples_searched": int(searched), "protocol": config.protocol,
-            "lass_scale": scale,
-        }
+        summary[condition] = {**_summary(arrays, condition), "protocol": config.protocol,
+                              # what was searched each epoch (None: the whole validation split)
+                              "examples_searched": int(searched), "lass_scale": scale}
     arrays["epochs"] = np.arange(1, tc.epochs + 1)
     run_dir.write_npz("results.npz", arrays)
     run_dir.write_json("summary.json", summary)
     _figure(arrays, config.conditions, run_dir)
     return {"summary": summary, "model_examples_per_second": model_examples / max(seconds, 1e-9)}
+
+
+def _summary(arrays: dict, condition: str) -> dict:
+    """A condition's CSR at its first and last epoch and at its highest epoch mean, and its
+    accuracies after the last epoch (means over members)."""
+    csr = arrays[f"csr_{condition}"]
+    return {"csr_first_epoch": float(csr[0].mean()), "csr_last_epoch": float(csr[-1].mean()),
+            "csr_max_epoch_mean": float(csr.mean(1).max()),
+            "validation_accuracy_last": float(arrays[f"validation_accuracy_{condition}"][-1].mean()),
+            "train_accuracy_last": float(arrays[f"train_accuracy_{condition}"][-1].mean())}
 
 
 def _figure(arrays: dict, conditions, run_dir: RunDir) -> None:
