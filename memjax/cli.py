@@ -128,10 +128,10 @@ def _print_summary(result: dict) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from memjax.studies import registered
+    from memjax.studies import experiment_of, registered
 
     modules = registered()
-    first_other = next((n for n, m in modules.items() if m.EXPERIMENT is None), None)
+    first_other = next((n for n, m in modules.items() if experiment_of(m) is None), None)
     for name, module in modules.items():
         if name == first_other:
             print("\nbeyond the paper (not part of `memjax reproduce` unless named):")

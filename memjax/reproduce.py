@@ -20,7 +20,7 @@ from memjax.errors import MemjaxError
 from memjax.files import atomic_path
 from memjax.manifest import differences_from_run, read_manifest
 from memjax.results import RunDir
-from memjax.studies import registered
+from memjax.studies import experiment_of, registered
 
 # PAPER.md, "Headline claims the tool must be able to show" (the claims, not the verdicts).
 CLAIMS = {
@@ -34,7 +34,7 @@ CLAIMS = {
 
 def default_names(out: Path | None = None) -> list[str]:
     """The paper's studies, and any other study already run in `out`."""
-    return [n for n, module in registered().items() if module.EXPERIMENT is not None
+    return [n for n, module in registered().items() if experiment_of(module) is not None
             or out is not None and (out / n / "manifest.json").exists()]
 
 

@@ -5,8 +5,8 @@ package may register its own), so the library imports no study by name.
 A study module holds a frozen `Config`, its `PRESETS` (smoke / cpu / paper), `check(config)`
 (what the config alone shows wrong), `run(config, run_dir) -> dict`, `evidence(summary)`
 (the lines `memjax reproduce` puts under PAPER.md's claims) and `EXPERIMENT`: its
-experiment in PAPER.md ("E1" ...), or None for a study beyond the paper, which `memjax
-reproduce` runs only when named.
+experiment in PAPER.md ("E1" ...), or None (or absent) for a study beyond the paper,
+which `memjax reproduce` runs only when named.
 """
 from __future__ import annotations
 
@@ -25,10 +25,18 @@ def registered() -> dict[str, ModuleType]:
     if not modules:
         raise MemjaxError(f"no study is registered (entry points {GROUP!r}): install memjax "
                           f"with pip (pip install -e .)")
-    order = sorted(modules, key=lambda n: (modules[n].EXPERIMENT is None,
-                                           int(modules[n].EXPERIMENT[1:])
-                                           if modules[n].EXPERIMENT else 0, n))
-    return {n: modules[n] for n in order}
+
+    def place(name):  # the paper's experiments by number ("E5" -> 5), then the others
+        experiment = experiment_of(modules[name])
+        return experiment is None, int(experiment[1:]) if experiment else 0, name
+
+    return {n: modules[n] for n in sorted(modules, key=place)}
+
+
+def experiment_of(module: ModuleType) -> str | None:
+    """A study's experiment in PAPER.md ("E1" ...), None for one beyond it (also for a
+    registered module that does not say)."""
+    return getattr(module, "EXPERIMENT", None)
 
 
 def study(name: str) -> ModuleType:
@@ -41,4 +49,4 @@ def study(name: str) -> ModuleType:
 
 def paper_studies() -> list[str]:
     """The studies of PAPER.md's experiments, in their order: what `memjax reproduce` runs."""
-    return [n for n, m in registered().items() if m.EXPERIMENT is not None]
+    return [n for n, m in registered().items() if experiment_of(m) is not None]

@@ -21,7 +21,6 @@ def test_memjax_registers_its_studies_in_the_papers_order():
 def test_another_package_registers_a_study(tmp_path, monkeypatch):
     (tmp_path / "my_study.py").write_text(textwrap.dedent('''
         """A study of my own."""
-        EXPERIMENT = None
     '''))
     info = tmp_path / "my_study-1.0.dist-info"
     info.mkdir()
