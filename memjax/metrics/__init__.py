@@ -28,6 +28,7 @@
 from memjax.metrics.consistency import (binomial_reference, class_binomial_reference,
                                         misclassification_rate)
 from memjax.metrics.gini import gini
+from memjax.metrics.grand import grand
 from memjax.metrics.lass import (PAPER_LASS, PROTOCOLS, LassResult, authors_scale,
                                  critical_sample_ratio, lass, lass_search, validation_search)
 from memjax.metrics.scores import (ForgettingEvents, TopInfluence, aum, balanced_masks,
@@ -42,7 +43,7 @@ from memjax.metrics.unrolled import (UnrolledSensitivity, trainer_order,
 __all__ = ["PAPER_LASS", "PROTOCOLS", "ForgettingEvents", "LassResult", "TopInfluence", "UnrolledSensitivity",
            "aum", "authors_scale", "balanced_masks", "binomial_reference", "cartography",
            "class_binomial_reference", "critical_sample_ratio", "cscore", "el2n",
-           "first_learned_epoch", "forgetting_events", "gini", "holdout_consistency",
+           "first_learned_epoch", "forgetting_events", "gini", "grand", "holdout_consistency",
            "influence", "input_gradients", "lass", "lass_search", "learned_for_good_epoch",
            "loss_sensitivity", "margin", "members_holding", "memorization", "misclassification_rate",
            "per_example_norm", "trainer_order", "unrolled_loss_sensitivity", "validation_search"]

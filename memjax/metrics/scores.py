@@ -329,6 +329,7 @@ def el2n(probs: jax.Array, labels: jax.Array) -> jax.Array:
 
     Follows mansheej/data_diet (data_diet/scores.py, `get_lord_error_fn` with ord=2:
     norm(softmax(logits) - Y)), which takes logits; pass jax.nn.softmax(logits) here.
+    The paper's other score, GraNd, needs the network: memjax.metrics.grand.
     """
     p = probs.astype(jnp.float32)
     target = jax.nn.one_hot(labels, p.shape[-1], dtype=jnp.float32)
