@@ -14,19 +14,17 @@ SGD lr 0.01, 100 epochs).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterator
-
-import jax
 import numpy as np
 
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
                           check_numbers, validate)
-from memjax import cost
-from memjax.data import data_shape, load_dataset
+from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import check_sweep_members, grid, new_figure, width_buckets
 from memjax.results import RunDir
+from memjax.measurements import Evaluation
 from memjax.members import Members
+from memjax.phase import Data, Phase
 from memjax.runner import Runner
 
 
@@ -89,27 +87,25 @@ def cells(config: Config) -> dict[str, np.ndarray]:
             "level": np.array([conds[c][1] for c in cells["cond"]], float)}
 
 
-def phases(config: Config, rows: dict) -> list[tuple[ModelConfig, np.ndarray, Members]]:
-    """One ensemble per width bucket: its masked model, its members' rows and Members."""
+def buckets(config: Config, rows: dict) -> list[tuple[ModelConfig, Members]]:
+    """One ensemble per width bucket: its masked model and its Members (ids: their rows)."""
     out = []
     for model_width, members in width_buckets(rows["width"], config.bucket_limits):
         kind, level = rows["kind"][members], rows["level"][members]
-        out.append((ModelConfig(hidden=(model_width,) * len(config.model.hidden)), members,
+        out.append((ModelConfig(hidden=(model_width,) * len(config.model.hidden)),
                     Members(members, widths=rows["width"][members],
                             input_noise=np.where(kind == "randX", level, 0.0),
                             label_noise=np.where(kind == "randY", level, 0.0))))
     return out
 
 
-def work(config: Config) -> Iterator[cost.Step]:
-    """Per width bucket: the training epoch and the validation accuracy after each epoch."""
-    data, tc = data_shape(config.data), config.train
-    for model, _, members in phases(config, cells(config)):
-        width = model.hidden[0]
-        yield cost.training(f"train, width <= {width}", model, tc, data, members,
-                            epochs=tc.epochs, data_seed=config.data.data_seed)
-        yield cost.evaluation(f"validation, width <= {width}", model, tc, data, members.count,
-                              data.validation, runs=tc.epochs)
+def phases(config: Config) -> list[Phase]:
+    """Per width bucket: its members trained for `train.epochs`, their validation accuracy
+    after each epoch."""
+    return [Phase(f"width-{model.hidden[0]}", model, config.train, Data(config.data), members,
+                  desc=f"width <= {model.hidden[0]}",
+                  measurements=(Evaluation("validation_accuracy", on="validation"),))
+            for model, members in buckets(config, cells(config))]
 
 
 def run(config: Config, run_dir: RunDir) -> dict:
@@ -119,26 +115,20 @@ def run(config: Config, run_dir: RunDir) -> dict:
     table = cells(config)
     widths, kind, level = table["width"], table["kind"], table["level"]
     curves = np.zeros((config.train.epochs, len(widths)))
-    val_x, val_y = jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y)
     seconds = examples = 0.0
-    for b, (model, rows, members) in enumerate(phases(config, table)):
-        model_width = model.hidden[0]
-        runner = Runner(model, config.train, dataset.train, dataset.num_classes, members,
-                        data_seed=config.data.data_seed)
+    for b, phase in enumerate(phases(config)):
+        rows = phase.members.ids
 
         def log(epoch, record, b=b):
             return {"bucket": b, "epoch": epoch,
                     "validation_accuracy": record["validation_accuracy"].tolist(),
                     "train_accuracy": record["train_accuracy"].tolist()}
 
-        history = runner.run(config.train.epochs, phase=f"width-{model_width}",
-                             desc=f"width <= {model_width}",
-                             run_dir=run_dir, log=log, measure=lambda r, epoch: {
-                                 "validation_accuracy": r.evaluate(val_x, val_y)["correct"].mean(1)})
-        done = history["validation_accuracy"]
+        outcome = Runner.of(phase, dataset).execute(run_dir, log=log)
+        done = outcome.history["validation_accuracy"]
         curves[:len(done), rows] = done
-        seconds += runner.seconds
-        examples += runner.model_examples
+        seconds += outcome.runner.seconds
+        examples += outcome.runner.model_examples
     best = curves.max(0)
     summary = summarize(conds, config.widths, kind, level, widths, best, config.tolerance)
     run_dir.write_npz("results.npz", {"width": widths, "kind": kind, "level": level,

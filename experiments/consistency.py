@@ -20,13 +20,14 @@ import numpy as np
 from memjax.experiments.common import new_figure
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
                           check_numbers, validate)
-from memjax import cost
-from memjax.data import data_shape, load_dataset, with_noise
+from memjax.data import data_shape, load_dataset
 from memjax.data.noise import INPUT_NOISE_STATS
 from memjax.keys import NOISE, host_rng, study_key
 from memjax.errors import MemjaxError
 from memjax.metrics.consistency import (binomial_reference, class_binomial_reference,
                                         misclassification_rate)
+from memjax.measurements import Evaluation
+from memjax.phase import Data, Phase
 from memjax.results import RunDir
 from memjax.runner import Runner
 
@@ -68,46 +69,49 @@ def check(config: Config) -> None:
 
 
 
-def work(config: Config) -> list[cost.Step]:
-    """The programs a run compiles, per condition: the training epoch and the evaluation of
-    the tracked examples (memjax.plan)."""
-    data, c = data_shape(config.data), len(config.conditions)
-    return [cost.training("train", config.model, config.train, data,
-                          epochs=config.train.epochs).times(c),
-            cost.evaluation("tracked examples", config.model, config.train, data,
-                            config.train.members, config.tracked, runs=1).times(c)]
+def tracked_examples(config: Config) -> np.ndarray:
+    """The training examples whose misclassification is recorded (sorted indices)."""
+    n = data_shape(config.data).train
+    if config.tracked > n:
+        raise MemjaxError(f"cannot track {config.tracked} examples of {n}")
+    return np.sort(host_rng(config.data.data_seed, "tracked examples").choice(
+        n, config.tracked, replace=False))
+
+
+def phases(config: Config) -> list[Phase]:
+    """Per condition: the members trained for `train.epochs` on the (noised) data, then
+    evaluated on the tracked examples."""
+    tracked, c = tracked_examples(config), len(config.conditions)
+    return [Phase(condition, config.model, config.train,
+                  Data(config.data, condition, config.noise_fraction, config.input_noise_stats),
+                  desc=f"{condition} ({i + 1}/{c})",
+                  measurements=(Evaluation("correct", on="train", every=None,
+                                           per_example=True, indices=tracked),))
+            for i, condition in enumerate(config.conditions)]
 
 
 def run(config: Config, run_dir: RunDir) -> dict:
     check(config)
     dataset = load_dataset(config.data)
-    n = len(dataset.train)
-    if config.tracked > n:
-        raise MemjaxError(f"cannot track {config.tracked} examples of {n}")
-    tracked = np.sort(host_rng(config.data.data_seed, "tracked examples").choice(
-        n, config.tracked, replace=False))
+    tracked = tracked_examples(config)
     members = config.train.members
     arrays: dict[str, np.ndarray] = {"tracked_indices": tracked}
     summary: dict[str, dict] = {}
     seconds = model_examples = 0.0
-    for i, condition in enumerate(config.conditions):
-        split = with_noise(dataset.train, condition, config.noise_fraction, dataset.num_classes,
-                           config.data.data_seed, config.input_noise_stats)
-        runner = Runner(config.model, config.train, split, dataset.num_classes)
-        runner.run(config.train.epochs, phase=condition,
-                   desc=f"{condition} ({i + 1}/{len(config.conditions)})",
-                   run_dir=run_dir)
+    for i, phase in enumerate(phases(config)):
+        condition = phase.data.noise
+        outcome = Runner.of(phase, dataset).execute(run_dir)
+        runner, correct = outcome.runner, outcome.final["correct"]
         seconds += runner.seconds
         model_examples += runner.model_examples
-        part = split.subset(tracked)
-        correct = runner.evaluate(jax.device_put(part.x), jax.device_put(part.y))["correct"]
+        labels = np.asarray(runner.y)[tracked]
         rate = misclassification_rate(correct)
         mean_error = float(rate.mean())
         key = jax.random.fold_in(study_key(config.train.seed, NOISE), i)
         reference = binomial_reference(key, mean_error, members=members,
                                        num_examples=config.tracked)
         class_reference = class_binomial_reference(
-            jax.random.fold_in(key, 1), rate, part.y, members=members,
+            jax.random.fold_in(key, 1), rate, labels, members=members,
             num_classes=dataset.num_classes)
         rate, reference, class_reference = map(np.asarray, (rate, reference, class_reference))
         arrays.update({f"correct_{condition}": np.asarray(correct),

@@ -18,17 +18,18 @@ paper (MNIST 50k, widths 16..4096, sizes 5k..50k at 4096, SGD lr 0.01, cap 1000 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterator
 
 import numpy as np
 
-from memjax import convergence, cost
+from memjax import convergence
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
 from memjax.data import data_shape, load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import check_sweep_members, grid, new_figure, width_buckets
 from memjax.results import RunDir
+from memjax.measurements import Convergence
 from memjax.members import Members
+from memjax.phase import Data, Phase
 from memjax.runner import Runner
 from memjax.views import size_masks
 
@@ -99,11 +100,11 @@ def cells(config: Config, n: int) -> dict[str, np.ndarray]:
             "level": np.concatenate([a["level"], b["level"]]).astype(float)}
 
 
-def phases(config: Config, table: dict, n: int) -> list[tuple[str, ModelConfig, np.ndarray,
-                                                                 Members]]:
+def ensembles(config: Config, table: dict, n: int) -> list[tuple[str, ModelConfig,
+                                                                    Members]]:
     """Part (a)'s width buckets, then part (b) one dataset size at a time (an epoch of a
-    phase is as long as its largest member's training set): (name, masked model, rows,
-    Members)."""
+    phase is as long as its largest member's training set): (name, masked model, Members;
+    their ids are their rows)."""
     m_a = int(np.sum(table["part"] == "width"))
     buckets = [(f"width {w}", w, rows) for w, rows in width_buckets(table["width"][:m_a],
                                                                   config.bucket_limits)]
@@ -113,22 +114,19 @@ def phases(config: Config, table: dict, n: int) -> list[tuple[str, ModelConfig, 
     out = []
     for name, model_width, rows in buckets:
         masks = size_masks(table["size"][rows], n, config.data.data_seed)
-        out.append((name, ModelConfig(hidden=(model_width,) * len(config.model.hidden)), rows,
+        out.append((name, ModelConfig(hidden=(model_width,) * len(config.model.hidden)),
                     Members(rows, widths=table["width"][rows], input_noise=table["level"][rows],
                             example_mask=None if masks.all() else masks)))
     return out
 
 
-def work(config: Config) -> Iterator[cost.Step]:
-    """Per phase: the training epoch and each member's accuracy on its own training set
-    after each epoch, for all `train.epochs` (the bound: a phase ends once all its members
-    have converged, which the plan cannot know)."""
-    data, tc = data_shape(config.data), config.train
-    for name, model, _, members in phases(config, cells(config, data.train), data.train):
-        yield cost.training(f"train, {name}", model, tc, data, members, epochs=tc.epochs,
-                            data_seed=config.data.data_seed)
-        yield cost.evaluation(f"own accuracy, {name}", model, tc, data, members.count,
-                              members.own_inputs(data.train), runs=tc.epochs)
+def phases(config: Config) -> list[Phase]:
+    """Per ensemble: its members trained until each reaches `threshold` accuracy on its
+    own training set, measured after every epoch, for at most `train.epochs`."""
+    n = data_shape(config.data).train
+    return [Phase(name.replace(" ", "-"), model, config.train, Data(config.data), members,
+                  desc=name, measurements=(Convergence(config.threshold),))
+            for name, model, members in ensembles(config, cells(config, n), n)]
 
 
 def run(config: Config, run_dir: RunDir) -> dict:
@@ -140,18 +138,16 @@ def run(config: Config, run_dir: RunDir) -> dict:
     first = np.full(len(widths), convergence.NOT_CONVERGED)
     curves = np.full((config.train.epochs, len(widths)), np.nan)
     seconds = examples = 0.0
-    for name, model, rows, members in phases(config, table, n):
-        runner = Runner(model, config.train, dataset.train, dataset.num_classes, members,
-                        data_seed=config.data.data_seed)
+    for phase in phases(config):
+        rows = phase.members.ids
 
         def log(epoch, record, rows=rows):
             return {"members": rows.tolist(), "epoch": epoch,
                     "train_accuracy": record["train_accuracy"].tolist(),
                     "converged": int((record["first_epoch"] != convergence.NOT_CONVERGED).sum())}
 
-        history = runner.run(config.train.epochs, phase=name.replace(" ", "-"),
-                             desc=name, run_dir=run_dir,
-                             converge_at=config.threshold, log=log)
+        outcome = Runner.of(phase, dataset).execute(run_dir, log=log)
+        runner, history = outcome.runner, outcome.history
         done = history["train_accuracy"]
         curves[:len(done), rows] = done
         first[rows] = history["first_epoch"][-1]

@@ -23,19 +23,17 @@ memjax's MLP initializes as the paper's studies do (memjax.models).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterator
-
-import jax
 import numpy as np
 
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_numbers, validate)
-from memjax import cost
-from memjax.data import data_shape, load_dataset
+from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import (check_sweep_members, example_figure, new_figure,
                                        spearman, spread, write_example_scores)
 from memjax.metrics import balanced_masks, cscore, holdout_consistency, members_holding
 from memjax.metrics.consistency import misclassification_rate
+from memjax.measurements import Evaluation
+from memjax.phase import Data, Phase
 from memjax.results import RunDir
 from memjax.members import Members
 from memjax.runner import Runner
@@ -88,6 +86,24 @@ def check(config: Config) -> None:
                 f"in (0, 1) and more seeds")
 
 
+def phases(config: Config) -> list[Phase]:
+    """Per ratio: its members, each on its subset, evaluated on the training and validation
+    sets at the end; then E1's one-epoch members (when any), evaluated on the training set."""
+    data, r_count = Data(config.data), len(config.ratios)
+    n = data.shape().train
+    at_end = lambda name, on: Evaluation(name, on=on, every=None, per_example=True)
+    out = [Phase(f"ratio-{ratio:g}", config.model, config.train, data, _members(config, r, n),
+                 desc=f"ratio {ratio:g} ({r + 1}/{r_count})",
+                 measurements=(at_end("correct", "train"),
+                               at_end("correct_validation", "validation")))
+           for r, ratio in enumerate(config.ratios)]
+    if config.one_epoch_members:
+        out.append(Phase("one-epoch", config.model, replace(config.train, epochs=1), data,
+                         _one_epoch_members(config), desc="one epoch, all data",
+                         measurements=(at_end("correct", "train"),)))
+    return out
+
+
 def run(config: Config, run_dir: RunDir) -> dict:
     check(config)
     dataset = load_dataset(config.data)
@@ -95,19 +111,14 @@ def run(config: Config, run_dir: RunDir) -> dict:
     ratios = config.ratios
     included, correct, scores = [], [], {}
     summary = {"order": dataset.order, "ratios": {}}
-    x_val, y_val = jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y)
     seconds = model_examples = 0.0
-    for r, ratio in enumerate(ratios):
-        members = _members(config, r, n)
-        mask = members.example_mask
-        runner = Runner(config.model, config.train, train, dataset.num_classes, members,
-                        data_seed=config.data.data_seed)
-        runner.run(config.train.epochs, phase=f"ratio-{ratio:g}",
-                   desc=f"ratio {ratio:g} ({r + 1}/{len(ratios)})",
-                   run_dir=run_dir)
+    ratio_phases = phases(config)
+    for ratio, phase in zip(ratios, ratio_phases):
+        mask = phase.members.example_mask
+        outcome = Runner.of(phase, dataset).execute(run_dir)
+        runner = outcome.runner
         seconds, model_examples = seconds + runner.seconds, model_examples + runner.model_examples
-        right = np.asarray(runner.evaluate(runner.x, runner.y)["correct"])
-        validation = runner.evaluate(x_val, y_val)["correct"]
+        right, validation = outcome.final["correct"], outcome.final["correct_validation"]
         included.append(mask)
         correct.append(right)
         held = scores[f"heldout_{ratio:g}"] = np.asarray(holdout_consistency(mask, right))
@@ -124,7 +135,10 @@ def run(config: Config, run_dir: RunDir) -> dict:
     scores = {"cscore": np.asarray(cscore(included, correct, ratio_ids, len(ratios))),
               **scores}
     if config.one_epoch_members:
-        scores["one_epoch_error"] = _one_epoch_error(config, dataset, run_dir)
+        # E1's difficulty: the fraction of the one-epoch members that misclassify each
+        # training example [N]
+        one_epoch = Runner.of(ratio_phases[-1], dataset).execute(run_dir).final["correct"]
+        scores["one_epoch_error"] = np.asarray(misclassification_rate(one_epoch))
         summary["spearman_cscore_one_epoch_accuracy"] = spearman(
             scores["cscore"], 1.0 - scores["one_epoch_error"])
         summary["one_epoch_mean_error"] = float(scores["one_epoch_error"].mean())
@@ -149,34 +163,6 @@ def _members(config: Config, r: int, n: int) -> Members:
 
 def _one_epoch_members(config: Config) -> Members:
     return Members(np.arange(config.one_epoch_members) + len(config.ratios) * config.seeds)
-
-
-def work(config: Config) -> Iterator[cost.Step]:
-    """Per ratio: the training epoch (a member's steps cover its subset) and the evaluation
-    on the training and validation sets; then E1's one-epoch members."""
-    data, tc = data_shape(config.data), config.train
-    for r, ratio in enumerate(config.ratios):
-        members = _members(config, r, data.train)
-        yield cost.training(f"train, ratio {ratio:g}", config.model, tc, data, members,
-                            epochs=tc.epochs, data_seed=config.data.data_seed)
-        yield cost.evaluation(f"evaluate, ratio {ratio:g}", config.model, tc, data,
-                              members.count, data.train + data.validation, runs=1)
-    if config.one_epoch_members:
-        members = _one_epoch_members(config)
-        yield cost.training("one epoch, all data", config.model, tc, data, members, epochs=1,
-                            data_seed=config.data.data_seed)
-        yield cost.evaluation("one epoch, evaluate", config.model, tc, data, members.count,
-                              data.train, runs=1)
-
-
-def _one_epoch_error(config: Config, dataset, run_dir: RunDir) -> np.ndarray:
-    """E1's difficulty: the fraction of `one_epoch_members` members, each trained one epoch
-    on all the training data, that misclassify each training example. [N]."""
-    runner = Runner(config.model, replace(config.train, epochs=1), dataset.train,
-                    dataset.num_classes, _one_epoch_members(config),
-                    data_seed=config.data.data_seed)
-    runner.run(1, phase="one-epoch", desc="one epoch, all data", run_dir=run_dir)
-    return np.asarray(misclassification_rate(runner.evaluate(runner.x, runner.y)["correct"]))
 
 
 def _figure(scores: dict, run_dir: RunDir) -> None:

@@ -19,18 +19,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import jax
 import numpy as np
 
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
                           check_numbers, validate)
-from memjax import cost
-from memjax.data import data_shape, load_dataset, with_noise
+from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import new_figure
-from memjax.keys import ATTACK, study_key
-from memjax.metrics import (PAPER_LASS, PROTOCOLS, authors_scale, critical_sample_ratio,
-                            validation_search)
+from memjax.metrics import PAPER_LASS, PROTOCOLS
+from memjax.measurements import CriticalSamples, Evaluation
+from memjax.phase import Data, Phase
 from memjax.results import RunDir
 from memjax.runner import Runner
 
@@ -101,21 +99,23 @@ def check(config: Config) -> None:
     check_choices("protocol", (config.protocol,), tuple(PROTOCOLS))
 
 
-def work(config: Config) -> list[cost.Step]:
-    """Per condition: the training epoch, and after each epoch the LASS search and the
-    validation accuracy (memjax.plan)."""
-    data, c, tc = data_shape(config.data), len(config.conditions), config.train
-    authors = config.protocol == "authors"
-    return [cost.training("train", config.model, tc, data, epochs=tc.epochs).times(c),
-            cost.search("LASS", config.model, tc, data, tc.members, protocol=config.protocol,
-                        examples=config.examples, validation=data.validation, runs=tc.epochs,
-                        chunk=config.lass_chunk, radius=config.radius,
-                        step_size=config.step_size, noise_scale=config.noise_scale,
-                        max_iterations=config.max_iterations).times(c),
-            cost.evaluation("validation", config.model, tc, data, tc.members,
-                            data.validation if authors else
-                            min(config.examples or data.validation, data.validation),
-                            runs=tc.epochs).times(c)]
+def phases(config: Config) -> list[Phase]:
+    """Per condition: the members trained for `train.epochs`, and after each epoch the LASS
+    search on validation inputs and the validation accuracy (on the `examples` searched
+    unless the protocol is the authors')."""
+    c, authors = len(config.conditions), config.protocol == "authors"
+    return [Phase(condition, config.model, config.train,
+                  Data(config.data, condition, config.noise_fraction),
+                  desc=f"{condition} ({i + 1}/{c})", measurements=(
+                      CriticalSamples("csr", protocol=config.protocol, examples=config.examples,
+                                      radius=config.radius, step_size=config.step_size,
+                                      noise_scale=config.noise_scale,
+                                      max_iterations=config.max_iterations,
+                                      chunk=config.lass_chunk, stream=(i,),
+                                      iterations="lass_iterations"),
+                      Evaluation("validation_accuracy", on="validation",
+                                 examples=None if authors else config.examples)))
+            for i, condition in enumerate(config.conditions)]
 
 
 def run(config: Config, run_dir: RunDir) -> dict:
@@ -124,41 +124,20 @@ def run(config: Config, run_dir: RunDir) -> dict:
     if config.examples is not None and config.examples > len(dataset.validation):
         raise MemjaxError(f"examples={config.examples} is more than the "
                           f"{len(dataset.validation)} validation images (None: all of them)")
-    authors = config.protocol == "authors"
-    validation = dataset.validation if authors else dataset.validation.take(config.examples)
-    x_val, y_val = jax.device_put(validation.x), jax.device_put(validation.y)
-    searched = config.examples or len(validation)
-    tc = config.train
-    scale = authors_scale(dataset.train.x, validation.x) if authors else 1.0
-    search = dict(radius=config.radius, step_size=config.step_size,
-                  noise_scale=config.noise_scale, max_iterations=config.max_iterations,
-                  member_chunk=tc.member_chunk, chunk=config.lass_chunk,
-                  protocol=config.protocol, examples=config.examples, scale=scale)
+    searched = config.examples or len(dataset.validation)
     arrays: dict[str, np.ndarray] = {}
     summary: dict[str, dict] = {}
     seconds = model_examples = 0.0
-    for c_index, condition in enumerate(config.conditions):
-        split = with_noise(dataset.train, condition, config.noise_fraction, dataset.num_classes,
-                           config.data.data_seed)
-
-        def measure(runner, epoch, c_index=c_index):
-            key = jax.random.fold_in(jax.random.fold_in(study_key(tc.seed, ATTACK), c_index),
-                                     epoch)
-            found = validation_search(runner.apply, runner.variables, x_val, key, **search)
-            return {"csr": critical_sample_ratio(found.critical),
-                    "validation_accuracy": runner.evaluate(x_val, y_val)["correct"].mean(1),
-                    # (summed exactly on the device, averaged on the host)
-                    "lass_iterations": found.iterations[:runner.members].sum()}
+    for phase in phases(config):
+        condition = phase.data.noise
 
         def log(epoch, record, condition=condition):
             return {"condition": condition, "epoch": epoch, "csr": float(record["csr"].mean()),
                     "validation_accuracy": float(record["validation_accuracy"].mean()),
                     "train_accuracy": float(np.mean(record["train_accuracy"]))}
 
-        runner = Runner(config.model, tc, split, dataset.num_classes)
-        history = runner.run(tc.epochs, phase=condition,
-                             desc=f"{condition} ({c_index + 1}/{len(config.conditions)})",
-                             run_dir=run_dir, measure=measure, log=log)
+        outcome = Runner.of(phase, dataset).execute(run_dir, log=log)
+        runner, history = outcome.runner, outcome.history
         seconds += runner.seconds
         model_examples += runner.model_examples
         history.pop("train_loss")
@@ -167,8 +146,9 @@ def run(config: Config, run_dir: RunDir) -> dict:
             arrays[f"{name}_{condition}"] = values  # [epochs, M] (iterations: [epochs])
         summary[condition] = {**_summary(arrays, condition), "protocol": config.protocol,
                               # what was searched each epoch (None: the whole validation split)
-                              "examples_searched": int(searched), "lass_scale": scale}
-    arrays["epochs"] = np.arange(1, tc.epochs + 1)
+                              "examples_searched": int(searched),
+                              "lass_scale": phase.measurements[0].scale(dataset)}
+    arrays["epochs"] = np.arange(1, config.train.epochs + 1)
     run_dir.write_npz("results.npz", arrays)
     run_dir.write_json("summary.json", summary)
     _figure(arrays, config.conditions, run_dir)

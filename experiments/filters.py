@@ -19,10 +19,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
-from memjax import cost
-from memjax.data import data_shape, load_dataset
+from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import check_sweep_members, new_figure, own_accuracy_every
+from memjax.experiments.common import check_sweep_members, new_figure
+from memjax.measurements import OwnAccuracy
+from memjax.phase import Data, Phase
 from memjax.results import RunDir
 from memjax.members import Members
 from memjax.runner import Runner
@@ -82,39 +83,33 @@ def check(config: Config) -> None:
 
 
 
-def members(config: Config) -> tuple[np.ndarray, Members]:
+def member_data(config: Config) -> tuple[np.ndarray, Members]:
     """The data of each member (real, then randY) and the Members."""
     data = np.array(["real"] * config.seeds + ["randY"] * config.seeds)
     return data, Members(np.arange(len(data)), label_noise=(data == "randY").astype(float))
 
 
-def work(config: Config) -> list[cost.Step]:
-    """The training epoch and each member's training accuracy after the last epoch."""
-    shape, tc = data_shape(config.data), config.train
-    _, ensemble = members(config)
-    return [cost.training("train", config.model, tc, shape, ensemble, epochs=tc.epochs,
-                          data_seed=config.data.data_seed),
-            cost.evaluation("own accuracy", config.model, tc, shape, ensemble.count,
-                            ensemble.own_inputs(shape.train), runs=1)]
+def phases(config: Config) -> list[Phase]:
+    """Every member in one ensemble, trained for `train.epochs`; each member's accuracy on
+    its own training set after the last epoch."""
+    _, members = member_data(config)
+    return [Phase("filters", config.model, config.train, Data(config.data), members,
+                  measurements=(OwnAccuracy("own_accuracy", every=config.train.epochs),))]
 
 
 def run(config: Config, run_dir: RunDir) -> dict:
     check(config)
     dataset = load_dataset(config.data)
     reps = config.seeds
-    data, ensemble = members(config)
-    runner = Runner(config.model, config.train, dataset.train, dataset.num_classes, ensemble,
-                    data_seed=config.data.data_seed)
+    data, _ = member_data(config)
+    (phase,) = phases(config)
+    runner = Runner.of(phase, dataset)
     initial = np.asarray(runner.variables["params"]["Conv_0"]["kernel"])[:2 * reps]
-    epochs = config.train.epochs
     # the log shows the trainer's running accuracy; the summary's training accuracy is a
     # full pass after the last epoch, the one it reads
-    history = runner.run(
-        epochs, phase="filters", run_dir=run_dir,
-        measure=lambda r, epoch: {"own_accuracy": own_accuracy_every(r, epoch, epochs, epochs)},
-        log=lambda epoch, record: {"epoch": epoch,
-                                   "train_accuracy": record["train_accuracy"].tolist(),
-                                   "train_loss": record["train_loss"].tolist()})
+    history = runner.execute(run_dir, log=lambda epoch, record: {
+        "epoch": epoch, "train_accuracy": record["train_accuracy"].tolist(),
+        "train_loss": record["train_loss"].tolist()}).history
     last = {"train_accuracy": history["own_accuracy"][-1]}
     final = np.asarray(runner.member_state().variables["params"]["Conv_0"]["kernel"])
     corr = np.stack([adjacent_correlation(final[m] - initial[m]) for m in range(2 * reps)])

@@ -26,17 +26,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import jax
 import numpy as np
 
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
-from memjax import cost, dynamics
-from memjax.data import data_shape, load_dataset, random_labels
+from memjax import dynamics
+from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import (detection_auc, example_figure, new_figure, spread,
                                        write_example_scores)
 from memjax.metrics import (balanced_masks, holdout_consistency, influence, members_holding,
                             memorization)
+from memjax.measurements import Dynamics, Evaluation
+from memjax.phase import Data, Phase
 from memjax.results import RunDir
 from memjax.members import Members
 from memjax.runner import Runner
@@ -94,41 +95,35 @@ def _members(config: Config, n: int) -> Members:
                                                seed=config.mask_seed))
 
 
-def work(config: Config) -> list[cost.Step]:
-    """The training epoch (its per-example records included) and, at the end, the
-    evaluation on the training and validation sets."""
-    data, tc = data_shape(config.data), config.train
-    members = _members(config, data.train)
-    return [cost.training("train", config.model, tc, data, members, epochs=tc.epochs,
-                          data_seed=config.data.data_seed),
-            cost.evaluation("evaluate", config.model, tc, data, members.count,
-                            data.train + data.validation, runs=1)]
+def phases(config: Config) -> list[Phase]:
+    """The members, each on its subset of the (relabeled) training set, evaluated on the
+    training and validation sets at the end (and their training dynamics when recorded)."""
+    measurements = (Evaluation("correct", on="train", every=None, per_example=True),
+                    Evaluation("correct_validation", on="validation", every=None,
+                               per_example=True))
+    if config.train.record_dynamics:
+        measurements += (Dynamics(),)
+    data = Data(config.data, "randY" if config.label_noise else "real", config.label_noise)
+    return [Phase("subsets", config.model, config.train, data,
+                  _members(config, data.shape().train), measurements=measurements)]
 
 
 def run(config: Config, run_dir: RunDir) -> dict:
     check(config)
     dataset = load_dataset(config.data)
-    train = dataset.train
-    if config.label_noise:
-        train = random_labels(train, config.label_noise, dataset.num_classes,
-                              config.data.data_seed)
+    (phase,) = phases(config)
+    train, _ = phase.data.split(dataset)
     n, members = len(train), config.train.members
     if config.influence_top > n:
         raise MemjaxError(f"influence_top {config.influence_top} is more than the {n} "
                           f"training examples")
-    ensemble = _members(config, n)
-    mask = ensemble.example_mask
-    runner = Runner(config.model, config.train, train, dataset.num_classes, ensemble,
-                    data_seed=config.data.data_seed)
-    runner.run(config.train.epochs, phase="subsets", run_dir=run_dir,
-               log=lambda epoch, record: {"epoch": epoch, **{
-                   k: float(np.mean(record[k])) for k in ("train_loss", "train_accuracy")}})
-    correct = np.asarray(runner.evaluate(runner.x, runner.y)["correct"])
-    validation = dataset.validation
-    correct_val = runner.evaluate(jax.device_put(validation.x), jax.device_put(validation.y))[
-        "correct"]
+    mask = phase.members.example_mask
+    outcome = Runner.of(phase, dataset).execute(run_dir, log=lambda epoch, record: {
+        "epoch": epoch, **{k: float(np.mean(record[k])) for k in ("train_loss", "train_accuracy")}})
+    runner, correct = outcome.runner, outcome.final["correct"]
+    validation, correct_val = dataset.validation, outcome.final["correct_validation"]
     top = influence(mask, correct_val, config.influence_top)
-    scores = _example_scores(runner, mask, correct, train.noisy)
+    scores = _example_scores(outcome.final, mask, correct, train.noisy)
     m = scores["memorization"]
     summary = {"order": dataset.order, "members": members, "fraction": config.fraction,
                "mean_subset_size": float(mask.sum(1).mean()),
@@ -158,7 +153,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
             "model_examples_per_second": runner.model_examples / max(runner.seconds, 1e-9)}
 
 
-def _example_scores(runner: Runner, mask: np.ndarray, correct: np.ndarray,
+def _example_scores(final: dict, mask: np.ndarray, correct: np.ndarray,
                     noisy: np.ndarray) -> dict[str, np.ndarray]:
     """Per training example [N]: memorization and held-out accuracy from the masks and
     correctness, the noisy mask, and (when recorded) the training-dynamics scores averaged
@@ -167,8 +162,8 @@ def _example_scores(runner: Runner, mask: np.ndarray, correct: np.ndarray,
     scores = {"memorization": np.asarray(memorization(mask, correct)),
               "heldout_accuracy": np.asarray(holdout_consistency(mask, correct)),
               "noisy": noisy}
-    if runner.state.dynamics is not None:
-        raw = runner.dynamics_scores()
+    if "aum" in final:  # (the training dynamics: memjax.measurements.Dynamics)
+        raw = {k: final[k] for k in Dynamics().outputs}
         # Toneva et al. rank an example a member never learned as forgotten at every
         # presentation (mtoneva/example_forgetting)
         raw["forgetting_rank"] = np.where(raw["never_learned"], raw["presentations"],

@@ -4,7 +4,7 @@ noise or label noise.
     memjax run noise-curves --preset cpu [--dataset mnist --data-dir ../shared/data]
 
 One ensemble: a member per (noise kind, level, seed), each seeing its own fraction of the
-training set noised. After every epoch, `epoch_evaluation` measures each member's accuracy
+training set noised. After every epoch, its phase measures each member's accuracy
 on its own (noisy) training set and on the real validation set. Under label noise the
 validation accuracy should peak before the training accuracy gets high, then fall as the
 noise is fitted, while the validation CSR (LASS, PAPER.md E5, on `csr_examples` validation
@@ -17,22 +17,17 @@ accuracy, a full pass over the training set, every 5 epochs and after the last).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterator
-
-import jax
 import numpy as np
 
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
                           check_numbers, validate)
-from memjax import cost
-from memjax.data import data_shape, load_dataset
+from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.common import (check_sweep_members, first_epoch_at_least, grid,
-                                       measured, new_figure, own_accuracy_every,
-                                       own_accuracy_runs)
-from memjax.keys import ATTACK, study_key
-from memjax.metrics import (PAPER_LASS, PROTOCOLS, authors_scale, critical_sample_ratio,
-                            validation_search)
+                                       measured, new_figure)
+from memjax.metrics import PAPER_LASS, PROTOCOLS
+from memjax.measurements import CriticalSamples, Evaluation, OwnAccuracy
+from memjax.phase import Data, Phase
 from memjax.results import RunDir
 from memjax.members import Members
 from memjax.runner import Runner
@@ -83,26 +78,6 @@ PRESETS = {
 }
 
 
-def epoch_evaluation(runner: Runner, validation: tuple[jax.Array, jax.Array], config: Config,
-                     epoch: int, lass_scale: float = 1.0) -> dict[str, jax.Array]:
-    """Per-member measurements after an epoch, each [M]: training accuracy on the member's
-    own (noisy) training set (every `config.own_accuracy_every` epochs and after the last,
-    else NaN), validation accuracy on real data, and validation CSR (LASS
-    with the paper's r, alpha, beta on `config.csr_examples` validation images, searched as
-    `config.csr_protocol` says, r, alpha and beta times `lass_scale`:
-    memjax.metrics.validation_search)."""
-    key = jax.random.fold_in(study_key(runner.train.seed, ATTACK), epoch)
-    found = validation_search(runner.apply, runner.variables, validation[0], key,
-                              protocol=config.csr_protocol, examples=config.csr_examples,
-                              **{**PAPER_LASS, "max_iterations": config.csr_iterations},
-                              member_chunk=runner.train.member_chunk,
-                              member_ids=runner.state.member_ids, scale=lass_scale)
-    return {"train_accuracy": own_accuracy_every(runner, epoch, config.own_accuracy_every,
-                                                 runner.train.epochs),
-            "validation_accuracy": runner.evaluate(*validation)["correct"].mean(1),
-            "validation_csr": critical_sample_ratio(found.critical)}
-
-
 def _parts(config: Config) -> list[tuple]:
     parts = [("mlp", config.data, config.model, config.train)]
     if config.cnn:
@@ -121,23 +96,22 @@ def _members(config: Config):
                                        label_noise=np.where(kind == "randY", level, 0.0))
 
 
-def work(config: Config) -> Iterator[cost.Step]:
-    """Per part: the training epoch and, after each epoch, the LASS search, the validation
-    accuracy and each member's accuracy on its own training set."""
+def phases(config: Config) -> list[Phase]:
+    """Per part (the MLP, and the CNN unless cnn=False): every member trained on its noised
+    training set, and after each epoch its accuracy on that set (every
+    `own_accuracy_every` epochs and after the last, else NaN), its validation accuracy on
+    real data, and its validation CSR (LASS with the paper's r, alpha, beta on
+    `csr_examples` validation images, searched as `csr_protocol` says: under "authors"
+    scaled as their callback scaled them, memjax.measurements.CriticalSamples)."""
     members = _members(config)[3]
-    for name, data, model, train in _parts(config):
-        shape = data_shape(data)
-        yield cost.training(f"train ({name})", model, train, shape, members,
-                            epochs=train.epochs, data_seed=data.data_seed)
-        yield cost.search(f"LASS ({name})", model, train, shape, members.count,
-                          protocol=config.csr_protocol, examples=config.csr_examples,
-                          validation=shape.validation, runs=train.epochs,
-                          **{**PAPER_LASS, "max_iterations": config.csr_iterations})
-        yield cost.evaluation(f"validation ({name})", model, train, shape, members.count,
-                              shape.validation, runs=train.epochs)
-        yield cost.evaluation(f"own accuracy ({name})", model, train, shape, members.count,
-                              members.own_inputs(shape.train),
-                              runs=own_accuracy_runs(config.own_accuracy_every, train.epochs))
+    return [Phase(f"noise-curves-{name}", model, train, Data(data), members,
+                  desc=f"noise curves ({name})", measurements=(
+                      OwnAccuracy("train_accuracy", every=config.own_accuracy_every),
+                      Evaluation("validation_accuracy", on="validation"),
+                      CriticalSamples("validation_csr", protocol=config.csr_protocol,
+                                      examples=config.csr_examples,
+                                      **{**PAPER_LASS, "max_iterations": config.csr_iterations})))
+            for name, data, model, train in _parts(config)]
 
 
 def check(config: Config) -> None:
@@ -155,8 +129,8 @@ def check(config: Config) -> None:
 def run(config: Config, run_dir: RunDir) -> dict:
     check(config)
     summary, arrays, seconds, examples = {}, {}, 0.0, 0.0
-    for name, data, model, train in _parts(config):
-        s, a, runner = _run_part(name, data, model, train, config, run_dir)
+    for (name, data, *_), phase in zip(_parts(config), phases(config)):
+        s, a, runner = _run_part(name, data, phase, config, run_dir)
         summary.update(s)
         arrays.update(a)
         seconds += runner.seconds
@@ -167,28 +141,21 @@ def run(config: Config, run_dir: RunDir) -> dict:
     return {"summary": summary, "model_examples_per_second": examples / max(seconds, 1e-9)}
 
 
-def _run_part(name, data, model, train, config, run_dir):
+def _run_part(name, data, phase, config, run_dir):
     dataset = load_dataset(data)
     if config.csr_examples is not None and config.csr_examples > len(dataset.validation):
         raise MemjaxError(f"csr_examples={config.csr_examples} is more than the "
                           f"{len(dataset.validation)} validation images of the {name} part "
                           f"(None: all of them)")
-    conds, kind, level, members = _members(config)
-    runner = Runner(model, train, dataset.train, dataset.num_classes, members,
-                    data_seed=data.data_seed)
-    validation = (jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y))
-    scale = (authors_scale(dataset.train.x, dataset.validation.x)
-             if config.csr_protocol == "authors" else 1.0)
+    conds, kind, level, _ = _members(config)
     names = ("train_accuracy", "validation_accuracy", "validation_csr")
 
     def log(epoch, record):
         return {"part": name, "epoch": epoch, "train_loss": record["train_loss"],
                 **{k: record[k].tolist() for k in names}}
 
-    history = runner.run(train.epochs, phase=f"noise-curves-{name}",
-                         desc=f"noise curves ({name})", run_dir=run_dir, log=log,
-                         measure=lambda r, epoch: epoch_evaluation(r, validation, config, epoch,
-                                                                   scale))
+    outcome = Runner.of(phase, dataset).execute(run_dir, log=log)
+    runner, history = outcome.runner, outcome.history
     curves = {k: history[k] for k in names}  # [epochs, M]
     summary = {}
     for k, p in conds:

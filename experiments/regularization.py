@@ -22,17 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
-from memjax import cost
-from memjax.data import data_shape, load_dataset
+from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import (check_sweep_members, new_figure, own_accuracy_every,
-                                       own_accuracy_runs)
+from memjax.experiments.common import check_sweep_members, new_figure
 from memjax.models import REGULARIZERS
+from memjax.measurements import Evaluation, OwnAccuracy
+from memjax.phase import Data, Phase
 from memjax.results import RunDir
 from memjax.members import Members
 from memjax.runner import Runner
@@ -92,7 +90,7 @@ PRESETS = {
 }
 
 
-def members(config: Config) -> dict[str, np.ndarray]:
+def member_rows(config: Config) -> dict[str, np.ndarray]:
     """One row per member: regularizer name, strength, data (real/randY), repeat, and the
     per-member hyperparameter arrays."""
     combos = [("none", 0.0, 0.0)]
@@ -121,59 +119,39 @@ def check(config: Config) -> None:
                              "adversarial_dropout"),
                   nonnegative=("input_noise", "hidden_noise", "weight_decay", "keep_validation"))
     check_sweep_members(config)
-    members(config)
+    member_rows(config)
 
 
 
 def ensemble(rows: dict[str, np.ndarray]) -> Members:
-    """The Members of `members(config)`'s rows."""
+    """The Members of `member_rows(config)`."""
     return Members(np.arange(len(rows["data"])), strengths={k: rows[k] for k in REGULARIZERS},
                    weight_decay=rows["weight_decay"],
                    label_noise=(rows["data"] == "randY").astype(float),
                    adversarial_weight=rows["adversarial_weight"])
 
 
-def work(config: Config) -> list[cost.Step]:
-    """The training epoch and the in-step LASS search of adversarial training, the
-    real-data members' validation accuracy after each epoch and each member's training
-    accuracy after every `own_accuracy_every` epochs."""
-    data, tc = data_shape(config.data), config.train
-    table = members(config)
-    rows = ensemble(table)
-    adversarial = np.any(rows.adversarial_weight > 0)
-    train = (cost.adversarial_training if adversarial else cost.training)(
-        "train", config.model, tc, data, rows, epochs=tc.epochs, data_seed=config.data.data_seed)
-    return [*(train if adversarial else [train]),
-            cost.evaluation("validation", config.model, tc, data,
-                            int(np.sum(table["data"] == "real")), data.validation,
-                            runs=tc.epochs),
-            cost.evaluation("own accuracy", config.model, tc, data, rows.count,
-                            rows.own_inputs(data.train),
-                            runs=own_accuracy_runs(config.own_accuracy_every, tc.epochs))]
+def phases(config: Config) -> list[Phase]:
+    """Every member in one ensemble, trained for `train.epochs`: each member's accuracy on
+    its own training set every `own_accuracy_every` epochs (and after the last), and the
+    real-data members' validation accuracy (the only ones the figure reads) after each."""
+    rows = member_rows(config)
+    real = np.flatnonzero(rows["data"] == "real")
+    return [Phase("regularization", config.model, config.train, Data(config.data),
+                  ensemble(rows), measurements=(
+                      OwnAccuracy("train_accuracy", every=config.own_accuracy_every),
+                      Evaluation("validation_accuracy", on="validation", members=real)))]
 
 
 def run(config: Config, run_dir: RunDir) -> dict:
     check(config)
-    rows = members(config)
+    rows = member_rows(config)
     dataset = load_dataset(config.data)
-    runner = Runner(config.model, config.train, dataset.train, dataset.num_classes,
-                    ensemble(rows), data_seed=config.data.data_seed)
-    validation = (jax.device_put(dataset.validation.x), jax.device_put(dataset.validation.y))
     names = ("train_loss", "train_accuracy", "validation_accuracy")
-
-    real = np.flatnonzero(rows["data"] == "real")
-
-    def measure(r, epoch):
-        # validation accuracy of the real-data members, the only ones the figure reads
-        accuracy = jnp.full(len(rows["data"]), jnp.nan).at[real].set(
-            r.evaluate(*validation, members=real)["correct"].mean(1))
-        return {"train_accuracy": own_accuracy_every(r, epoch, config.own_accuracy_every,
-                                                     config.train.epochs),
-                "validation_accuracy": accuracy}
-
-    history = runner.run(config.train.epochs, phase="regularization", run_dir=run_dir,
-                         measure=measure, log=lambda epoch, record: {
-                             "epoch": epoch, **{k: record[k].tolist() for k in names}})
+    (phase,) = phases(config)
+    outcome = Runner.of(phase, dataset).execute(run_dir, log=lambda epoch, record: {
+        "epoch": epoch, **{k: record[k].tolist() for k in names}})
+    runner, history = outcome.runner, outcome.history
     curves = {k: history[k] for k in names}  # [epochs, M]
     summary = summarize(rows, curves, config.keep_validation)
     run_dir.write_npz("results.npz", {**rows, **curves})

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Iterator
 
 import jax
 import numpy as np
@@ -25,14 +24,16 @@ import numpy as np
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
                           check_numbers, validate)
 from memjax import cost
-from memjax.data import data_shape, load_dataset, with_noise
-from memjax.data.dataset import Split
+from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.evaluation import evaluate
 from memjax.experiments.common import new_figure
 from memjax.metrics import gini, loss_sensitivity, trainer_order, unrolled_loss_sensitivity
+from memjax.measurements import Measurement
+from memjax.members import abstract_ensemble
+from memjax.phase import Data, Phase
 from memjax.results import RunDir
-from memjax.members import Members, abstract_ensemble, build_ensemble
+from memjax.runner import Runner
 
 # condition -> (noise kind, one class per example)
 CONDITIONS = {"real": ("real", False), "randX": ("randX", False), "randY": ("randY", False),
@@ -84,15 +85,6 @@ PRESETS = {
 }
 
 
-def _condition_split(train: Split, condition: str, num_classes: int, seed: int) -> tuple[Split, int]:
-    kind, per_example = CONDITIONS[condition]
-    split = with_noise(train, kind, 1.0, num_classes, seed)
-    if per_example:
-        split = replace(split, y=np.arange(len(split), dtype=np.int32))
-        return split, len(split)
-    return split, num_classes
-
-
 def _learning_rate(config: Config, condition: str) -> float:
     if CONDITIONS[condition][1] and config.per_example_learning_rate is not None:
         return config.per_example_learning_rate
@@ -106,36 +98,90 @@ def _common(config: Config, condition: str) -> dict:
                 member_chunk=config.train.member_chunk)
 
 
-def work(config: Config) -> Iterator[cost.Step]:
-    """Per condition: the unrolled trajectory with its backward pass (and, for 10 classes,
-    the per-class one), then the loss sensitivity and accuracy at the end."""
-    shape, tc = data_shape(config.data), config.train
-    order, weight = trainer_order(tc.seed, np.arange(tc.members), num_examples=shape.train,
-                                  batch_size=tc.batch_size, epochs=tc.epochs,
-                                  shared_order=tc.shared_order)
-    x = jax.ShapeDtypeStruct((shape.train,) + shape.image_shape, np.uint8)
-    y = jax.ShapeDtypeStruct((shape.train,), np.int32)
-    for condition in config.conditions:
-        per_example = CONDITIONS[condition][1]
-        classes = shape.train if per_example else shape.num_classes
-        network, _, state = abstract_ensemble(config.model, tc, classes,
-                                              (1,) + shape.image_shape,
-                                              Members(np.arange(tc.members)))
-        common = _common(config, condition)
-        unrolled = cost.program_cost(lambda v, x, y: unrolled_loss_sensitivity(
-            network.apply, v, x, y, order, weight, every=config.every, **common),
-            state.variables, x, y)
-        if not per_example:
-            unrolled = unrolled + cost.program_cost(lambda v, x, y: unrolled_loss_sensitivity(
-                network.apply, v, x, y, order, weight, every=config.class_matrix_every,
-                num_classes=classes, **common), state.variables, x, y)
-        yield cost.Step(f"unrolled ({condition})", "unrolled", config.model.kind, unrolled, 1,
-                        per_example=float(np.sum(weight)), members=tc.members)
-        final = cost.program_cost(lambda v, x, y: loss_sensitivity(
-            network.apply, v, x, y, chunk=tc.eval_chunk, member_chunk=tc.member_chunk),
-            state.variables, x, y)
-        yield cost.Step(f"sensitivity at the end ({condition})", "evaluate", config.model.kind,
-                        final, 1, per_example=tc.members * shape.train, members=tc.members)
+@dataclass(frozen=True)
+class Unrolled(Measurement):
+    """E2's measurement, from the members' initialization (its phase trains no epochs: the
+    trajectory is the training): the unrolled SGD trajectory with its backward pass
+    (memjax.metrics.unrolled_loss_sensitivity: g_x^t at every `every` steps, "per_step"
+    [M, K, N], and their mean "gbar" [M, N]; the training loss "losses" at those "steps"),
+    for 10 classes the per-class matrix ("per_class" [M, C, C], at every
+    `class_matrix_every` steps), and at the end of the trajectory the instantaneous
+    sensitivity ("instant" [M, N]) and training accuracy ("accuracy" [M]), all in float32;
+    "seconds": the unrolled trajectory's."""
+
+    config: Config
+    condition: str
+    name: str = "unrolled"
+    every: int | None = None
+    outputs: tuple[str, ...] = ("per_step", "gbar", "losses", "steps", "per_class", "instant",
+                                "accuracy", "seconds")
+
+    def _programs(self, apply, num_classes: int, num_examples: int) -> dict:
+        """program name -> (variables, x, y) -> its result."""
+        config, tc = self.config, self.config.train
+        order, weight = trainer_order(tc.seed, np.arange(tc.members), num_examples=num_examples,
+                                      batch_size=tc.batch_size, epochs=tc.epochs,
+                                      shared_order=tc.shared_order)
+        common = _common(config, self.condition)
+        out = {"unrolled": lambda v, x, y: unrolled_loss_sensitivity(
+            apply, v, x, y, order, weight, every=config.every, **common)}
+        if not CONDITIONS[self.condition][1]:
+            out["per_class"] = lambda v, x, y: unrolled_loss_sensitivity(
+                apply, v, x, y, order, weight, every=config.class_matrix_every,
+                num_classes=num_classes, **common)
+        out["sensitivity"] = lambda v, x, y: loss_sensitivity(
+            apply, v, x, y, chunk=tc.eval_chunk, member_chunk=tc.member_chunk)
+        out["accuracy"] = lambda v, x, y: evaluate(apply, v, x, y, chunk=tc.eval_chunk,
+                                                   member_chunk=tc.member_chunk)
+        return out
+
+    def bind(self, runner, dataset):
+        variables, x, y = runner.member_state().variables, runner.x, runner.y
+        programs = self._programs(runner.apply, dataset.num_classes, x.shape[0])
+
+        def call(name, v):
+            cost.record(f"{runner.phase_id}/{name}", programs[name], v, x, y)
+            return programs[name](v, x, y)
+
+        def measure(epoch):
+            started = time.perf_counter()
+            result = call("unrolled", variables)
+            jax.block_until_ready(result.per_step)
+            seconds = time.perf_counter() - started
+            final = {**variables, "params": result.params}
+            out = {"per_step": result.per_step, "gbar": result.mean, "losses": result.losses,
+                   "steps": result.steps, "instant": call("sensitivity", final),
+                   "accuracy": call("accuracy", final)["correct"].mean(1), "seconds": seconds}
+            if "per_class" in programs:
+                out["per_class"] = call("per_class", variables).per_class
+            return out
+        return measure
+
+    def steps(self, phase, shape):
+        tc = self.config.train
+        network, _, state = abstract_ensemble(phase.model, phase.training, shape.num_classes,
+                                              (1,) + shape.image_shape, phase.ensemble)
+        x = jax.ShapeDtypeStruct((shape.train,) + shape.image_shape, phase.data.x_dtype)
+        y = jax.ShapeDtypeStruct((shape.train,), np.int32)
+        programs = self._programs(network.apply, shape.num_classes, shape.train)
+        kinds = {"unrolled": "unrolled", "per_class": "unrolled", "sensitivity": "evaluate",
+                 "accuracy": "evaluate"}
+        return [cost.Step(f"{name} ({phase.text})", kinds[name], phase.model.kind,
+                          cost.program_cost(fn, state.variables, x, y), 1,
+                          per_example=float(tc.members * shape.train), members=tc.members,
+                          program=f"{phase.id}/{name}")
+                for name, fn in programs.items()]
+
+
+def phases(config: Config) -> list[Phase]:
+    """Per condition: the members at initialization (no epoch of the Runner's: the unrolled
+    trajectory trains them) and their `Unrolled` measurement."""
+    return [Phase(condition, config.model,
+                  replace(config.train, learning_rate=_learning_rate(config, condition)),
+                  Data(config.data, CONDITIONS[condition][0],
+                       one_class_per_example=CONDITIONS[condition][1]),
+                  epochs=0, measurements=(Unrolled(config, condition),))
+            for condition in config.conditions]
 
 
 def check(config: Config) -> None:
@@ -175,10 +221,11 @@ def run(config: Config, run_dir: RunDir) -> dict:
     from tqdm.auto import tqdm
 
     # one compiled computation per condition (the unrolled trajectory and its backward pass)
-    for condition in tqdm(config.conditions, desc="sensitivity", unit="condition", leave=False,
-                          mininterval=0):
-        seconds += _run_condition(config, dataset, condition, order, weight, arrays, summary,
-                                  run_dir)
+    for phase in tqdm(phases(config), desc="sensitivity", unit="condition", leave=False,
+                      mininterval=0):
+        out = Runner.of(phase, dataset).execute(run_dir).final
+        seconds += out["seconds"]
+        _condition_results(phase, out, arrays, summary)
     arrays["epochs_at_steps"] = arrays["steps"] / steps_per_epoch
     for condition in config.conditions:
         for i, epoch in enumerate(arrays["epochs_at_steps"]):
@@ -194,58 +241,37 @@ def run(config: Config, run_dir: RunDir) -> dict:
     return {"summary": summary, "model_examples_per_second": model_examples / max(seconds, 1e-9)}
 
 
-def _run_condition(config: Config, dataset, condition: str, order, weight, arrays: dict,
-                   summary: dict, run_dir: RunDir) -> float:
-    """The unrolled sensitivity of one condition into `arrays` and `summary`; returns the
-    seconds of the unrolled trajectory and its backward pass."""
-    tc = config.train
-    split, classes = _condition_split(dataset.train, condition, dataset.num_classes,
-                                      config.data.data_seed)
-    common = _common(config, condition)
-    lr = common["learning_rate"]
-    network, _, state = build_ensemble(
-        config.model, replace(tc, learning_rate=lr), classes,
-        np.zeros((1,) + split.x.shape[1:], np.float32), Members(np.arange(tc.members)))
-    x, y = jax.device_put(split.x), jax.device_put(split.y)
-    started = time.perf_counter()
-    result = unrolled_loss_sensitivity(network.apply, state.variables, x, y, order, weight,
-                                       every=config.every, **common)
-    jax.block_until_ready(result.per_step)
-    seconds = time.perf_counter() - started
+def _condition_results(phase: Phase, out: dict, arrays: dict, summary: dict) -> None:
+    """A condition's `Unrolled` results into `arrays` and `summary`."""
+    condition = phase.id
+    # (one class per example: as many as examples)
+    classes = int((out["per_class"] if "per_class" in out else out["gbar"]).shape[-1])
     # g-bar_x over the chosen steps so far, at each chosen step: [M, K, N]
-    k = result.per_step.shape[1]
-    running = np.cumsum(np.asarray(result.per_step), 1) / np.arange(1, k + 1)[None, :, None]
+    k = out["per_step"].shape[1]
+    running = np.cumsum(np.asarray(out["per_step"]), 1) / np.arange(1, k + 1)[None, :, None]
     gini_running = np.asarray(gini(running))  # [M, K]
-    final = {**state.variables, "params": result.params}
-    instant = loss_sensitivity(network.apply, final, x, y, chunk=tc.eval_chunk,
-                               member_chunk=tc.member_chunk)
-    accuracy = evaluate(network.apply, final, x, y, chunk=tc.eval_chunk,
-                        member_chunk=tc.member_chunk)["correct"].mean(1)
-    losses = np.asarray(result.losses)
-    arrays.update({f"gbar_{condition}": np.asarray(result.mean),
+    instant, losses = np.asarray(out["instant"]), np.asarray(out["losses"])
+    arrays.update({f"gbar_{condition}": np.asarray(out["gbar"]),
                    f"gini_{condition}": gini_running,
-                   f"instant_sensitivity_{condition}": np.asarray(instant),
-                   f"train_loss_at_steps_{condition}": losses, "steps": np.asarray(result.steps)})
+                   f"instant_sensitivity_{condition}": instant,
+                   f"train_loss_at_steps_{condition}": losses, "steps": np.asarray(out["steps"])})
     summary[condition] = {
-        "classes": classes, "learning_rate": lr,
+        "classes": classes, "learning_rate": phase.train.learning_rate,
         "gini_gbar_final": float(gini_running[:, -1].mean()),
         "gini_gbar_final_min_member": float(gini_running[:, -1].min()),
         "gini_gbar_final_max_member": float(gini_running[:, -1].max()),
         "gini_instant_final": float(np.asarray(gini(instant)).mean()),
-        "train_accuracy_final": float(np.asarray(accuracy).mean()),
+        "train_accuracy_final": float(np.asarray(out["accuracy"]).mean()),
         "train_loss_first": float(losses[:, 0].mean()),
         "train_loss_last": float(losses[:, -1].mean()),
     }
-    if not CONDITIONS[condition][1]:
-        per_class = np.asarray(unrolled_loss_sensitivity(
-            network.apply, state.variables, x, y, order, weight,
-            every=config.class_matrix_every, num_classes=classes, **common).per_class)
+    if "per_class" in out:
+        per_class = np.asarray(out["per_class"])
         arrays[f"per_class_{condition}"] = per_class
         matrix = per_class.mean(0)
         diagonal = np.trace(matrix) / classes
         summary[condition]["per_class_diagonal_over_offdiagonal"] = float(
             diagonal / ((matrix.sum() - np.trace(matrix)) / (classes * (classes - 1))))
-    return seconds
 
 
 def _figures(arrays: dict, conditions, run_dir: RunDir) -> None:

@@ -13,6 +13,7 @@ conditional as its dearest branch (as XLA counts it), that branch's loops counte
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any, Callable
@@ -23,10 +24,11 @@ import numpy as np
 from memjax import dynamics
 from memjax.config import ModelConfig, TrainConfig
 from memjax.data import DataShape
-from memjax.evaluation import evaluation_program
+from memjax.evaluation import evaluation_program, member_accuracy
 from memjax.memory import nbytes
 from memjax.metrics.lass import TRAINING_LASS, validation_search
 from memjax.members import Members, abstract_ensemble, epoch_program, member_view, searching
+from memjax.models import computing_in
 from memjax.sharding import member_mesh
 from memjax.views import NoiseSource
 
@@ -74,6 +76,8 @@ class Step:
     per_example: model-examples one run processes (for matching bench records). probes:
     LASS example-iterations of one run. checkpoint_bytes: bytes saved after each run.
     programs: how many times it is compiled (once per phase that builds it).
+    program: "<phase id>/<program>", the name under which a run `record`s the program (a
+    training epoch with an in-step search is two steps of one program).
     """
 
     name: str
@@ -87,6 +91,7 @@ class Step:
     probes: float = 0.0
     checkpoint_bytes: float = 0.0
     programs: int = 1
+    program: str = ""
 
     def times(self, n: int) -> "Step":
         """The same program built and run again by n phases (n conditions, n ratios)."""
@@ -163,12 +168,12 @@ def _abstract(tree):
                         if not isinstance(a, jax.ShapeDtypeStruct) else a, tree)
 
 
-def _images(data: DataShape, n: int) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct((n,) + data.image_shape, np.uint8)
+def _images(data: DataShape, n: int, dtype=np.uint8) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((n,) + data.image_shape, dtype)
 
 
 def _epoch(model: ModelConfig, train: TrainConfig, data: DataShape, members: Members | None,
-           data_seed: int):
+           data_seed: int, x_dtype=np.uint8):
     """(Members, the Runner's epoch program, its abstract arguments) for `members`."""
     n = data.train
     members = members or Members(np.arange(train.members))
@@ -180,86 +185,171 @@ def _epoch(model: ModelConfig, train: TrainConfig, data: DataShape, members: Mem
     view = member_view(members, n, data_seed)
     noise = None
     if view.input_noise_mask is not None or view.label_noise_mask is not None:
-        noise = NoiseSource(_images(data, n) if view.input_noise_mask is not None else None,
+        noise = NoiseSource(_images(data, n, np.float16)  # (randX: float16, in [0, 1] units)
+                            if view.input_noise_mask is not None else None,
                             jax.ShapeDtypeStruct((n,), np.int32)
                             if view.label_noise_mask is not None else None)
     epoch = epoch_program(network, tx, train, member_mesh(1), members.example_mask)
-    return members, epoch, (state, train.seed, _images(data, n),
+    return members, epoch, (state, train.seed, _images(data, n, x_dtype),
                             jax.ShapeDtypeStruct((n,), np.int32), _abstract(view), noise)
 
 
 def _training_step(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
-                   members: Members, cost: Cost, epochs: int, state) -> Step:
+                   members: Members, cost: Cost, epochs: int, state, program: str) -> Step:
     mask = members.example_mask
     seen = members.count * data.train if mask is None else float(np.sum(mask))
     return Step(name, "train", model.kind, cost, epochs, per_example=seen,
                 precision=train.compute_dtype, members=members.count,
-                checkpoint_bytes=float(sum(map(nbytes, jax.tree_util.tree_leaves(state)))))
+                checkpoint_bytes=float(sum(map(nbytes, jax.tree_util.tree_leaves(state)))),
+                program=program)
 
 
 def training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
-             members: Members | None = None, *, epochs: int, data_seed: int = 0) -> Step:
+             members: Members | None = None, *, epochs: int, data_seed: int = 0,
+             x_dtype=np.uint8, program: str = "") -> Step:
     """The training epoch a Runner compiles for `members` (None: train.members) on the
-    data.train training examples, run `epochs` times; a checkpoint of the members' state
-    after each. Members with an adversarial weight: `adversarial_training`."""
-    members, epoch, args = _epoch(model, train, data, members, data_seed)
+    data.train training examples (x_dtype: uint8, or float16 with randX), run `epochs`
+    times; a checkpoint of the members' state after each. Members with an adversarial
+    weight: `adversarial_training`."""
+    members, epoch, args = _epoch(model, train, data, members, data_seed, x_dtype)
     if args[4].adversarial_weight is not None:
         raise ValueError("members with an adversarial weight: use cost.adversarial_training")
     return _training_step(name, model, train, data, members, program_cost(epoch, *args),
-                          epochs, args[0])
+                          epochs, args[0], program)
 
 
 def adversarial_training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
-                         members: Members, *, epochs: int, data_seed: int = 0) -> list[Step]:
+                         members: Members, *, epochs: int, data_seed: int = 0,
+                         x_dtype=np.uint8, program: str = "") -> list[Step]:
     """`training` for members of which some have an adversarial weight: the epoch without
     the in-step search (in the training's precision), and the search (kind "search",
     float32 as memjax.train runs it; no program of its own to compile): its
     `in_step_iterations` and its first probe at the minibatch, counted as one more
     iteration (the same forward pass and input gradient). On one device only the members
     with a weight > 0 run it (the Runner's static `searching`)."""
-    members, epoch, args = _epoch(model, train, data, members, data_seed)
+    members, epoch, args = _epoch(model, train, data, members, data_seed, x_dtype)
     epoch = functools.partial(epoch, searching=searching(members))
     unsearched = program_cost(epoch, *args, while_trips=0)
     iteration = program_cost(epoch, *args, while_trips=1) - unsearched
     trips = in_step_iterations(train.adversarial_protocol, TRAINING_LASS["max_iterations"])
     searched = float(np.sum(np.asarray(members.adversarial_weight) > 0)) * data.train
     return [_training_step(name, model, train, data, members, unsearched - iteration, epochs,
-                           args[0]),
+                           args[0], program),
             Step(f"{name}: in-step search", "search", model.kind, iteration * (trips + 1),
                  epochs, per_example=searched, members=members.count,
-                 probes=searched * trips, programs=0)]
+                 probes=searched * trips, programs=0, program=program)]
 
 
-def _variables(model: ModelConfig, train: TrainConfig, data: DataShape, members: int):
+def _variables(model: ModelConfig, train: TrainConfig, data: DataShape, members: Members):
     network, _, state = abstract_ensemble(model, train, data.num_classes,
-                                          (1,) + data.image_shape, Members(np.arange(members)))
+                                          (1,) + data.image_shape, members)
     return network, state.variables
 
 
 def evaluation(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
-               members: int, examples: int, *, runs: int) -> Step:
+               members: Members, examples: int, *, runs: int, x_dtype=np.uint8,
+               program: str = "") -> Step:
     """memjax.evaluation.evaluate of `members` on `examples` inputs, run `runs` times, in the
     training's compute precision (as the Runner evaluates)."""
     network, variables = _variables(model, train, data, members)
     cost = program_cost(evaluation_program(network.apply, train, member_mesh(1)), variables,
-                        _images(data, examples), jax.ShapeDtypeStruct((examples,), np.int32))
-    return Step(name, "evaluate", model.kind, cost, runs, per_example=members * examples,
-                precision=train.compute_dtype, members=members)
+                        _images(data, examples, x_dtype),
+                        jax.ShapeDtypeStruct((examples,), np.int32))
+    return Step(name, "evaluate", model.kind, cost, runs, per_example=members.count * examples,
+                precision=train.compute_dtype, members=members.count, program=program)
 
 
-def search(name: str, model: ModelConfig, train: TrainConfig, data: DataShape, members: int,
+def own_accuracy(name: str, phase, data: DataShape, *, runs: int) -> Step:
+    """Runner.own_accuracy of a phase's members (memjax.evaluation.member_accuracy on
+    each member's own view of the training set: `Members.own_examples`), run `runs`
+    times, in the training's compute precision."""
+    train, members = phase.training, phase.ensemble
+    _, _, args = _epoch(phase.model, train, data, members, phase.data.seed, phase.data.x_dtype)
+    state, _, x, y, view, noise = args
+    used = members.own_examples()
+    if used is not None:  # (the Runner's smaller copy of the examples some member sees)
+        n = len(used)
+        cut = lambda a, axis=0: None if a is None else jax.ShapeDtypeStruct(
+            a.shape[:axis] + (n,) + a.shape[axis + 1:], a.dtype)
+        x, y = cut(x), cut(y)
+        view = view.replace(example_mask=cut(view.example_mask, 1),
+                            input_noise_mask=cut(view.input_noise_mask, 1),
+                            label_noise_mask=cut(view.label_noise_mask, 1))
+        noise = noise and NoiseSource(cut(noise.x), cut(noise.y))
+    network, _ = _variables(phase.model, train, data, members)
+    fn = functools.partial(member_accuracy, computing_in(network.apply, train.compute_dtype),
+                           chunk=train.eval_chunk, member_chunk=train.member_chunk,
+                           mesh=member_mesh(1))
+    cost = program_cost(fn, state.variables, x, y, view, noise)
+    return Step(name, "evaluate", phase.model.kind, cost, runs,
+                per_example=members.count * x.shape[0], precision=train.compute_dtype,
+                members=members.count, program=f"{phase.id}/own_accuracy")
+
+
+def search(name: str, model: ModelConfig, train: TrainConfig, data: DataShape, members: Members,
            *, protocol: str, examples: int | None, validation: int, runs: int,
-           chunk: int | None = None, **settings) -> Step:
-    """memjax.metrics.validation_search of `members` (settings: radius, step_size,
+           chunk: int | None = None, program: str = "", **settings) -> Step:
+    """memjax.metrics.validation_search by `members` (settings: radius, step_size,
     noise_scale, max_iterations), run `runs` times, each counted at `search_iterations`."""
     network, variables = _variables(model, train, data, members)
     iterations = search_iterations(protocol, settings["max_iterations"])
     searched = validation if examples is None else min(examples, validation)
     cost = program_cost(
-        lambda v, x, key: validation_search(network.apply, v, x, key, protocol=protocol,
-                                            examples=examples, member_chunk=train.member_chunk,
-                                            chunk=chunk, **settings),
+        lambda v, x, key, ids: validation_search(
+            network.apply, v, x, key, protocol=protocol, examples=examples,
+            member_chunk=train.member_chunk, chunk=chunk, member_ids=ids, **settings),
         variables, _images(data, validation), jax.eval_shape(lambda: jax.random.key(0)),
-        while_trips=iterations)
-    return Step(name, "search", model.kind, cost, runs, per_example=members * searched,
-                members=members, probes=float(members * searched * iterations))
+        jax.ShapeDtypeStruct((members.count,), np.int32), while_trips=iterations)
+    return Step(name, "search", model.kind, cost, runs, per_example=members.count * searched,
+                members=members.count, probes=float(members.count * searched * iterations),
+                program=program)
+
+
+# ---- a phase's programs, and the programs a run calls -------------------------------------
+
+def phase_steps(phase) -> list[Step]:
+    """The programs a memjax.phase.Phase compiles and how often it runs each: its training
+    epoch (none for a phase of 0 epochs) and each measurement's programs."""
+    data = phase.data.shape()
+    steps = []
+    if phase.epoch_count:
+        members = phase.ensemble
+        kw = dict(epochs=phase.epoch_count, data_seed=phase.data.seed,
+                  x_dtype=phase.data.x_dtype, program=f"{phase.id}/train")
+        if searching(members) is not None:
+            steps += adversarial_training(f"train ({phase.text})", phase.model, phase.training,
+                                          data, members, **kw)
+        else:
+            steps.append(training(f"train ({phase.text})", phase.model, phase.training, data,
+                                  members, **kw))
+    for measurement in phase.measurements:
+        steps += measurement.steps(phase, data)
+    return steps
+
+
+_recorded: dict | None = None
+
+
+@contextlib.contextmanager
+def recording():
+    """Within it, every program a run calls through `record` is counted once, as the plan
+    counts it, and its calls are counted: yields {program: [Cost, calls]}. What the test
+    that planned programs equal run programs reads."""
+    global _recorded
+    previous, _recorded = _recorded, {}
+    try:
+        yield _recorded
+    finally:
+        _recorded = previous
+
+
+def record(program: str, fn: Callable, *args: Any, while_trips: float = 1) -> None:
+    """A run calls fn(*args) under the name `program` (Step.program); counted only within
+    `recording` (elsewhere: nothing, at no cost)."""
+    if _recorded is None:
+        return
+    if program not in _recorded:  # (counted on shapes alone, as the plan counts: one device)
+        shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+                              if isinstance(a, jax.Array) else a, args)
+        _recorded[program] = [program_cost(fn, *shapes, while_trips=while_trips), 0]
+    _recorded[program][1] += 1

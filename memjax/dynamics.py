@@ -119,6 +119,12 @@ def update(records: Dynamics, idx: jax.Array, counted: jax.Array, logits: jax.Ar
         prob_m2=add(records.prob_m2, (prob - old_mean) * (prob - new_mean)))
 
 
+# the names `scores` returns
+SCORES = ("presentations", "forgetting_events", "never_learned", "aum", "confidence",
+          "variability", "correctness", "first_learned_epoch", "learned_for_good_epoch",
+          "not_learned_for_good")
+
+
 def scores(records: Dynamics) -> dict[str, np.ndarray]:
     """Per-example scores [M, N] from stacked records (host arrays):
     forgetting_events (never_learned examples: 0, flagged in never_learned), aum (mean

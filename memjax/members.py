@@ -61,13 +61,24 @@ class Members:
         used = self.own_examples()
         return num_examples if used is None else len(used)
 
+    def subset(self, rows: np.ndarray) -> "Members":
+        """The members at `rows` (indices)."""
+        def take(value):
+            if isinstance(value, dict):
+                return {k: take(v) for k, v in value.items()}
+            if value is None or np.ndim(value) == 0:
+                return value
+            return np.asarray(value)[rows]
+
+        return Members(**{f.name: take(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
     def padded(self, total: int) -> "Members":
         """The same members and `total - count` dummy copies of the last one."""
         def pad(value):
-            if value is None or np.ndim(value) == 0:
-                return value
             if isinstance(value, dict):
                 return {k: pad(v) for k, v in value.items()}
+            if value is None or np.ndim(value) == 0:
+                return value
             return pad_members(np.asarray(value), total)
 
         return Members(**{f.name: pad(getattr(self, f.name)) for f in dataclasses.fields(self)})

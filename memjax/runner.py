@@ -29,13 +29,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memjax import convergence, dynamics
+from memjax import convergence, cost, dynamics
 from memjax.config import ModelConfig, TrainConfig
 from memjax.data import Split
 from memjax.ensemble import EnsembleState, pad_members
 from memjax.evaluation import evaluation_program, member_accuracy
 from memjax.members import Members, build_ensemble, epoch_program, member_view, searching
+from memjax.metrics.lass import TRAINING_LASS
 from memjax.models import computing_in
+from memjax.data import Dataset
+from memjax.errors import MemjaxError
+from memjax.phase import Outcome, Phase
 from memjax.results import RunDir, check_phase_id
 from memjax.sharding import (default_mesh, put_members, replicate, shard_members,
                              take_members, to_host)
@@ -107,6 +111,53 @@ class Runner:
         # what decides whether a smaller program for the active members pays: epochs
         # still to run (set by `run`), seconds of the last epoch and of compiling one
         self._remaining, self._epoch_seconds, self._compile_seconds = None, 0.0, 0.0
+        self.phase_id = ""  # the phase `run` trains (it names the programs memjax.cost records)
+        self.phase = self.dataset = None  # (set by `of`)
+
+    @classmethod
+    def of(cls, phase: Phase, dataset: Dataset, mesh=None) -> "Runner":
+        """The Runner of a declared phase (memjax.phase) on `dataset`, whose training split
+        must have the size the phase was declared for; `execute` runs it."""
+        split, classes = phase.data.split(dataset)
+        declared = phase.data.shape().train
+        if len(split) != declared:
+            raise MemjaxError(f"phase {phase.id} was declared for {declared} training "
+                              f"examples; the data has {len(split)}")
+        runner = cls(phase.model, phase.training, split, classes, phase.members,
+                     data_seed=phase.data.seed, input_stats=phase.data.input_stats, mesh=mesh)
+        runner.phase, runner.dataset = phase, dataset
+        return runner
+
+    def execute(self, run_dir: RunDir | None = None,
+                log: Callable[[int, dict], dict | None] | None = None) -> Outcome:
+        """Run the phase of `of`: train its epochs with its per-epoch measurements (and its
+        convergence), then take its end-of-phase measurements. See `run` for run_dir, log."""
+        from memjax.measurements import Convergence
+
+        phase, epochs = self.phase, self.phase.epoch_count
+        converge_at = next((m.threshold for m in phase.measurements
+                            if isinstance(m, Convergence)), None)
+        bound = [(m, m.bind(self, self.dataset)) for m in phase.measurements
+                 if not isinstance(m, Convergence)]
+        during = [(m, f) for m, f in bound if m.every is not None]
+
+        def measure(runner, epoch):
+            out = {}
+            for m, f in during:
+                out.update(f(epoch) if m.due(epoch, epochs) else
+                           {name: np.full(self.members, np.nan, np.float32)
+                            for name in m.outputs})
+            return out
+
+        self.phase_id = phase.id
+        history = {} if not epochs else self.run(
+            epochs, phase=phase.id, desc=phase.text, run_dir=run_dir,
+            measure=measure if during else None, converge_at=converge_at, log=log)
+        final = {}  # (of the real members: each measurement cuts its own)
+        for m, f in bound:
+            if m.every is None:
+                final.update(to_host(f(epochs)))
+        return Outcome(history, final, self)
 
     def _put(self, x, y, view: MemberView, noise: NoiseSource | None):
         """Training data on the devices: x, y and the noise on every one, the view's
@@ -132,22 +183,26 @@ class Runner:
         state = jax.tree.map(lambda a: pad_members(a, self.padded) if a.ndim else a, state)
         return shard_members(state, self.mesh, self.padded)
 
-    def evaluate(self, x: jax.Array, y: jax.Array,
-                 members: np.ndarray | None = None) -> dict[str, jax.Array]:
+    def evaluate(self, x: jax.Array, y: jax.Array, members: np.ndarray | None = None,
+                 program: str = "evaluation") -> dict[str, jax.Array]:
         """memjax.evaluation.evaluate of the real members (or of `members`, indices):
-        {"correct", "loss"}: [M, N], in the training's compute precision."""
+        {"correct", "loss"}: [M, N], in the training's compute precision. program: its
+        name for memjax.cost.record."""
         variables = self.variables
         if members is not None:
             variables = jax.tree.map(lambda a: a[np.asarray(members)], variables)
+        cost.record(program, self.evaluation, variables, x, y)
         out = self.evaluation(variables, x, y)
         return {k: v[:self.members] if members is None else v for k, v in out.items()}
 
     def own_accuracy(self) -> jax.Array:
         """[M] each member's accuracy on its own view of the training set (its examples,
         its noise), in evaluation mode and the training's compute precision."""
-        return member_accuracy(self._evaluate_apply, self.variables, *self._own,
+        fn = functools.partial(member_accuracy, self._evaluate_apply,
                                chunk=self.train.eval_chunk, member_chunk=self.train.member_chunk,
-                               mesh=self.mesh)["accuracy"][:self.members]
+                               mesh=self.mesh)
+        cost.record(f"{self.phase_id}/own_accuracy", fn, self.variables, *self._own)
+        return fn(self.variables, *self._own)["accuracy"][:self.members]
 
     def placement(self) -> dict:
         """How the members sit on the devices: device count, members per device, the
@@ -173,6 +228,11 @@ class Runner:
     def epoch(self) -> dict[str, np.ndarray]:
         """Train one epoch; the trainer's metrics of the real members, on the host (NaN
         loss and accuracy for members that have converged, which no longer train)."""
+        cost.record(f"{self.phase_id}/train",
+                    functools.partial(self.train_epoch, searching=self._searching), self.state,
+                    self.train.seed, self.x, self.y, self.view, self.noise,
+                    while_trips=1 if self._searching is None else cost.in_step_iterations(
+                        self.train.adversarial_protocol, TRAINING_LASS["max_iterations"]))
         start = time.perf_counter()
         if self.converged.any() and not self.converged.all():
             metrics = self._active_epoch()
@@ -256,6 +316,7 @@ class Runner:
 
         history: dict[str, list] = {}
         check_phase_id(phase)
+        self.phase_id = phase
         checkpoints = self._open_phase(run_dir, phase, epochs, history)
         done = int(self.state.epoch)
         try:

@@ -47,7 +47,11 @@ def test_one_class_per_example_labels():
 
     train = Split(np.zeros((5, 2, 2, 1), np.uint8), np.array([3, 3, 1, 0, 3], np.int32),
                   np.zeros(5, bool))
-    split, classes = sensitivity._condition_split(train, "randX_per_example", 10, 0)
+    from memjax.data import Dataset
+    from memjax.phase import Data
+
+    dataset = Dataset("tiny", train, train, 10)
+    split, classes = Data(DataConfig(), "randX", one_class_per_example=True).split(dataset)
     np.testing.assert_array_equal(split.y, np.arange(5))
     assert classes == 5 and split.noisy.all()
 

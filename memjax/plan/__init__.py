@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 from typing import Iterable, Iterator
 
-from memjax.cost import Step
+from memjax.cost import Step, phase_steps
 from memjax.plan.devices import DEVICES, Device
 from memjax.plan.rates import Rate, Rates, measure_checkpoints
 
@@ -87,10 +87,17 @@ def plan(configs: dict, device: str = "h200", measured: dict | None = None,
         rates = Rates(device, measured=measured)  # ("this": measures its roofline, ~5 s)
         for name, (module, config) in configs.items():
             bar.set_description(f"counting {name}'s programs")
-            studies[name] = plan_steps(_counted(module.work(config), bar), rates)
+            studies[name] = plan_steps(_counted(study_steps(module, config), bar), rates)
             bar.update()
     return {"device": rates.name, "note": rates.scale_note, "measured": rates.measured,
             "studies": studies, "total_seconds": sum(s["seconds"] for s in studies.values())}
+
+
+def study_steps(module, config) -> Iterator[Step]:
+    """The programs of a study's declared phases (`module.phases(config)`), as
+    memjax.cost.phase_steps counts them."""
+    for phase in module.phases(config):
+        yield from phase_steps(phase)
 
 
 def _counted(steps: Iterable[Step], bar) -> Iterator[Step]:
