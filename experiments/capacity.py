@@ -20,7 +20,8 @@ from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
                           check_numbers, validate)
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import check_sweep_members, grid, new_figure, width_buckets
+from memjax.experiments.figures import new_figure
+from memjax.experiments.sweeps import check_sweep_members, grid, width_buckets
 from memjax.results import RunDir
 from memjax.measurements import Evaluation
 from memjax.members import Members

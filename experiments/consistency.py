@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import jax
 import numpy as np
 
-from memjax.experiments.common import new_figure
+from memjax.experiments.figures import new_figure
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
                           check_numbers, validate)
 from memjax.data import data_shape, load_dataset

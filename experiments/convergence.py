@@ -25,7 +25,8 @@ from memjax import convergence
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
 from memjax.data import data_shape, load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import check_sweep_members, grid, new_figure, width_buckets
+from memjax.experiments.figures import new_figure
+from memjax.experiments.sweeps import check_sweep_members, grid, width_buckets
 from memjax.results import RunDir
 from memjax.measurements import Convergence
 from memjax.members import Members

@@ -28,8 +28,9 @@ import numpy as np
 from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_numbers, validate)
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import (check_sweep_members, example_figure, new_figure,
-                                       spearman, spread, write_example_scores)
+from memjax.experiments.example_scores import spearman, spread, write_example_scores
+from memjax.experiments.figures import example_figure, new_figure
+from memjax.experiments.sweeps import check_sweep_members
 from memjax.metrics import balanced_masks, cscore, holdout_consistency, members_holding
 from memjax.metrics.consistency import misclassification_rate
 from memjax.measurements import Evaluation

@@ -25,7 +25,7 @@ from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
                           check_numbers, validate)
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import new_figure
+from memjax.experiments.figures import new_figure
 from memjax.metrics import PAPER_LASS, PROTOCOLS
 from memjax.measurements import CriticalSamples, Evaluation
 from memjax.phase import Data, Phase
@@ -141,7 +141,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
         seconds += runner.seconds
         model_examples += runner.model_examples
         history.pop("train_loss")
-        history["lass_iterations"] = history["lass_iterations"] / (runner.members * searched)
+        history["lass_iterations"] = history["lass_iterations"] / (runner.member_count * searched)
         for name, values in history.items():
             arrays[f"{name}_{condition}"] = values  # [epochs, M] (iterations: [epochs])
         summary[condition] = {**_summary(arrays, condition), "protocol": config.protocol,

@@ -21,7 +21,8 @@ import numpy as np
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import check_sweep_members, new_figure
+from memjax.experiments.figures import new_figure
+from memjax.experiments.sweeps import check_sweep_members
 from memjax.measurements import OwnAccuracy
 from memjax.phase import Data, Phase
 from memjax.results import RunDir

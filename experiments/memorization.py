@@ -32,8 +32,8 @@ from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, v
 from memjax import dynamics
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import (detection_auc, example_figure, new_figure, spread,
-                                       write_example_scores)
+from memjax.experiments.example_scores import detection_auc, spread, write_example_scores
+from memjax.experiments.figures import example_figure, new_figure
 from memjax.metrics import (balanced_masks, holdout_consistency, influence, members_holding,
                             memorization)
 from memjax.measurements import Dynamics, Evaluation

@@ -23,8 +23,9 @@ from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
                           check_numbers, validate)
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import (check_sweep_members, first_epoch_at_least, grid,
-                                       measured, new_figure)
+from memjax.experiments.figures import new_figure
+from memjax.experiments.sweeps import (check_sweep_members, first_epoch_at_least, grid,
+                                       measured)
 from memjax.metrics import PAPER_LASS, PROTOCOLS
 from memjax.measurements import CriticalSamples, Evaluation, OwnAccuracy
 from memjax.phase import Data, Phase

@@ -27,7 +27,8 @@ import numpy as np
 from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
-from memjax.experiments.common import check_sweep_members, new_figure
+from memjax.experiments.figures import new_figure
+from memjax.experiments.sweeps import check_sweep_members
 from memjax.models import REGULARIZERS
 from memjax.measurements import Evaluation, OwnAccuracy
 from memjax.phase import Data, Phase
@@ -140,7 +141,7 @@ def phases(config: Config) -> list[Phase]:
     return [Phase("regularization", config.model, config.train, Data(config.data),
                   ensemble(rows), measurements=(
                       OwnAccuracy("train_accuracy", every=config.own_accuracy_every),
-                      Evaluation("validation_accuracy", on="validation", members=real)))]
+                      Evaluation("validation_accuracy", on="validation", member_rows=real)))]
 
 
 def run(config: Config, run_dir: RunDir) -> dict:

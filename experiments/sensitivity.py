@@ -27,7 +27,7 @@ from memjax import cost
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.evaluation import evaluate
-from memjax.experiments.common import new_figure
+from memjax.experiments.figures import new_figure
 from memjax.metrics import gini, loss_sensitivity, trainer_order, unrolled_loss_sensitivity
 from memjax.measurements import Measurement
 from memjax.members import abstract_ensemble
@@ -168,7 +168,7 @@ class Unrolled(Measurement):
                  "accuracy": "evaluate"}
         return [cost.Step(f"{name} ({phase.text})", kinds[name], phase.model.kind,
                           cost.program_cost(fn, state.variables, x, y), 1,
-                          per_example=float(tc.members * shape.train), members=tc.members,
+                          per_example=float(tc.members * shape.train), member_count=tc.members,
                           program=f"{phase.id}/{name}")
                 for name, fn in programs.items()]
 

@@ -4,9 +4,12 @@ The public face:
 
     import memjax
     data = memjax.load_dataset(memjax.DataConfig(train_size=2048))
-    runner = memjax.Runner(memjax.ModelConfig(hidden=(64,)), memjax.TrainConfig(members=4),
-                           data.train, data.num_classes)
-    history = runner.run(2, phase="real")                # {"train_loss": [2, 4], ...}
+    phase = memjax.Phase("real", memjax.ModelConfig(hidden=(64,)),
+                         memjax.TrainConfig(members=4, epochs=2),
+                         memjax.Data(memjax.DataConfig(train_size=2048)),
+                         measurements=(memjax.Evaluation("validation_accuracy"),))
+    outcome = memjax.Runner.of(phase, data).execute()   # history: {"train_loss": [2, 4], ...}
+    runner = outcome.runner
     s = memjax.metrics.loss_sensitivity(runner.apply, runner.member_state().variables,
                                         data.validation.x, data.validation.y)  # [4, N]
 
@@ -22,6 +25,16 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "Runner": ("memjax.runner", "Runner"),
     "Members": ("memjax.members", "Members"),
+    "Phase": ("memjax.phase", "Phase"),
+    "Data": ("memjax.phase", "Data"),
+    "Outcome": ("memjax.phase", "Outcome"),
+    "Measurement": ("memjax.measurements", "Measurement"),
+    "AtTheEnd": ("memjax.measurements", "AtTheEnd"),
+    "Evaluation": ("memjax.measurements", "Evaluation"),
+    "OwnAccuracy": ("memjax.measurements", "OwnAccuracy"),
+    "CriticalSamples": ("memjax.measurements", "CriticalSamples"),
+    "Convergence": ("memjax.measurements", "Convergence"),
+    "Dynamics": ("memjax.measurements", "Dynamics"),
     "build_ensemble": ("memjax.members", "build_ensemble"),
     "load_dataset": ("memjax.data", "load_dataset"),
     "DataConfig": ("memjax.config", "DataConfig"),

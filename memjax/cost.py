@@ -87,7 +87,7 @@ class Step:
     runs: int
     per_example: float
     precision: str = "float32"
-    members: int = 0
+    member_count: int = 0
     probes: float = 0.0
     checkpoint_bytes: float = 0.0
     programs: int = 1
@@ -199,7 +199,7 @@ def _training_step(name: str, model: ModelConfig, train: TrainConfig, data: Data
     mask = members.example_mask
     seen = members.count * data.train if mask is None else float(np.sum(mask))
     return Step(name, "train", model.kind, cost, epochs, per_example=seen,
-                precision=train.compute_dtype, members=members.count,
+                precision=train.compute_dtype, member_count=members.count,
                 checkpoint_bytes=float(sum(map(nbytes, jax.tree_util.tree_leaves(state)))),
                 program=program)
 
@@ -236,7 +236,7 @@ def adversarial_training(name: str, model: ModelConfig, train: TrainConfig, data
     return [_training_step(name, model, train, data, members, unsearched - iteration, epochs,
                            args[0], program),
             Step(f"{name}: in-step search", "search", model.kind, iteration * (trips + 1),
-                 epochs, per_example=searched, members=members.count,
+                 epochs, per_example=searched, member_count=members.count,
                  probes=searched * trips, programs=0, program=program)]
 
 
@@ -256,7 +256,7 @@ def evaluation(name: str, model: ModelConfig, train: TrainConfig, data: DataShap
                         _images(data, examples, x_dtype),
                         jax.ShapeDtypeStruct((examples,), np.int32))
     return Step(name, "evaluate", model.kind, cost, runs, per_example=members.count * examples,
-                precision=train.compute_dtype, members=members.count, program=program)
+                precision=train.compute_dtype, member_count=members.count, program=program)
 
 
 def own_accuracy(name: str, phase, data: DataShape, *, runs: int) -> Step:
@@ -283,7 +283,7 @@ def own_accuracy(name: str, phase, data: DataShape, *, runs: int) -> Step:
     cost = program_cost(fn, state.variables, x, y, view, noise)
     return Step(name, "evaluate", phase.model.kind, cost, runs,
                 per_example=members.count * x.shape[0], precision=train.compute_dtype,
-                members=members.count, program=f"{phase.id}/own_accuracy")
+                member_count=members.count, program=f"{phase.id}/own_accuracy")
 
 
 def search(name: str, model: ModelConfig, train: TrainConfig, data: DataShape, members: Members,
@@ -301,7 +301,7 @@ def search(name: str, model: ModelConfig, train: TrainConfig, data: DataShape, m
         variables, _images(data, validation), jax.eval_shape(lambda: jax.random.key(0)),
         jax.ShapeDtypeStruct((members.count,), np.int32), while_trips=iterations)
     return Step(name, "search", model.kind, cost, runs, per_example=members.count * searched,
-                members=members.count, probes=float(members.count * searched * iterations),
+                member_count=members.count, probes=float(members.count * searched * iterations),
                 program=program)
 
 

@@ -52,7 +52,7 @@ class EnsembleState:
     dynamics: Any = None
 
     @property
-    def members(self) -> int:
+    def member_count(self) -> int:
         return int(self.member_ids.shape[0])
 
 

@@ -60,6 +60,17 @@ def predict(apply_fn: ApplyFn, variables, x: jax.Array, *, chunk: int = 2048,
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "chunk", "member_chunk", "mesh"))
+def probabilities(apply_fn: ApplyFn, variables, x: jax.Array, *, chunk: int = 2048,
+                  member_chunk: int | None = None, mesh=None) -> jax.Array:
+    """Softmax probabilities [M, N, classes] float32 of every member on x [N, H, W, C]
+    (evaluation mode)."""
+    out = map_example_chunks(lambda xb: map_members(
+        lambda v: jax.nn.softmax(apply_fn(v, as_float(xb)).astype(jnp.float32), -1),
+        member_chunk, mesh=mesh)(variables), (x,), chunk)
+    return sharding.everywhere(out, out.shape[0], mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "chunk", "member_chunk", "mesh"))
 def predict_own(apply_fn: ApplyFn, variables, x: jax.Array, noised_x: jax.Array,
                 noised: jax.Array, *, chunk: int = 2048, member_chunk: int | None = None,
                 mesh=None) -> jax.Array:

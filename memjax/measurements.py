@@ -11,6 +11,9 @@ attributes and methods, e.g. a subclass of `Measurement`.
     CriticalSamples("csr", protocol="authors", examples=500, **PAPER_LASS)   # LASS CSR
     Convergence(0.99)                          # stop members at 99 % own accuracy
     Dynamics()                                 # per-example training dynamics
+
+A measurement of the members' final variables on the training split subclasses `AtTheEnd`
+and only names its programs (memjax's el2n study: EL2N and GraNd).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import numpy as np
 from memjax import cost, dynamics
 from memjax.errors import MemjaxError
 from memjax.keys import ATTACK, study_key
+from memjax.members import abstract_ensemble
 from memjax.metrics.lass import (PAPER_LASS, PROTOCOLS, authors_scale, critical_sample_ratio,
                                  validation_search)
 
@@ -69,6 +73,39 @@ class Measurement:
         raise NotImplementedError
 
 
+class AtTheEnd(Measurement):
+    """The base of a measurement taken once after the phase, on the phase's training split
+    (as it trains on it): `programs(apply_fn, train)` gives {output: fn(variables, x, y)},
+    each a jittable function of the real members' stacked variables [M, ...] (apply_fn in
+    evaluation mode, float32; train: the phase's TrainConfig). Each result is named by its
+    program; the plan counts each program once."""
+
+    every: int | None = None
+
+    def programs(self, apply_fn, train) -> dict[str, Callable]:
+        raise NotImplementedError
+
+    def bind(self, runner, dataset):
+        def measure(epoch):
+            variables, out = runner.member_state().variables, {}
+            for name, fn in self.programs(runner.apply, runner.train).items():
+                cost.record(_program(runner, name), fn, variables, runner.x, runner.y)
+                out[name] = fn(variables, runner.x, runner.y)
+            return out
+        return measure
+
+    def steps(self, phase, shape):
+        network, _, state = abstract_ensemble(phase.model, phase.training, shape.num_classes,
+                                              (1,) + shape.image_shape, phase.ensemble)
+        x = jax.ShapeDtypeStruct((shape.train,) + shape.image_shape, phase.data.x_dtype)
+        y, count = jax.ShapeDtypeStruct((shape.train,), np.int32), phase.ensemble.count
+        return [cost.Step(f"{name} ({phase.text})", "evaluate", phase.model.kind,
+                          cost.program_cost(fn, state.variables, x, y), 1,
+                          per_example=float(count * shape.train), member_count=count,
+                          precision=phase.train.compute_dtype, program=f"{phase.id}/{name}")
+                for name, fn in self.programs(network.apply, phase.training).items()]
+
+
 def _program(runner, name: str) -> str:
     return f"{runner.phase_id}/{name}"
 
@@ -85,14 +122,15 @@ class Evaluation(Measurement):
     """Correctness of the members on the validation split or on the phase's training split
     (as it trains on it: its noise included), in the training's compute precision
     (memjax.evaluation.evaluation_program). Result `name`: each member's accuracy [M]
-    (NaN for members not in `members`), or with per_example its correctness [M, N].
+    (NaN for members not among `member_rows`, indices), or with per_example its
+    correctness [M, N].
     examples: the first `examples` of the split (None: all); indices: those examples."""
 
     name: str
     on: str = "validation"
     every: int | None = 1
     per_example: bool = False
-    members: np.ndarray | None = None
+    member_rows: np.ndarray | None = None
     examples: int | None = None
     indices: np.ndarray | None = None
 
@@ -120,23 +158,23 @@ class Evaluation(Measurement):
         elif self.examples is not None:
             x, y = x[:self.examples], y[:self.examples]
         x, y = jax.device_put(x), jax.device_put(y)
-        members = None if self.members is None else np.asarray(self.members)
+        members = None if self.member_rows is None else np.asarray(self.member_rows)
 
         def measure(epoch):
-            correct = runner.evaluate(x, y, members=members,
+            correct = runner.evaluate(x, y, member_rows=members,
                                       program=_program(runner, self.name))["correct"]
             if self.per_example:
                 return {self.name: correct}
             accuracy = correct.mean(1)
             if members is not None:
-                accuracy = jnp.full(runner.members, jnp.nan).at[members].set(accuracy)
+                accuracy = jnp.full(runner.member_count, jnp.nan).at[members].set(accuracy)
             return {self.name: accuracy}
         return measure
 
     def steps(self, phase, shape):
         size = shape.train if self.on == "train" else shape.validation
-        members = (phase.ensemble if self.members is None
-                   else phase.ensemble.subset(np.asarray(self.members)))
+        members = (phase.ensemble if self.member_rows is None
+                   else phase.ensemble.subset(np.asarray(self.member_rows)))
         return [cost.evaluation(f"{self.name} ({phase.text})", phase.model, phase.training,
                                 shape, members, self._examples(size),
                                 runs=self.runs(phase.epoch_count),
@@ -273,7 +311,7 @@ class CriticalSamples(Measurement):
             found = fn(runner.variables, x, key, runner.state.member_ids)
             out = {self.name: critical_sample_ratio(found.critical)}
             if self.iterations:  # (summed exactly on the device)
-                out[self.iterations] = found.iterations[:runner.members].sum()
+                out[self.iterations] = found.iterations[:runner.member_count].sum()
             return out
         return measure
 

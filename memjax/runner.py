@@ -1,17 +1,18 @@
 """The one path by which memjax trains an ensemble: every study and benchmark goes through it.
 
-    runner = Runner(model, train, dataset.train, dataset.num_classes, Members(ids, widths=...))
-    history = runner.run(epochs, phase="width-512", desc="width <= 512", run_dir=run_dir,
-                         measure=lambda r, epoch: {
-                             "validation_accuracy": r.evaluate(x_val, y_val)["correct"].mean(1)})
+    phase = Phase("width-512", model, train, Data(config.data), Members(ids, widths=...),
+                  desc="width <= 512", measurements=(Evaluation("validation_accuracy"),))
+    outcome = Runner.of(phase, dataset).execute(run_dir)   # memjax.phase, memjax.measurements
+    outcome.history["validation_accuracy"]                 # [epochs, M]
 
 A `Runner` builds the ensemble from configs and per-member arrays (`Members`: ids, widths,
 example masks, noise fractions, regularizer strengths, learning rates, weight decay,
 adversarial weights), places it on the device mesh (members split over the `members` axis,
 the data replicated), and trains it epoch by epoch with a progress bar. After each epoch it
-runs the study's declared measurements on the device and keeps their [members] results in a
-per-epoch history; it stops members that converged (`converge_at`), isolates diverged ones,
-and checkpoints the state with the history so that `--resume` continues bit for bit.
+runs the phase's measurements on the device and keeps their [M] results in a per-epoch
+history (`run` takes a `measure` function for the same); it stops members that converged
+(`converge_at`), isolates diverged ones, and checkpoints the state with the history so
+that `--resume` continues bit for bit.
 
 Placement: the stored state holds the member count padded once to a multiple of the device
 count (dummy copies of the last member), so no epoch gathers across devices. Dummy members
@@ -56,7 +57,8 @@ class Runner:
     model, train: the configs (train.members is ignored when `members` is given; else
     members 0 .. train.members - 1). split: the training set, of num_classes classes;
     data_seed, input_stats: how its noise is drawn (memjax.data). mesh: None for every
-    device (at most one per member).
+    device (at most one per member). `members` is the Members value, `member_count`
+    their number (the real ones), `padded` that number padded to the devices.
     """
 
     def __init__(self, model: ModelConfig, train: TrainConfig, split: Split, num_classes: int,
@@ -64,10 +66,10 @@ class Runner:
                  input_stats: str = "per_pixel", mesh=None):
         train.check_data(len(split))
         members = members or Members(np.arange(train.members))
-        self.train, self.members = train, members.count
-        self.mesh = mesh or default_mesh(self.members)
+        self.train, self.members, self.member_count = train, members, members.count
+        self.mesh = mesh or default_mesh(self.member_count)
         devices = self.mesh.shape["members"]
-        self.padded = -(-self.members // devices) * devices
+        self.padded = -(-self.member_count // devices) * devices
         padded = members.padded(self.padded)
         example = np.zeros((1,) + split.x.shape[1:], np.float32)
         self.network, tx, state = build_ensemble(model, train, num_classes, example, padded)
@@ -145,7 +147,7 @@ class Runner:
             out = {}
             for m, f in during:
                 out.update(f(epoch) if m.due(epoch, epochs) else
-                           {name: np.full(self.members, np.nan, np.float32)
+                           {name: np.full(self.member_count, np.nan, np.float32)
                             for name in m.outputs})
             return out
 
@@ -175,25 +177,25 @@ class Runner:
 
     def member_state(self) -> EnsembleState:
         """The state of the real members only (what checkpoints hold)."""
-        if self.padded == self.members:
+        if self.padded == self.member_count:
             return self.state
-        return jax.tree.map(lambda a: a[:self.members] if a.ndim else a, self.state)
+        return jax.tree.map(lambda a: a[:self.member_count] if a.ndim else a, self.state)
 
     def _place(self, state: EnsembleState) -> EnsembleState:
         state = jax.tree.map(lambda a: pad_members(a, self.padded) if a.ndim else a, state)
         return shard_members(state, self.mesh, self.padded)
 
-    def evaluate(self, x: jax.Array, y: jax.Array, members: np.ndarray | None = None,
+    def evaluate(self, x: jax.Array, y: jax.Array, member_rows: np.ndarray | None = None,
                  program: str = "evaluation") -> dict[str, jax.Array]:
-        """memjax.evaluation.evaluate of the real members (or of `members`, indices):
-        {"correct", "loss"}: [M, N], in the training's compute precision. program: its
-        name for memjax.cost.record."""
+        """memjax.evaluation.evaluate of the real members (or of those at `member_rows`,
+        indices): {"correct", "loss"}: [M, N], in the training's compute precision.
+        program: its name for memjax.cost.record."""
         variables = self.variables
-        if members is not None:
-            variables = jax.tree.map(lambda a: a[np.asarray(members)], variables)
+        if member_rows is not None:
+            variables = jax.tree.map(lambda a: a[np.asarray(member_rows)], variables)
         cost.record(program, self.evaluation, variables, x, y)
         out = self.evaluation(variables, x, y)
-        return {k: v[:self.members] if members is None else v for k, v in out.items()}
+        return {k: v[:self.member_count] if member_rows is None else v for k, v in out.items()}
 
     def own_accuracy(self) -> jax.Array:
         """[M] each member's accuracy on its own view of the training set (its examples,
@@ -202,14 +204,14 @@ class Runner:
                                chunk=self.train.eval_chunk, member_chunk=self.train.member_chunk,
                                mesh=self.mesh)
         cost.record(f"{self.phase_id}/own_accuracy", fn, self.variables, *self._own)
-        return fn(self.variables, *self._own)["accuracy"][:self.members]
+        return fn(self.variables, *self._own)["accuracy"][:self.member_count]
 
     def placement(self) -> dict:
         """How the members sit on the devices: device count, members per device, the
         member chunk of the training epoch, and the dummy members padding the count."""
         placed = self.train_epoch.placement(self.state, self.train.seed, self.x, self.y,
                                             self.view, self.noise)
-        return {**placed, "members": self.members, "dummy_members": self.padded - self.members}
+        return {**placed, "members": self.member_count, "dummy_members": self.padded - self.member_count}
 
     # ---- training ------------------------------------------------------------------------
 
@@ -243,9 +245,9 @@ class Runner:
             self.training_members = self.padded
         self._epoch_seconds = time.perf_counter() - start
         self.seconds += self._epoch_seconds
-        self.model_examples += float(self._examples[:self.members][
-            ~self.converged[:self.members]].sum())
-        return {k: v[:self.members] for k, v in metrics.items()}
+        self.model_examples += float(self._examples[:self.member_count][
+            ~self.converged[:self.member_count]].sum())
+        return {k: v[:self.member_count] for k, v in metrics.items()}
 
     def _program(self, take: np.ndarray | None = None) -> Callable:
         """The epoch for the members `take` (indices; None: all): the compiled one where it
@@ -340,8 +342,8 @@ class Runner:
                 checkpoints.close()
         if run_dir is not None:
             diverged, ids = to_host((self.state.diverged, self.state.member_ids))
-            run_dir.record_divergence(phase, np.asarray(diverged)[:self.members],
-                                      np.asarray(ids)[:self.members])
+            run_dir.record_divergence(phase, np.asarray(diverged)[:self.member_count],
+                                      np.asarray(ids)[:self.member_count])
             run_dir.record_placement(phase, self.placement())
             if self.state.dynamics is not None:
                 self._save_dynamics(run_dir, phase)
@@ -374,7 +376,7 @@ class Runner:
         stop = False
         if converge_at is not None:
             first = (history["first_epoch"][-1] if history.get("first_epoch")
-                     else np.full(self.members, convergence.NOT_CONVERGED))
+                     else np.full(self.member_count, convergence.NOT_CONVERGED))
             record["train_accuracy"] = np.asarray(to_host(self.own_accuracy()))
             first = convergence.first_epochs(np.asarray(first), record["train_accuracy"], done,
                                              converge_at)
@@ -392,7 +394,7 @@ class Runner:
         (memjax.dynamics.scores); needs train.record_dynamics."""
         if self.state.dynamics is None:
             raise ValueError("no training dynamics recorded: set train.record_dynamics")
-        return dynamics.scores(jax.tree.map(lambda a: np.asarray(a)[:self.members],
+        return dynamics.scores(jax.tree.map(lambda a: np.asarray(a)[:self.member_count],
                                             to_host(self.state.dynamics)))
 
     def _save_dynamics(self, run_dir: RunDir, phase: str) -> None:
@@ -400,12 +402,12 @@ class Runner:
         (over the members that saw the example), and member_ids [M]."""
         scores = self.dynamics_scores()
         averages = dynamics.member_means(scores)
-        ids = np.asarray(to_host(self.state.member_ids))[:self.members]
+        ids = np.asarray(to_host(self.state.member_ids))[:self.member_count]
         run_dir.write_npz(f"dynamics-{phase}.npz", {**scores, **averages, "member_ids": ids})
 
     def _real(self, values: dict) -> dict[str, np.ndarray]:
         """Host values with dummy members cut off."""
-        cut = lambda v: v[:self.members] if v.ndim and v.shape[0] == self.padded else v
+        cut = lambda v: v[:self.member_count] if v.ndim and v.shape[0] == self.padded else v
         return {k: cut(np.asarray(v)) for k, v in values.items()}
 
     def _freeze(self, converged: np.ndarray) -> None:

@@ -23,5 +23,6 @@ def test_the_docstring_example_runs():
     lines = [line[4:] for line in memjax.__doc__.split("\n\n")[2].splitlines()]
     scope: dict = {}
     exec("\n".join(lines), scope)
-    assert scope["history"]["train_loss"].shape == (2, 4)
+    assert scope["outcome"].history["train_loss"].shape == (2, 4)
+    assert scope["outcome"].history["validation_accuracy"].shape == (2, 4)
     assert np.asarray(scope["s"]).shape[0] == 4

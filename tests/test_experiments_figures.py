@@ -1,10 +1,15 @@
-"""The studies' figures: every figure a smoke run writes has a title, and the example grids
-start right under theirs."""
+"""Every study's smoke run: the programs it calls are the ones `memjax plan` counts for its
+declared phases, and every figure it writes has a title; the example grids start right
+under theirs."""
+import dataclasses
+
 import numpy as np
 import pytest
 
+from memjax import cost
 from memjax.data import Split
-from memjax.experiments.common import example_figure
+from memjax.experiments.figures import example_figure
+from memjax.measurements import Convergence
 from memjax.reproduce import check_config
 from memjax.studies import registered
 from memjax.results import RunDir
@@ -38,15 +43,43 @@ def saved_figures(monkeypatch):
         plt.close(fig)
 
 
+def planned_programs(module, config) -> dict:
+    """{program: [Cost, runs]} of the study's declared phases, as memjax plan counts them
+    (a training epoch with an in-step search is two steps of one program: their costs add)."""
+    planned = {}
+    for phase in module.phases(config):
+        for step in cost.phase_steps(phase):
+            entry = planned.setdefault(step.program, [cost.Cost(), 0])
+            entry[0] += step.cost
+            entry[1] = max(entry[1], step.runs)
+    return planned
+
+
+# (sensitivity's other conditions run the programs of these two: one per condition, and
+# counting each twice takes half a minute)
+SMOKE = {"sensitivity": dict(conditions=("real", "randX_per_example"))}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(registered()))
-def test_every_figure_of_a_smoke_run_has_a_title(name, tmp_path, saved_figures):
+def test_a_smoke_run_runs_the_planned_programs_and_titles_its_figures(name, tmp_path,
+                                                                      saved_figures):
     module = registered()[name]
-    config = module.PRESETS["smoke"]
+    config = dataclasses.replace(module.PRESETS["smoke"], **SMOKE.get(name, {}))
     check_config(module, config)
     run_dir = RunDir(tmp_path)
     run_dir.start(name, {})
-    module.run(config, run_dir)
+    with cost.recording() as ran:
+        module.run(config, run_dir)
+    planned = planned_programs(module, config)
+    assert sorted(ran) == sorted(planned)
+    converging = {p.id for p in module.phases(config)
+                  if any(isinstance(m, Convergence) for m in p.measurements)}
+    for program, (counted, calls) in ran.items():
+        (planned_cost, runs), phase = planned[program], program.split("/")[0]
+        assert (counted.flops, counted.bytes) == (planned_cost.flops, planned_cost.bytes), program
+        # (a phase whose members all converge ends before its planned bound)
+        assert calls == runs or (phase in converging and calls < runs), program
     assert saved_figures, f"{name}'s smoke run drew no figure"
     untitled = [f for f, fig in saved_figures.items() if not _title(fig)]
     assert not untitled, f"{name}: figures without a title: {', '.join(untitled)}"

@@ -1,4 +1,4 @@
-"""The per-example score studies (cscore, memorization) end to end at smoke size, their
+"""The per-example score studies (cscore, memorization, el2n) end to end at smoke size, their
 exports checked against plain-NumPy recomputations from the saved masks and correctness,
 and the statistics that judge them against brute force."""
 import csv
@@ -12,7 +12,7 @@ import pytest
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments import cscore, memorization
-from memjax.experiments.common import detection_auc, spearman
+from memjax.experiments.example_scores import detection_auc, spearman
 from memjax.results import RunDir
 
 
@@ -151,3 +151,39 @@ def test_write_csv_round_trip(tmp_path):
     assert rows[1]["v"] == "nan" and rows[2]["v"] == "1e-09"
     with pytest.raises(ValueError, match="unequal"):
         run_dir.write_csv("u.csv", {"a": np.arange(2), "b": np.arange(3)})
+
+
+@pytest.mark.slow
+def test_el2n_study_scores_match_each_member_scored_alone(tmp_path):
+    """el2n's export: the member means of EL2N and GraNd, each member's scores equal to a
+    plain loop over its own examples (softmax error norm; one jax.grad per example)."""
+    import jax
+    import optax
+
+    from memjax.experiments import el2n
+    from memjax.runner import Runner
+
+    config = el2n.PRESETS["smoke"]
+    arrays, summary = _run(el2n, config, tmp_path)
+    dataset = load_dataset(config.data)
+    scores = dict(np.load(tmp_path / "el2n.npz"))
+    _check_export(tmp_path, "el2n", dataset.train, scores)
+    np.testing.assert_allclose(scores["el2n"], arrays["el2n_members"].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(scores["grand"], arrays["grand_members"].mean(0), rtol=1e-6)
+    assert -1 <= summary["spearman_el2n_grand"] <= 1 and summary["epoch"] == 2
+    # the same members again (their keys derive from their ids), scored one by one
+    runner = Runner.of(el2n.phases(config)[0], dataset)
+    runner.run(config.train.epochs, phase="early")
+    member = jax.tree.map(lambda a: a[1], runner.member_state().variables)
+    x, y = dataset.train.x[:5] / 255.0, dataset.train.y[:5]
+    p = np.asarray(jax.nn.softmax(runner.apply(member, x)))
+    np.testing.assert_allclose(arrays["el2n_members"][1, :5],
+                               np.linalg.norm(p - np.eye(10)[y], axis=1), rtol=1e-5)
+
+    def loss(params, xi, yi):
+        logits = runner.apply({**member, "params": params}, xi[None])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None])[0]
+
+    norms = [np.sqrt(sum(float(np.sum(np.square(g))) for g in jax.tree_util.tree_leaves(
+        jax.grad(loss)(member["params"], x[i], y[i])))) for i in range(5)]
+    np.testing.assert_allclose(arrays["grand_members"][1, :5], norms, rtol=1e-4)

@@ -91,9 +91,9 @@ def test_convergence_runs_each_size_alone_and_the_shared_cell_once():
     table = convergence.cells(config, 128)
     assert table["part"].tolist().count("width") == 4  # 2 widths x 2 noise levels
     assert sorted(table["size"][table["part"] == "size"].tolist()) == [32, 32, 64, 64]
-    names = [name for name, *_ in convergence.phases(config, table, 128)]
+    names = [name for name, *_ in convergence.ensembles(config, table, 128)]
     assert names == ["width 64", "size 32", "size 64"]
-    for name, _, rows, members in convergence.phases(config, table, 128)[1:]:
+    for name, _, members in convergence.ensembles(config, table, 128)[1:]:
         assert np.all(members.example_mask.sum(1) == int(name.split()[1]))
         assert members.own_inputs(128) == int(name.split()[1])
     # every member converges at an epoch of its own: each point reads its cell's members

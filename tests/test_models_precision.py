@@ -225,7 +225,7 @@ def test_only_the_paper_presets_train_the_cnn_in_bf16():
                 seen += cnn_in_paper
                 assert train.compute_dtype == ("bfloat16" if cnn_in_paper else "float32"), \
                     (name, preset, model.kind)
-    assert seen == 4  # csr, noise-curves, regularization, filters
+    assert seen == 5  # csr, noise-curves, regularization, filters, el2n
 
 if __name__ == "__main__":
     data = load_dataset(DataConfig(train_size=800, validation_size=500))

@@ -270,7 +270,7 @@ def test_planned_evaluation_is_the_program_the_runner_runs():
     labels = jax.ShapeDtypeStruct((48,), np.int32)
     variables = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), runner.variables)
     ran = cost.program_cost(runner.evaluation, variables, images, labels)
-    planned = cost.evaluation("validation", model, train, data, 2, 48, runs=1)
+    planned = cost.evaluation("validation", model, train, data, Members(np.arange(2)), 48, runs=1)
     assert planned.cost == ran and planned.precision == "bfloat16"
     float32 = cost.program_cost(  # the program the plan counted before
         lambda v, x, y: evaluate(runner.apply, v, x, y, chunk=32, mesh=runner.mesh),

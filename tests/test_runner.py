@@ -67,12 +67,12 @@ def test_eight_devices_give_one_devices_results(eleven):
 
 
 def test_evaluate_some_members_on_eight_devices(eleven):
-    """Runner.evaluate(members=...) gives those members' rows of the whole evaluation, the
+    """Runner.evaluate(member_rows=...) gives those members' rows of the whole evaluation, the
     members gathered from the 8 devices that hold them."""
     runner = eleven[8][0]
     x, y = runner.x[:64], runner.y[:64]
     every = runner.evaluate(x, y)
-    some = runner.evaluate(x, y, members=np.array([9, 2, 10]))
+    some = runner.evaluate(x, y, member_rows=np.array([9, 2, 10]))
     for k in ("correct", "loss"):
         assert some[k].shape == (3, 64)
         np.testing.assert_allclose(some[k], np.asarray(every[k])[[9, 2, 10]], rtol=1e-6)

@@ -12,7 +12,7 @@ from memjax.studies import paper_studies, registered, study
 def test_memjax_registers_its_studies_in_the_papers_order():
     assert paper_studies() == ["consistency", "sensitivity", "capacity", "convergence", "csr",
                                "noise-curves", "regularization", "filters"]
-    assert list(registered())[-2:] == ["cscore", "memorization"]
+    assert list(registered())[-3:] == ["cscore", "el2n", "memorization"]
     assert study("csr").EXPERIMENT == "E5"
     with pytest.raises(MemjaxError, match="unknown experiment 'nope'; known: capacity"):
         study("nope")

@@ -40,11 +40,11 @@ def checkpoints_saved(phase_seconds: float, minutes: float = 10.0) -> int:
 
 def plan_steps(steps: Iterable[Step], rates: Rates) -> dict:
     """{"flops", "bytes", "seconds", "compile_seconds", "checkpoint_seconds",
-    "checkpoint_bytes", "probes", "members", "steps": [...]} of one study's programs on the
+    "checkpoint_bytes", "probes", "member_count", "steps": [...]} of one study's programs on the
     rates' device (checkpoint writes timed on this machine only)."""
     compile_s = rates.compile_seconds()
     out = {"flops": 0.0, "bytes": 0.0, "seconds": 0.0, "compile_seconds": 0.0,
-           "checkpoint_seconds": 0.0, "checkpoint_bytes": 0.0, "probes": 0.0, "members": 0,
+           "checkpoint_seconds": 0.0, "checkpoint_bytes": 0.0, "probes": 0.0, "member_count": 0,
            "steps": []}
     for step in steps:
         rate = rates.rate(step)
@@ -57,7 +57,7 @@ def plan_steps(steps: Iterable[Step], rates: Rates) -> dict:
         if step.kind == "train":
             saves = checkpoints_saved(seconds / max(step.programs, 1)) * step.programs
             out["checkpoint_bytes"] += step.checkpoint_bytes * saves
-            out["members"] += step.members * step.programs
+            out["member_count"] += step.member_count * step.programs
             if rates.checkpoint is not None and step.checkpoint_bytes:
                 latency, rate_b = rates.checkpoint
                 saving = saves * (latency + step.checkpoint_bytes / rate_b)

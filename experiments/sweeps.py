@@ -1,0 +1,55 @@
+"""The rows of a sweep: its cells (`grid`), the width buckets that keep cheap members off
+the widest one's program (`width_buckets`), its seeds, and the per-epoch curves it reads."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from memjax.errors import MemjaxError
+
+
+def check_sweep_members(config: Any) -> None:
+    """A sweep's ensemble is its cells x `seeds` members, so train.members must stay 1."""
+    trains = [getattr(config, n) for n in ("train", "cnn_train") if hasattr(config, n)]
+    if any(t.members != 1 for t in trains):
+        raise MemjaxError("a sweep trains one member per cell and seed: set seeds "
+                          "(--seeds N), not train.members")
+
+
+def width_buckets(widths: np.ndarray, limits: tuple[int, ...]) -> list[tuple[int, np.ndarray]]:
+    """Group members by width so that cheap members don't pay for the widest one: bucket
+    b holds the widths in (limits[b-1], limits[b]] and runs as a masked MLP of its largest
+    member width. Returns [(model width, member indices)], non-empty buckets only."""
+    widths = np.asarray(widths)
+    edges = sorted(limits)
+    if widths.max() > edges[-1]:
+        edges.append(int(widths.max()))
+    out, lower = [], 0
+    for upper in edges:
+        rows = np.flatnonzero((widths > lower) & (widths <= upper))
+        if rows.size:
+            out.append((int(widths[rows].max()), rows))
+        lower = upper
+    return out
+
+
+def grid(**axes: Any) -> dict[str, np.ndarray]:
+    """Cartesian product of named axes, one row per member: grid(a=[1, 2], b=[x, y]) ->
+    {"a": [1, 1, 2, 2], "b": [x, y, x, y]}."""
+    names = list(axes)
+    mesh = np.meshgrid(*[np.arange(len(axes[n])) for n in names], indexing="ij")
+    return {n: np.asarray(axes[n], dtype=object)[m.ravel()] for n, m in zip(names, mesh)}
+
+
+def measured(curve) -> tuple[np.ndarray, np.ndarray]:
+    """(1-based epochs, values) of a per-epoch curve where it was measured (not NaN)."""
+    curve = np.asarray(curve, float)
+    at = np.flatnonzero(np.isfinite(curve))
+    return at + 1, curve[at]
+
+
+def first_epoch_at_least(curve: np.ndarray, threshold: float) -> int | None:
+    """1-based epoch at which a per-epoch curve first reaches threshold (None: never)."""
+    hits = np.flatnonzero(np.asarray(curve) >= threshold)
+    return int(hits[0]) + 1 if hits.size else None

@@ -1,0 +1,19 @@
+"""experiments/sweeps.py: grouping members into width buckets, curves measured every few
+epochs."""
+import numpy as np
+
+
+def test_width_buckets_group_by_cost():
+    from memjax.experiments.sweeps import width_buckets
+
+    widths = np.array([16, 512, 64, 4096, 128, 2048])
+    buckets = width_buckets(widths, (128, 1024))
+    assert [(w, rows.tolist()) for w, rows in buckets] == [(128, [0, 2, 4]), (512, [1]),
+                                                           (4096, [3, 5])]
+
+
+def test_measured_keeps_the_epochs_a_curve_was_measured_at():
+    from memjax.experiments.sweeps import measured
+
+    epochs, values = measured([np.nan, 0.2, np.nan, 0.4])
+    assert epochs.tolist() == [2, 4] and values.tolist() == [0.2, 0.4]
