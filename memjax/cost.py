@@ -323,7 +323,10 @@ def phase_steps(phase) -> list[Step]:
             steps.append(training(f"train ({phase.text})", phase.model, phase.training, data,
                                   members, **kw))
     for measurement in phase.measurements:
-        steps += measurement.steps(phase, data)
+        declared = getattr(measurement, "precision", None)  # (Measurement.precision)
+        steps += [step if declared is None else dataclasses.replace(step,
+                                                                    precision=declared(phase))
+                  for step in measurement.steps(phase, data)]
     return steps
 
 

@@ -3,6 +3,7 @@ its MEMJAX_* environment, and how a config differs from the one a run recorded (
 `--resume` and `memjax reproduce` refuse to mix)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -54,7 +55,25 @@ def differences_from_run(manifest: dict, config: Any) -> list[str]:
     old = _as_loaded(json.loads(to_json(manifest.get("config"))), manifest.get("environment", {}),
                      manifest.get("cwd", os.getcwd()))
     new = _as_loaded(json.loads(to_json(config)), memjax_environment(), os.getcwd())
-    return sorted(_differences(old, new))
+    return sorted(_differences(old, new, defaults=_defaults(config)))
+
+
+def _defaults(config: Any) -> Any:
+    """A dataclass config's field defaults, nested as its JSON is (a setting added to memjax
+    after a run started is absent from that run's manifest: at its default it is no
+    difference)."""
+    if isinstance(config, dict):
+        return {k: _defaults(v) for k, v in config.items()}
+    if not dataclasses.is_dataclass(config):
+        return None
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = _defaults(value)
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = json.loads(to_json(f.default))
+    return out
 
 
 def _as_loaded(config: Any, environment: dict, cwd: str) -> Any:
@@ -72,10 +91,14 @@ def _as_loaded(config: Any, environment: dict, cwd: str) -> Any:
     return out
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+def _differences(old: Any, new: Any, prefix: str = "", defaults: Any = None) -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
+        defaults = defaults if isinstance(defaults, dict) else {}
         for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+            if key not in old and key in defaults and new[key] == defaults[key]:
+                continue
+            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.",
+                                defaults.get(key))
         return out
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]

@@ -68,6 +68,11 @@ class Measurement:
         """epoch -> {output: result} on the device, for this runner's members."""
         raise NotImplementedError
 
+    def precision(self, phase) -> str:
+        """The precision its programs compute in (the plan prices them at it): the phase's
+        compute dtype unless a measurement declares otherwise."""
+        return phase.train.compute_dtype
+
     def steps(self, phase, shape) -> list[cost.Step]:
         """Its programs as memjax.cost counts them, for the phase's plan."""
         raise NotImplementedError
@@ -102,7 +107,7 @@ class AtTheEnd(Measurement):
         return [cost.Step(f"{name} ({phase.text})", "evaluate", phase.model.kind,
                           cost.program_cost(fn, state.variables, x, y), 1,
                           per_example=float(count * shape.train), member_count=count,
-                          precision=phase.train.compute_dtype, program=f"{phase.id}/{name}")
+                          precision=self.precision(phase), program=f"{phase.id}/{name}")
                 for name, fn in self.programs(network.apply, phase.training).items()]
 
 
@@ -285,6 +290,9 @@ class CriticalSamples(Measurement):
     def settings(self) -> dict:
         return dict(radius=self.radius, step_size=self.step_size,
                     noise_scale=self.noise_scale, max_iterations=self.max_iterations)
+
+    def precision(self, phase) -> str:
+        return "float32"  # (the search runs on the float32 network, as the authors')
 
     def scale(self, dataset) -> float:
         """The factor of r, alpha and beta (1 unless the protocol is "authors")."""

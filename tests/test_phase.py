@@ -11,8 +11,8 @@ from memjax.config import DataConfig, ModelConfig, TrainConfig
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.evaluation import member_accuracy
-from memjax.measurements import (REGISTRY, AtTheEnd, Convergence, Dynamics, Evaluation,
-                                 Measurement, OwnAccuracy, register)
+from memjax.measurements import (REGISTRY, AtTheEnd, Convergence, CriticalSamples, Dynamics,
+                                 Evaluation, Measurement, OwnAccuracy, register)
 from memjax.members import Members
 from memjax.phase import Data, Phase
 from memjax.runner import Runner
@@ -127,3 +127,16 @@ def test_record_counts_nothing_outside_recording():
         cost.record("p/x", lambda a: a * 2, np.ones(3))
         cost.record("p/x", lambda a: a * 2, np.ones(3))
     assert ran["p/x"][1] == 2 and ran["p/x"][0].flops == 3
+
+
+def test_the_plan_prices_each_measurement_at_its_declared_precision():
+    """A bf16 CNN phase: its evaluation runs in bf16 (the compute dtype), its LASS search on
+    the float32 network; each planned step carries the precision its measurement declares."""
+    train = TrainConfig(members=2, epochs=1, batch_size=32, compute_dtype="bfloat16")
+    phase = Phase("bf16", ModelConfig(kind="cnn", conv_channels=4),
+                  train, Data(DataConfig(name="cifar10", train_size=64, validation_size=32)),
+                  measurements=(Evaluation("validation_accuracy"),
+                                CriticalSamples(examples=8, protocol="exhaustive")))
+    steps = {s.program: s.precision for s in cost.phase_steps(phase)}
+    assert steps == {"bf16/train": "bfloat16", "bf16/validation_accuracy": "bfloat16",
+                     "bf16/csr": "float32"}

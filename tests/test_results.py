@@ -78,6 +78,21 @@ def test_data_folders_compare_as_the_loader_resolves_them(tmp_path, monkeypatch)
         == [f"data.train_size: {DataConfig().train_size!r} -> 5"]
 
 
+def test_a_setting_added_since_a_run_started_differs_only_off_its_default():
+    """A run recorded before a TrainConfig field existed resumes when the field is at its
+    default, and is refused when it is not."""
+    from memjax.config import TrainConfig
+    from memjax.files import to_json
+    from memjax.manifest import differences_from_run
+
+    old = json.loads(to_json({"train": TrainConfig()}))
+    del old["train"]["label_smoothing"]
+    manifest = {"config": old}
+    assert differences_from_run(manifest, {"train": TrainConfig()}) == []
+    assert differences_from_run(manifest, {"train": TrainConfig(label_smoothing=0.1)}) == [
+        "train.label_smoothing: None -> 0.1"]
+
+
 def test_phase_ids_name_files_and_are_unique_in_a_run(tmp_path):
     from memjax.results import check_phase_id
 

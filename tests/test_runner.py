@@ -123,7 +123,7 @@ def test_converged_members_leave_the_computation(data):
         np.testing.assert_array_equal(np.asarray(u)[:3], np.asarray(w)[:3])
 
 
-def test_checkpointed_history_resumes_and_placement_is_recorded(data, tmp_path):
+def test_checkpointed_history_resumes_and_placement_is_recorded(data, tmp_path, capsys):
     train = TrainConfig(members=3, epochs=3, batch_size=64, learning_rate=0.05)
     run_dir = RunDir(tmp_path / "run", keep_checkpoints=True)
     run_dir.start("test", {})
@@ -132,13 +132,15 @@ def test_checkpointed_history_resumes_and_placement_is_recorded(data, tmp_path):
     run_dir.finish()
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["placement"]["p"][
         "members"] == 3
-    # a second run that stops after 2 epochs, then is resumed to 3
-    part = RunDir(tmp_path / "part")
+    # a second run that stops after 2 epochs (checkpointed each epoch: by time, so short a
+    # phase would write none), then is resumed to 3
+    part = RunDir(tmp_path / "part", checkpoint_every=1)
     part.start("test", {})
     Runner(MODEL, train, data.train, 10).run(2, phase="p", run_dir=part, measure=_measure)
-    resumed = RunDir(tmp_path / "part", resume=True)
+    resumed = RunDir(tmp_path / "part", resume=True, checkpoint_every=1)
     resumed.start("test", {})
     history = Runner(MODEL, train, data.train, 10).run(3, phase="p", run_dir=resumed,
                                                         measure=_measure)
+    assert "resumed from the checkpoint of epoch 2" in capsys.readouterr().err
     for name in whole:
         np.testing.assert_array_equal(history[name], whole[name], err_msg=name)
