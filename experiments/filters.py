@@ -79,8 +79,8 @@ def check(config: Config) -> None:
     validate(config)
     check_numbers(config, positive=("seeds", "shown"))
     check_sweep_members(config)
-    if config.model.kind != "cnn":
-        raise MemjaxError("filters needs model.kind=cnn")
+    if config.model.kind not in ("cnn", "paper-cnn"):
+        raise MemjaxError("filters needs model.kind=cnn (the paper's CNN)")
 
 
 

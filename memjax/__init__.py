@@ -36,6 +36,7 @@ _PUBLIC = {
     "Convergence": ("memjax.measurements", "Convergence"),
     "Dynamics": ("memjax.measurements", "Dynamics"),
     "build_ensemble": ("memjax.members", "build_ensemble"),
+    "register_model": ("memjax.models.registry", "register_model"),
     "load_dataset": ("memjax.data", "load_dataset"),
     "DataConfig": ("memjax.config", "DataConfig"),
     "ModelConfig": ("memjax.config", "ModelConfig"),

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from memjax.compilation_cache import enable as enable_compilation_cache
-from memjax.config import override
+from memjax.config import ModelConfig, override
 from memjax.errors import MemjaxError
 
 
@@ -37,6 +37,11 @@ def build_config(module, args: argparse.Namespace):
                           f"and seed; use --seeds N (members per cell), not --members")
     if args.seeds is not None and not sweep:
         raise MemjaxError(f"{args.experiment} trains one ensemble: use --members N, not --seeds")
+    if args.model is not None:
+        if not isinstance(getattr(config, "model", None), ModelConfig):
+            raise MemjaxError(f"{args.experiment} has no `model` setting for --model to set "
+                              f"(--set KEY=VALUE sets its other settings)")
+        config = override(config, "model.kind", args.model)
     for flag, dotted in SHARED_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -208,6 +213,10 @@ def add_shared_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="embedded | mnist | cifar10 | npz:PATH")
     p.add_argument("--data-dir", help="folder with <dataset>.npz (default: $MEMJAX_DATA_DIR, "
                                       "else tensorflow-datasets)")
+    p.add_argument("--model", metavar="NAME",
+                   help="the study's model (model.kind): mlp | cnn | resnet9 | resnet18 | "
+                        "package.module:factory, a function returning a flax.linen Module "
+                        "(importable from the current directory or PYTHONPATH)")
     p.add_argument("--members", type=int,
                    help="ensemble size (consistency, sensitivity, csr, memorization)")
     p.add_argument("--record", choices=["dynamics"],

@@ -44,19 +44,40 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """kind: `mlp` (hidden widths) or `cnn` (the paper's CIFAR-10 CNN: `conv_channels` per
-    conv layer, 200 in the paper; BatchNorm optional)."""
+    """Which network (memjax.models.registry).
+
+    kind: a registered model, `mlp`, `cnn` (also `paper-cnn`: the paper's CIFAR-10 CNN),
+      `resnet9`, `resnet18` or one registered with memjax.models.register_model; or
+      `package.module:factory`, a function factory(num_classes=...) returning a
+      flax.linen Module (importable from the current directory or PYTHONPATH).
+    hidden: the MLP's hidden widths (nothing else reads it).
+    batchnorm: the paper's CNN with BatchNorm (the ResNets always have it).
+    conv_channels: the paper's CNN's channels per conv layer (200 in the paper).
+    width: the ResNets' base channels (None: 64, the architectures' own; a narrow one for
+      CPU runs); it means nothing to mlp (`hidden`), cnn (`conv_channels`) or a
+      package.module:factory model.
+    input_mean, input_std: per-channel input normalization inside the network, (x -
+      mean) / std on the [0, 1] input (memjax.models.Network; () each: none), one value
+      per channel (checked against the data when the network is built).
+    """
 
     kind: str = "mlp"
     hidden: tuple[int, ...] = (4096, 4096)
     batchnorm: bool = False
     conv_channels: int = 200
+    width: int | None = None
+    input_mean: tuple[float, ...] = ()
+    input_std: tuple[float, ...] = ()
 
     def check(self, prefix: str = "model.") -> None:
+        from memjax.models.registry import check_kind  # (the registry imports flax)
+
         # (hidden=() is a linear model)
-        check_numbers(self, prefix, positive=("hidden", "conv_channels"))
-        if self.kind not in KNOWN_MODELS:
-            raise MemjaxError(f"unknown model {self.kind!r}; known: {', '.join(KNOWN_MODELS)}")
+        check_numbers(self, prefix, positive=("hidden", "conv_channels", "width", "input_std"))
+        check_kind(self.kind)
+        if self.input_mean and self.input_std and len(self.input_mean) != len(self.input_std):
+            raise MemjaxError(f"{prefix}input_mean has {len(self.input_mean)} values and "
+                              f"{prefix}input_std {len(self.input_std)}; give one per channel")
 
 
 @dataclass(frozen=True)
@@ -83,6 +104,26 @@ class TrainConfig:
       first epoch (default: from the second on, as asappresearch/aum's runner does).
     adversarial_protocol: how adversarial training's in-step LASS searches
       (memjax.metrics.PROTOCOLS: `exhaustive` or `authors`).
+
+    The recipes of the fast CIFAR-10 trainers (docs/recipes.md; every default leaves
+    training as it was without them):
+    lr_schedule: the learning rate of each step, a multiplier of each member's own rate
+      (its peak) at fractional epoch epoch + step / steps per epoch over `epochs`:
+      `constant`; `onecycle`, linear 0 -> 1 at warmup_epochs -> 0 at `epochs` (ffcv's
+      and Page's triangle); `cosine`, linear 0 -> 1 over warmup_epochs, then cosine
+      decay to 0 at `epochs`. lr_halving_epochs works with `constant` only.
+    warmup_epochs: where onecycle peaks and cosine's warm-up ends (fractions allowed).
+    nesterov: Nesterov momentum (optax.sgd(nesterov=True); needs momentum > 0).
+      Weight decay is L2 added to the gradient before momentum, as ffcv's PyTorch SGD
+      and Page's optimizer apply it (memjax.ensemble.make_optimizer).
+    label_smoothing: the cross-entropy's targets (1 - a) one-hot + a / classes (0: the
+      integer-label loss).
+    augment_crop, augment_crop_mode, augment_flip, augment_cutout: on-device augmentation
+      of each training minibatch (memjax.augment): random crop after padding by
+      augment_crop pixels (`reflect` or `constant` padding), random left-right flips, a
+      cut-out square of side augment_cutout; 0 / false: off.
+    eval_flip: evaluation averages each member's logits on x and on x flipped left-right
+      (flip test-time augmentation, memjax.evaluation.evaluation_program).
     """
 
     members: int = 100
@@ -102,6 +143,15 @@ class TrainConfig:
     record_dynamics: bool = False
     aum_include_first_epoch: bool = False
     adversarial_protocol: str = "exhaustive"
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    nesterov: bool = False
+    label_smoothing: float = 0.0
+    augment_crop: int = 0
+    augment_crop_mode: str = "reflect"
+    augment_flip: bool = False
+    augment_cutout: int = 0
+    eval_flip: bool = False
 
     def check(self, prefix: str = "train.") -> None:
         check_numbers(self, prefix, positive=("members", "epochs", "batch_size", "learning_rate",
@@ -118,6 +168,29 @@ class TrainConfig:
         if self.adversarial_protocol not in ("exhaustive", "authors"):
             raise MemjaxError(f"{prefix}adversarial_protocol must be exhaustive or authors, "
                               f"got {self.adversarial_protocol!r}")
+        self._check_recipes(prefix)
+
+    def _check_recipes(self, prefix: str) -> None:
+        check_numbers(self, prefix, nonnegative=("warmup_epochs", "augment_crop",
+                                                 "augment_cutout"))
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise MemjaxError(f"{prefix}lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                              f"got {self.lr_schedule!r}")
+        if self.lr_schedule != "constant":
+            if self.lr_halving_epochs:
+                raise MemjaxError(f"{prefix}lr_halving_epochs works with lr_schedule=constant "
+                                  f"only, got lr_schedule={self.lr_schedule}")
+            if not self.warmup_epochs < self.epochs:
+                raise MemjaxError(f"{prefix}warmup_epochs must be below epochs "
+                                  f"({self.epochs}), got {self.warmup_epochs}")
+        if self.nesterov and not self.momentum:
+            raise MemjaxError(f"{prefix}nesterov needs momentum > 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise MemjaxError(f"{prefix}label_smoothing must be in [0, 1), got "
+                              f"{self.label_smoothing}")
+        if self.augment_crop_mode not in ("reflect", "constant"):
+            raise MemjaxError(f"{prefix}augment_crop_mode must be reflect or constant, got "
+                              f"{self.augment_crop_mode!r}")
 
     def check_data(self, num_examples: int) -> None:
         """The check that needs the data: a batch no larger than the training set."""
@@ -196,7 +269,7 @@ def env_number(name: str, kind: type = float, default: Any = None, *,
 
 MAX_SEED = 2 ** 31 - 1  # seeds travel as int32 into jitted code
 KNOWN_DATASETS = ("embedded", "mnist", "cifar10")
-KNOWN_MODELS = ("mlp", "cnn")
+LR_SCHEDULES = ("constant", "onecycle", "cosine")
 
 
 def check_numbers(config: Any, prefix: str = "", *, positive=(), nonnegative=(), fractions=(),

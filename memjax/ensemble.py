@@ -56,16 +56,27 @@ class EnsembleState:
         return int(self.member_ids.shape[0])
 
 
-def _sgd(learning_rate, weight_decay, momentum):
+def _sgd(learning_rate, weight_decay, momentum, nesterov=False):
     return optax.chain(optax.add_decayed_weights(weight_decay),
-                       optax.sgd(learning_rate, momentum=momentum or None))
+                       optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov))
 
 
-def make_optimizer(momentum: float = 0.0) -> optax.GradientTransformation:
+def make_optimizer(momentum: float = 0.0, nesterov: bool = False
+                   ) -> optax.GradientTransformation:
     """SGD (with optional momentum and weight decay) whose learning rate and weight decay
-    are arrays in the optimizer state, so each member can have its own."""
-    return optax.inject_hyperparams(_sgd, static_args=("momentum",))(
-        learning_rate=0.0, weight_decay=0.0, momentum=momentum)
+    are arrays in the optimizer state, so each member can have its own.
+
+    Weight decay is L2 regularization added to the gradient before momentum: g + wd * p,
+    then the momentum trace t = momentum * t + (g + wd * p), then p -= lr * t (heavy ball)
+    or p -= lr * ((g + wd * p) + momentum * t) (nesterov). That is PyTorch's SGD(momentum,
+    weight_decay, nesterov), which ffcv's CIFAR example trains with (without nesterov).
+    Page's cifar10-fast (nesterov) folds the learning rate into the trace as each gradient
+    arrives (v = momentum * v - lr * g'; p += -lr * g' + momentum * v): the same updates
+    at a constant rate, slightly different ones while a schedule moves it. His SGD takes
+    the summed loss, lr / batch and weight decay 5e-4 x batch, which is learning_rate = lr
+    and weight_decay = 5e-4 here (the mean loss)."""
+    return optax.inject_hyperparams(_sgd, static_args=("momentum", "nesterov"))(
+        learning_rate=0.0, weight_decay=0.0, momentum=momentum, nesterov=nesterov)
 
 
 def init_ensemble(network: Network, tx: optax.GradientTransformation, example_x: jax.Array, *,

@@ -44,9 +44,23 @@ def evaluation_program(apply_fn: ApplyFn, train, mesh=None):
     """(variables, x, y) -> `evaluate`'s results, as a run evaluates: in the training's
     compute precision (train.compute_dtype), train.eval_chunk examples and
     train.member_chunk members at a time, on `mesh`. The Runner evaluates with it and
-    memjax.cost counts it, so the plan counts the program that runs."""
-    return functools.partial(evaluate, computing_in(apply_fn, train.compute_dtype),
-                             chunk=train.eval_chunk, member_chunk=train.member_chunk, mesh=mesh)
+    memjax.cost counts it, so the plan counts the program that runs. train.eval_flip: each
+    member's logits are those averaged over x and x flipped left-right (`flip_averaged`),
+    before the loss and the correctness."""
+    apply = computing_in(apply_fn, train.compute_dtype)
+    if train.eval_flip:
+        apply = functools.partial(flip_averaged, apply)
+    return functools.partial(evaluate, apply, chunk=train.eval_chunk,
+                             member_chunk=train.member_chunk, mesh=mesh)
+
+
+def flip_averaged(apply_fn: ApplyFn, variables, x: jax.Array) -> jax.Array:
+    """Flip test-time augmentation: (apply_fn(x) + apply_fn(x flipped left-right)) / 2 for
+    x [B, H, W, C], float32; the loss is that of the averaged logits. Page's cifar10-fast
+    (forward_tta([identity, flip_lr]): the mean of the logits, then the loss) does the
+    same; ffcv's CIFAR example (lr_tta) sums the two outputs, whose argmax is the same."""
+    return (apply_fn(variables, x).astype(jnp.float32)
+            + apply_fn(variables, x[:, :, ::-1, :]).astype(jnp.float32)) / 2
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "chunk", "member_chunk", "mesh"))

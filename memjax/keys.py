@@ -3,8 +3,13 @@
 member key = fold_in(key(seed), member_id), so member i's randomness never depends on how
 many members run beside it (unlike split(root, M)); one stream per purpose =
 fold_in(member_key, PURPOSE); per epoch and per step, fold_in(stream, epoch) then
-fold_in(., step). Streams that belong to no member (a LASS search over the whole ensemble,
-a reference draw) come from `study_key`, under a root that no member id reaches.
+fold_in(., step). The purposes: INIT (a member's parameters), DATA (its data order),
+DROPOUT (stochastic layers), ATTACK (adversarial training's in-step search), NOISE
+(study-level noise draws) and AUGMENT (the data augmentation of each training step,
+memjax.augment: fold_in(epoch_stream(seed, member, AUGMENT, epoch), step), so a member's
+augmented minibatches depend on (seed, member, epoch, step) alone). Streams that belong to
+no member (a LASS search over the whole ensemble, a reference draw) come from `study_key`,
+under a root that no member id reaches.
 
 The trainer, `memjax.metrics.trainer_order`, both initializations and the tests'
 references all derive their keys here.
@@ -18,7 +23,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-INIT, DATA, DROPOUT, ATTACK, NOISE = range(5)
+INIT, DATA, DROPOUT, ATTACK, NOISE, AUGMENT = range(6)
 _STUDY = 2 ** 32 - 1  # fold_in(root, _STUDY): above every member id
 HOST_STREAMS = {"tracked examples": 0, "randY": 1, "randX": 2, "dataset size": 3,
                 "noise order": 4}
@@ -45,8 +50,8 @@ def init_key(seed, member_id) -> jax.Array:
 
 
 def epoch_stream(seed, member_id, purpose: int, epoch) -> jax.Array:
-    """fold_in(fold_in(member key, purpose), epoch): a member's DROPOUT or ATTACK stream in
-    one epoch; fold_in it with the step."""
+    """fold_in(fold_in(member key, purpose), epoch): a member's DROPOUT, ATTACK or AUGMENT
+    stream in one epoch; fold_in it with the step."""
     return jax.random.fold_in(jax.random.fold_in(member_key(seed, member_id), purpose), epoch)
 
 

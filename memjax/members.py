@@ -12,11 +12,13 @@ import numpy as np
 import optax
 
 from memjax import memory
+from memjax.augment import Augmentation
 from memjax.config import ModelConfig, TrainConfig
+from memjax.errors import MemjaxError
 from memjax.ensemble import (EnsembleState, init_ensemble, init_width_ensemble, make_optimizer,
                              pad_members, set_regularization)
 from memjax.metrics.lass import lass_adversarial_examples
-from memjax.models import Network, build_network
+from memjax.models import Network, build_network, model_entry
 from memjax.train import make_train_epoch
 from memjax.views import MemberView, noise_masks
 
@@ -90,7 +92,7 @@ def build_ensemble(model: ModelConfig, train: TrainConfig, num_classes: int,
     """The network, the optimizer and the initialized state of `members` (on the default
     device). example_x: [1, H, W, C] float, for shapes. A CNN convolves and normalizes in
     the run's form (conv_form), the planned one where the run leaves it unset."""
-    tx = make_optimizer(train.momentum)
+    tx = make_optimizer(train.momentum, train.nesterov)
     lr = train.learning_rate if members.learning_rate is None else members.learning_rate
     wd = train.weight_decay if members.weight_decay is None else members.weight_decay
     regularized = members.strengths is not None
@@ -126,12 +128,23 @@ def abstract_ensemble(model: ModelConfig, train: TrainConfig, num_classes: int,
 
 
 def convolution_form(model: ModelConfig, train: TrainConfig) -> memory.ConvPlan:
-    """How a run's CNN members convolve: what `train` sets, the rest planned on this
-    device (memjax.memory.conv_plan); the default ConvPlan for models that do not convolve."""
-    if model.kind != "cnn":
+    """How a run's convolutional members convolve (the models registered with convolution
+    forms: cnn, resnet9, resnet18): what `train` sets, the rest planned on this device
+    (memjax.memory.conv_plan), in a form the model has (a planned form it lacks gives way
+    to its first). The default ConvPlan for the MLP and for users' package.module:factory
+    models, which convolve as they write themselves."""
+    forms = model_entry(model.kind).conv_forms
+    if not forms:
         return memory.ConvPlan()
-    return memory.conv_plan(train.conv_form, train.member_chunk, train.norm_in_compute_dtype,
+    if train.conv_form is not None and train.conv_form not in forms:
+        raise MemjaxError(f"model {model.kind!r} convolves in the {' or '.join(forms)} form "
+                          f"only, not train.conv_form={train.conv_form}")
+    form = memory.conv_plan(train.conv_form, train.member_chunk, train.norm_in_compute_dtype,
                             train.compute_dtype)
+    if form.conv_form not in forms:
+        form = memory.conv_plan(forms[0], train.member_chunk, train.norm_in_compute_dtype,
+                                train.compute_dtype)
+    return form
 
 
 def epoch_program(network: Network, tx: optax.GradientTransformation, train: TrainConfig,
@@ -139,7 +152,8 @@ def epoch_program(network: Network, tx: optax.GradientTransformation, train: Tra
     """The training epoch a Runner compiles (memjax.train.make_train_epoch) for members
     with these example masks ([M, N] bool; None: all examples). A CNN's members are
     grouped as its planned convolution form says (at most its chunk, as memory allows),
-    unless train.member_chunk is set."""
+    unless train.member_chunk is set. The recipes (learning-rate schedule over
+    train.epochs, label smoothing, augmentation) are the TrainConfig's."""
     planned = None
     if network.conv_form is not None and train.member_chunk is None:
         form = memory.conv_plan(train.conv_form, None, train.norm_in_compute_dtype,
@@ -151,7 +165,10 @@ def epoch_program(network: Network, tx: optax.GradientTransformation, train: Tra
         compute_dtype=train.compute_dtype, planned_chunk=planned,
         adversarial_examples=functools.partial(lass_adversarial_examples,
                                                protocol=train.adversarial_protocol),
-        max_examples=None if example_mask is None else int(np.sum(example_mask, 1).max()))
+        max_examples=None if example_mask is None else int(np.sum(example_mask, 1).max()),
+        lr_schedule=train.lr_schedule, warmup_epochs=train.warmup_epochs,
+        schedule_epochs=train.epochs, label_smoothing=train.label_smoothing,
+        augmentation=Augmentation.of(train))
 
 
 def searching(members: Members) -> tuple[bool, ...] | None:

@@ -43,11 +43,16 @@ def describe_data(config: DataConfig) -> str:
 
 
 def describe_model(config: ModelConfig) -> str:
-    if config.kind == "cnn":
+    normalized = ", inputs normalized" if config.input_mean or config.input_std else ""
+    if config.kind in ("resnet9", "resnet18"):
+        return f"ResNet-{config.kind[6:]}, width {config.width or 64}" + normalized
+    if config.kind in ("cnn", "paper-cnn"):
         text = f"the paper's CNN, {config.conv_channels} channels"
-    else:
+    elif config.kind == "mlp":
         text = f"{config.kind.upper()} " + ("-".join(map(str, config.hidden)) or "(linear)")
-    return text + (", BatchNorm" if config.batchnorm else "")
+    else:
+        return config.kind + normalized
+    return text + (", BatchNorm" if config.batchnorm else "") + normalized
 
 
 def _value(value) -> str:

@@ -119,7 +119,7 @@ def test_batchnorm_in_bf16_is_flax_batchnorm_within_bf16_rounding():
 def test_a_broken_form_fails_the_comparison(split, monkeypatch):
     """The comparison can fail: im2col with its windows in the wrong order (the kernel read
     transposed in space) trains other members."""
-    from memjax import models
+    from memjax.models import base as models  # (where PaperCNN finds its im2col_conv)
 
     real = models.im2col_conv
 

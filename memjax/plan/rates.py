@@ -4,8 +4,10 @@ A rate is a benchmark row's achieved FLOP/s: training of an MLP (the recorded ca
 in FLOPs per model-example), training of the paper's CNN, LASS, loss sensitivity (for
 MLP evaluation, a forward and a backward pass; the nearest recorded kind). For the CNN,
 evaluation and LASS borrow its training rate: no convolutional search or evaluation is
-recorded. Each kind of program a device has no record of is borrowed from the recorded
-device nearest in peak rate that has one, scaled by the two devices' datasheet ratio of
+recorded. Every model but the MLP (the ResNets, users' models) is timed as the paper's
+CNN for now (memjax.models.plan_kind): no bench row of its own yet. Each kind of program
+a device has no record of is borrowed from the recorded device nearest in peak rate that
+has one, scaled by the two devices' datasheet ratio of
 the resource that bound the recorded case (memory bandwidth when its bytes over bandwidth
 exceeded its FLOPs over peak on the recording device's measured roofline, else matmul
 peak); the rate's source says "borrowed from". A program in a precision without a record
@@ -24,6 +26,7 @@ import jax
 
 from memjax.cost import Step
 from memjax.errors import MemjaxError
+from memjax.models.registry import plan_kind
 from memjax.plan import roofline
 from memjax.plan.devices import DEVICES, device_name
 from memjax.records import bench_records
@@ -125,6 +128,8 @@ class Rates:
                           f"(cases {', '.join(cases)})")
 
     def rate(self, step: Step) -> Rate:
+        # the ResNets and users' models are timed at the paper's CNN's rate (plan_kind)
+        step = dataclasses.replace(step, model=plan_kind(step.model))
         try:
             source, rows = self._rows(step.kind, step.model, step.precision)
         except MemjaxError:

@@ -1,7 +1,10 @@
-"""Flax modules (the MLP and the paper's CIFAR-10 CNN) and their pure apply functions.
+"""The paper's networks (the MLP and the CIFAR-10 CNN) and what every model shares: the
+`Network` wrapper with its pure init / apply functions, the convolution forms,
+`ComputeDtypeBatchNorm`, the per-member regularizers and the precision helpers.
 
-A model's `variables` is Flax's dict: {"params": ...} plus {"batch_stats": ...} when the CNN
-uses BatchNorm. Inputs are floats in [0, 1] with shape [batch, H, W, C].
+A model's `variables` is Flax's dict: {"params": ...} plus {"batch_stats": ...} when it
+uses BatchNorm. Inputs are floats in [0, 1] with shape [batch, H, W, C] (a Network
+normalizes them per channel itself when it has an input_mean / input_std).
 
 Per-member constants that a sweep varies live in the variables too, so they are stacked and
 vmapped beside the parameters and every consumer of `Network.apply` (evaluation, metrics)
@@ -17,6 +20,7 @@ form has the same parameter tree, so members, checkpoints and metrics move betwe
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -24,7 +28,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from memjax.config import ModelConfig
 from memjax.errors import MemjaxError
 
 Variables = Any
@@ -237,58 +240,116 @@ class PaperCNN(nn.Module):
 
 @dataclass(frozen=True)
 class Network:
-    """A module with pure `init` and `apply` functions over Flax variables."""
+    """A module with pure `init` and `apply` functions over Flax variables.
+
+    The module is called as module(x, train=...) and returns logits [batch, classes]; in
+    training it may update non-parameter collections (BatchNorm's "batch_stats") and draw
+    from the "dropout" rng, and it gets `example_mask` (the rows BatchNorm's statistics
+    count) when its __call__ takes that keyword (`takes_example_mask`).
+
+    num_classes: the logits' width, checked when the network is first initialized
+      (`check_input`; None: not checked).
+    input_mean, input_std: per-channel input normalization, x -> (x - mean) / std before
+      the module in `apply` and `apply_train` (() each: none), one value per channel of
+      the [0, 1] input. Inputs stay in [0, 1] for the data pipeline and every metric
+      (LASS and the sensitivities take their steps and gradients in input units), and
+      memjax.augment fills cut-out squares with input_mean.
+    """
 
     module: nn.Module
+    num_classes: int | None = None
+    input_mean: tuple[float, ...] = ()
+    input_std: tuple[float, ...] = ()
 
     @property
     def conv_form(self) -> str | None:
         """How the network convolves (CONV_FORMS), None when it does not."""
         return getattr(self.module, "conv_form", None)
 
+    @property
+    def takes_example_mask(self) -> bool:
+        """Whether the module's __call__ takes `example_mask`. One that does not computes
+        BatchNorm's training statistics over every row of a batch, the zero-weight rows
+        (padding, examples outside a member's subset) included."""
+        try:
+            return "example_mask" in inspect.signature(self.module.__call__).parameters
+        except (TypeError, ValueError):
+            return False
+
+    def normalize(self, x: jax.Array) -> jax.Array:
+        """(x - input_mean) / input_std per channel (the identity without them), computed
+        in float32 at least and returned in x's floating dtype (a bf16 input stays bf16)."""
+        if not self.input_mean and not self.input_std:
+            return x
+        work = jnp.promote_types(x.dtype, jnp.float32)
+        y = x.astype(work)
+        if self.input_mean:
+            y = y - jnp.asarray(self.input_mean, work)
+        if self.input_std:
+            y = y / jnp.asarray(self.input_std, work)
+        return y.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else y
+
+    def check_input(self, example_x: jax.Array) -> None:
+        """One-line errors (MemjaxError) for inputs shaped like example_x [batch, H, W, C]
+        that the network cannot take: an input_mean or input_std whose length is not the
+        channel count, and (num_classes set) a module whose output for 2 such inputs is
+        not [2, num_classes] (jax.eval_shape: nothing is computed)."""
+        shape = tuple(example_x.shape[1:])
+        for name in ("input_mean", "input_std"):
+            values = getattr(self, name)
+            if values and (not shape or len(values) != shape[-1]):
+                raise MemjaxError(
+                    f"model.{name} has {len(values)} values but the input "
+                    f"{'x'.join(map(str, shape))} has {shape[-1] if shape else 0} channels; "
+                    f"give one value per channel, or none")
+        if self.num_classes is None:
+            return
+        model = type(self.module).__name__
+        two = jax.ShapeDtypeStruct((2,) + shape, jnp.float32)
+        try:
+            out = jax.eval_shape(lambda x: self.module.init_with_output(
+                {"params": jax.random.key(0), "dropout": jax.random.key(0)}, x,
+                train=False)[0], two)
+        except TypeError as e:  # e.g. a __call__ without `train`
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise MemjaxError(f"model {model} cannot be called as module(x, train=False) on "
+                              f"2 inputs of shape {'x'.join(map(str, shape))}: {first}") from e
+        got = getattr(out, "shape", None)
+        if got is None:
+            raise MemjaxError(f"model {model} returns {type(out).__name__}, not logits "
+                              f"[batch, num_classes] (an array)")
+        if tuple(got) != (2, self.num_classes):
+            raise MemjaxError(f"model {model} gives logits of shape {tuple(got)} for 2 inputs "
+                              f"of shape {'x'.join(map(str, shape))}; expected (2, "
+                              f"{self.num_classes}): [batch, num_classes]")
+
     def init(self, key: jax.Array, example_x: jax.Array) -> Variables:
-        """Variables for one member from its key; example_x: [batch, H, W, C]."""
-        return self.module.init(key, example_x, train=False)
+        """Variables for one member from its key; example_x: [batch, H, W, C] (its shape
+        checked first: `check_input`)."""
+        self.check_input(example_x)
+        return self.module.init(key, self.normalize(example_x), train=False)
 
     def apply(self, variables: Variables, x: jax.Array) -> jax.Array:
         """Evaluation-mode logits [batch, classes] for x: [batch, H, W, C] in [0, 1]."""
-        return self.module.apply(variables, x, train=False)
+        return self.module.apply(variables, self.normalize(x), train=False)
 
     def apply_train(self, variables: Variables, x: jax.Array, rng: jax.Array,
                     example_mask: jax.Array | None = None) -> tuple[jax.Array, Variables]:
         """Training-mode logits and the updated non-parameter collections (BN statistics);
         rng drives stochastic layers (dropout). example_mask: [batch] bool, the rows that
-        count in BatchNorm's statistics (None: all)."""
+        count in BatchNorm's statistics (None: all; ignored by a module that does not take
+        it, `takes_example_mask`)."""
+        x = self.normalize(x)
         mutable = [k for k in variables if k != "params"]
         rngs = {"dropout": rng}
         if not mutable:
             return self.module.apply(variables, x, train=True, rngs=rngs), {}
-        counted = example_mask is not None and "batch_stats" in variables
+        counted = (example_mask is not None and "batch_stats" in variables
+                   and self.takes_example_mask)
         extra = {"example_mask": example_mask} if counted else {}
         logits, updates = self.module.apply(variables, x, train=True, rngs=rngs, mutable=mutable,
                                             **extra)
         return logits, dict(updates)
-
-
-def build_network(config: ModelConfig, num_classes: int, *, masked: bool = False,
-                  regularized: bool = False, conv_form: str = "conv",
-                  norm_in_compute_dtype: bool = False) -> Network:
-    """masked: hidden-unit masks (MLP only); regularized: per-member regularizer strengths;
-    conv_form, norm_in_compute_dtype: how the CNN convolves and normalizes (PaperCNN; the
-    MLP ignores them)."""
-    if config.kind == "mlp":
-        config.check()
-        return Network(MLP(tuple(config.hidden), num_classes, masked, regularized))
-    if config.kind == "cnn":
-        if masked:
-            raise MemjaxError("width masks are implemented for the MLP only")
-        config.check()
-        if conv_form not in CONV_FORMS:
-            raise MemjaxError(f"unknown conv_form {conv_form!r}; known: {', '.join(CONV_FORMS)}")
-        return Network(PaperCNN(num_classes, config.batchnorm, config.conv_channels,
-                                regularized=regularized, conv_form=conv_form,
-                                norm_in_compute_dtype=norm_in_compute_dtype))
-    raise MemjaxError(f"unknown model {config.kind!r}; known: mlp, cnn")
 
 
 ApplyFn = Callable[[Variables, jax.Array], jax.Array]

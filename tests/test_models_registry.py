@@ -1,0 +1,303 @@
+"""The model registry (memjax.models.registry): every built-in builds from its name, the
+ResNets train as ensembles whose members equal the same members trained alone, a model
+written outside memjax (tests/outside_model.py) trains through the Python API and the CLI,
+bad models stop with one line, and a Network's input normalization is the module on the
+normalized input."""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from memjax.cli import main
+from memjax.config import DataConfig, ModelConfig, TrainConfig
+from memjax.data import load_dataset
+from memjax.ensemble import init_ensemble, make_optimizer
+from memjax.errors import MemjaxError
+from memjax.members import convolution_form
+from memjax.models import (Network, ResNet9, build_network, plan_kind, register_model,
+                           registered_models)
+from memjax.train import make_train_epoch
+
+OUTSIDE = "outside_model:factory"
+SMALL = dict(hidden=(8,), conv_channels=4, width=4, batchnorm=True)
+
+
+def _error(capsys, argv) -> str:
+    """Run the CLI; assert exit 2 and exactly one stderr line; return that line."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("memjax: error: ")
+    return err[0]
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "paper-cnn", "resnet9", "resnet18"])
+def test_every_builtin_model_builds_from_its_name(kind):
+    assert kind in registered_models()
+    config = ModelConfig(kind=kind, **SMALL)
+    config.check()
+    network = build_network(config, 7)
+    x = jnp.zeros((3, 32, 32, 3))
+    variables = jax.eval_shape(network.init, jax.random.key(0), x[:1])
+    assert jax.eval_shape(network.apply, variables, x).shape == (3, 7)
+    assert ("batch_stats" in variables) == (kind != "mlp")
+    assert plan_kind(kind) == ("mlp" if kind == "mlp" else "cnn")
+
+
+def test_resnets_have_their_sources_parameter_counts():
+    """Page's ResNet-9 has 6.57M parameters, kuangliu's ResNet-18 11,173,962 (its
+    torchsummary count); a width scales every stage."""
+    def count(kind, **kw):
+        network = build_network(ModelConfig(kind=kind, **kw), 10)
+        shapes = jax.eval_shape(network.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        return sum(leaf.size for leaf in jax.tree_util.tree_leaves(shapes["params"]))
+
+    assert count("resnet18") == 11_173_962
+    assert count("resnet9") == 6_573_120
+    assert count("resnet9", width=16) < count("resnet9") / 10
+
+
+def _train(network, epoch, ids, x, y, *, epochs=2):
+    state = init_ensemble(network, make_optimizer(0.9), jnp.zeros((1,) + x.shape[1:]), seed=5,
+                          member_ids=np.asarray(ids), learning_rate=0.02)
+    history = []
+    for _ in range(epochs):
+        state, metrics = epoch(state, 5, x, y)
+        history.append(metrics)
+    return state, history
+
+
+@pytest.mark.parametrize("kind, size", [("resnet9", 12), ("resnet18", 8)])
+def test_resnet_member_alone_equals_the_same_member_in_the_ensemble(kind, size):
+    """2 members in one vmap group (grouped convolutions) against each trained alone
+    (lax.map): 2 epochs of 40 examples in batches of 16, the last one padded (zero-weight
+    rows that BatchNorm's statistics must not count). Small images for speed; not ResNet-9
+    on 16 x 16 or 20 x 20, whose last stage is 2 x 2: there XLA's CPU backend at the tests'
+    optimization level 0 (tests/conftest.py) gives NaN gradients inside lax.map, where
+    levels 1 to 3 train it as they should."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 256, (40, size, size, 3), dtype=np.uint8))
+    y = jnp.asarray(rng.integers(0, 10, 40).astype(np.int32))
+    network = build_network(ModelConfig(kind=kind, width=4), 10)
+    tx = make_optimizer(0.9)
+    together, history = _train(network, make_train_epoch(network, tx, batch_size=16,
+                                                         member_chunk=2), [0, 1], x, y)
+    one = make_train_epoch(network, tx, batch_size=16, member_chunk=1)
+    for i in range(2):
+        alone, history_alone = _train(network, one, [i], x, y)
+        for a, b in zip(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+                lambda leaf: leaf[i], together.variables)), jax.tree_util.tree_leaves(
+                jax.tree_util.tree_map(lambda leaf: leaf[0], alone.variables))):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(history[-1]["train_loss"][i],
+                                   history_alone[-1]["train_loss"][0], rtol=1e-4)
+    assert np.isfinite(history[-1]["train_loss"]).all()
+    first = jax.tree_util.tree_leaves(together.variables["batch_stats"])[0]
+    assert not np.allclose(first[0], first[1])  # members differ (init and data order)
+
+
+def test_resnet9_convolves_in_both_forms_resnet18_in_conv_only():
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 8, 8, 3)), jnp.float32)
+    conv, im2col = (build_network(ModelConfig(kind="resnet9", width=2), 10, conv_form=f)
+                    for f in ("conv", "im2col"))
+    variables = jax.jit(conv.init)(jax.random.key(0), x[:1])
+    np.testing.assert_allclose(jax.jit(im2col.apply)(variables, x),
+                               jax.jit(conv.apply)(variables, x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(MemjaxError, match="'resnet18' convolves in the conv form only"):
+        build_network(ModelConfig(kind="resnet18"), 10, conv_form="im2col")
+    with pytest.raises(MemjaxError, match="not train.conv_form=im2col"):
+        convolution_form(ModelConfig(kind="resnet18"), TrainConfig(conv_form="im2col"))
+    assert convolution_form(ModelConfig(kind="resnet9"), TrainConfig(conv_form="im2col")
+                            ).conv_form == "im2col"
+    assert convolution_form(ModelConfig(kind=OUTSIDE), TrainConfig(conv_form="im2col")
+                            ).source == "default"
+
+
+def test_resnets_compute_in_bf16_end_to_end_with_norm_in_compute_dtype():
+    x = jnp.ones((2, 16, 16, 3), jnp.bfloat16)
+    for kind in ("resnet9", "resnet18"):
+        network = build_network(ModelConfig(kind=kind, width=4), 10,
+                                norm_in_compute_dtype=True)
+        variables = jax.eval_shape(network.init, jax.random.key(0), x[:1])
+        bf16 = jax.tree_util.tree_map(lambda v: jax.ShapeDtypeStruct(v.shape, jnp.bfloat16),
+                                      variables)
+        logits, _ = jax.eval_shape(lambda v, x: network.apply_train(
+            v, x, jax.random.key(0), jnp.ones(2, bool)), bf16, x)
+        assert logits.dtype == jnp.bfloat16
+
+
+def test_model_options_a_model_lacks_are_one_line_errors():
+    with pytest.raises(MemjaxError, match="width masks are implemented for the MLP only"):
+        build_network(ModelConfig(kind="resnet9"), 10, masked=True)
+    with pytest.raises(MemjaxError, match="regularizer strengths .* mlp and cnn models only"):
+        build_network(ModelConfig(kind="resnet18"), 10, regularized=True)
+    with pytest.raises(MemjaxError, match="regularizer strengths"):
+        build_network(ModelConfig(kind=OUTSIDE), 10, regularized=True)
+    with pytest.raises(MemjaxError, match="unknown model 'resnet'; known: mlp, cnn"):
+        ModelConfig(kind="resnet").check()
+    ModelConfig(kind="some.package.module:make_model").check()  # syntax only: no import
+
+
+def test_a_model_registered_in_python_builds_and_trains():
+    seen = {}
+
+    def small(config, num_classes, *, regularized=False):
+        seen["regularized"] = regularized
+        return _Small(num_classes)
+
+    register_model("small-test", small)
+    try:
+        config = ModelConfig(kind="small-test", input_mean=(0.5,), input_std=(0.25,))
+        config.check()
+        network = build_network(config, 10, regularized=True)
+        assert seen["regularized"] and network.input_mean == (0.5,)
+        assert convolution_form(config, TrainConfig()).source == "default"
+        with pytest.raises(MemjaxError, match="width masks"):
+            build_network(config, 10, masked=True)
+        # a factory may return a whole Network: its own normalization stays unless set
+        register_model("small-network", lambda config, num_classes: Network(
+            _Small(num_classes), input_mean=(0.1,)))
+        assert build_network(ModelConfig(kind="small-network"), 10).input_mean == (0.1,)
+        with pytest.raises(MemjaxError, match="without ':'"):
+            register_model("a:b", small)
+    finally:
+        from memjax.models import registry
+        registry._REGISTRY.pop("small-test", None)
+        registry._REGISTRY.pop("small-network", None)
+
+
+class _Small(nn.Module):
+    """A linear model, registered in Python by the test above."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+
+
+class _MaskedBN(nn.Module):
+    """BatchNorm over the rows of example_mask, then a linear read-out."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, example_mask=None):
+        mask = None if example_mask is None else example_mask.reshape(-1, 1, 1, 1)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x, mask=mask)
+        return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
+
+
+def test_network_normalizes_its_input_per_channel():
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    register_model("masked-bn-test", lambda config, num_classes: _MaskedBN(num_classes))
+    try:
+        model = ModelConfig(kind="masked-bn-test")
+        plain = build_network(model, 10)
+        normalized = build_network(dataclasses.replace(model, input_mean=mean, input_std=std),
+                                   10)
+    finally:
+        from memjax.models import registry
+        registry._REGISTRY.pop("masked-bn-test", None)
+    assert normalized.input_mean == mean and normalized.input_std == std
+    assert normalized.takes_example_mask
+    x = jnp.asarray(np.random.default_rng(1).uniform(size=(4, 8, 8, 3)), jnp.float32)
+    z = (x - jnp.asarray(mean)) / jnp.asarray(std)
+    variables = normalized.init(jax.random.key(0), x[:1])
+    np.testing.assert_allclose(normalized.apply(variables, x),
+                               plain.module.apply(variables, z, train=False),
+                               rtol=1e-5, atol=1e-6)
+    mask = jnp.array([True, True, False, True])
+    got, got_stats = normalized.apply_train(variables, x, jax.random.key(1), mask)
+    want, want_stats = plain.module.apply(variables, z, train=True, example_mask=mask,
+                                          mutable=["batch_stats"])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(got_stats), jax.tree_util.tree_leaves(want_stats)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(MemjaxError, match="input_mean has 3 values but the input 28x28x1 "
+                                          "has 1 channels"):
+        normalized.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    with pytest.raises(MemjaxError, match="input_mean has 3 values and model.input_std 2"):
+        ModelConfig(input_mean=mean, input_std=(1.0, 1.0)).check()
+    with pytest.raises(MemjaxError, match="input_std must be positive"):
+        ModelConfig(input_std=(0.0,)).check()
+
+
+def test_outside_model_trains_as_an_ensemble_through_the_python_api():
+    from memjax.runner import Runner
+
+    data = load_dataset(DataConfig(train_size=128, validation_size=32))
+    runner = Runner(ModelConfig(kind=OUTSIDE), TrainConfig(members=3, batch_size=32,
+                                                           learning_rate=0.1, momentum=0.9),
+                    data.train, data.num_classes)
+    assert not runner.network.takes_example_mask
+    assert Network(ResNet9()).takes_example_mask
+    start = jax.device_get(runner.member_state().variables)
+    history = runner.run(2, phase="outside")
+    assert history["train_loss"].shape == (2, 3) and np.isfinite(history["train_loss"]).all()
+    after = runner.member_state().variables
+    mean = after["batch_stats"]["BatchNorm_0"]["mean"]
+    assert not np.allclose(mean, start["batch_stats"]["BatchNorm_0"]["mean"])  # updated
+    assert not np.allclose(mean[0], mean[1])  # each member its own statistics
+    correct = runner.evaluate(runner.x[:32], runner.y[:32])["correct"]
+    assert correct.shape == (3, 32)
+
+
+def test_outside_model_runs_a_study_from_the_cli_and_exports_scores(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "cscore", "--preset", "smoke", "--model", OUTSIDE, "--out", str(out),
+                 "--seeds", "2", "--set", "ratios=0.5", "--set", "one_epoch_members=0",
+                 "--set", "data.train_size=128", "--set", "data.validation_size=32",
+                 "--set", "train.epochs=1", "--set", "train.batch_size=32"]) == 0
+    scores = np.load(out / "cscores.npz")
+    assert scores["cscore"].shape == (128,) and len(scores["index"]) == 128
+    assert (out / "cscores.csv").exists()
+    manifest = (out / "manifest.json").read_text()
+    assert OUTSIDE in manifest
+
+
+@pytest.mark.parametrize("model, message", [
+    ("rnn", "unknown model 'rnn'; known: mlp, cnn, paper-cnn, resnet9, resnet18"),
+    ("no_such_module:factory", "no module named 'no_such_module'"),
+    ("outside_model:nosuch", "module outside_model has no attribute 'nosuch'"),
+    ("outside_model:not_a_module", "its factory returned dict, not a flax.linen Module"),
+    ("outside_model:wrong_shape", "gives logits of shape (2, 11) for 2 inputs of shape "
+                                  "28x28x1; expected (2, 10)"),
+])
+def test_bad_models_are_one_line_from_the_cli(capsys, tmp_path, model, message):
+    line = _error(capsys, ["run", "cscore", "--preset", "smoke", "--model", model,
+                           "--out", str(tmp_path / "run")])
+    assert message in line, line
+
+
+def test_model_flag_needs_a_study_with_a_model(capsys, tmp_path, monkeypatch):
+    from memjax import cli
+
+    @dataclasses.dataclass(frozen=True)
+    class NoModel:
+        train: TrainConfig = TrainConfig()
+
+    class Study:
+        PRESETS = {"cpu": NoModel()}
+
+    monkeypatch.setattr(cli, "_experiment", lambda name: Study)
+    assert "has no `model` setting for --model" in _error(
+        capsys, ["run", "nomodel", "--model", "resnet9", "--out", str(tmp_path / "r")])
+
+
+def test_the_plan_times_every_model_but_the_mlp_at_the_cnn_rate():
+    from memjax import cost, plan
+
+    record = {"file": "h100.json", "device": {"kind": "NVIDIA H100 80GB HBM3"},
+              "roofline": {"peak_tflops": 370.0, "bandwidth_gbs": 2000.0}, "rows": [
+                  {"case": "a_mlp512", "impl": "jax-ensemble", "tflops": 40.0},
+                  {"case": "c_cnn", "impl": "jax-lax.map", "tflops": 75.0}]}
+    rates = plan.Rates("h100", [record])
+    for kind, rate in (("mlp", 40e12), ("cnn", 75e12), ("resnet9", 75e12),
+                       ("resnet18", 75e12), (OUTSIDE, 75e12)):
+        step = cost.Step("s", "train", kind, cost.Cost(1e9, 0), 1, per_example=10)
+        assert rates.rate(step).flops_per_s == rate
