@@ -214,7 +214,9 @@ def markdown(record: dict) -> str:
                      f"{_fmt(r.get('model_examples_per_s'), ',.0f')} | "
                      f"{_fmt(r.get('tflops'), '.3g')} | "
                      f"{'-' if share is None else f'{100 * share:.1f} %'} | "
-                     f"{_fmt(r.get('seconds'), '.3g')} | {r.get('note', '')} |")
+                     f"{_fmt(r.get('seconds'), '.3g')} | {r.get('note', '')}"
+                     + (f"; {r['models_per_hour']:,.2f} models/hour"
+                        if r.get("models_per_hour") else "") + " |")
     lines += ["", "| case | best JAX | ratios | target |", "| --- | --- | --- | --- |"]
     for case, entry in record["comparison"].items():
         for label, c in ((case, entry), (f"{case} (bf16)", entry.get("bf16"))):

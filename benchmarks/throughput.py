@@ -7,7 +7,9 @@ BatchNorm on 28 x 28 x 3 (32 x 32 images cropped), batch 128, plain SGD (momentu
 CNN), on
 synthetic device-resident uint8 data; e1: the consistency study's cpu preset (100 x MLP
 2 x 256 on the embedded MNIST subset); f_cscore: the C-score protocol's training (members on
-their own 50 % subsets). Implementations, all timed in the same run:
+their own 50 % subsets); resnet9: 8 x Page's ResNet-9 by memjax.recipes.resnet9_cifar10 in
+bf16 against the same network and recipe in PyTorch one model at a time, with models/hour
+(`models_per_hour`). Implementations, all timed in the same run:
   jax-ensemble        memjax's jitted epoch, members vmapped (planned chunks)
   jax-ensemble-bf16   (MLPs) the same in bf16 compute, float32 master weights
                       (TrainConfig(compute_dtype="bfloat16")), compared with torch-bmm-bf16
@@ -56,6 +58,31 @@ class Case:
     # it was measured there; it allows 4 on an 80 GB GPU)
     form_chunk: int = 10
     vmap_all: bool = False  # (CNN) time one vmap over all members too
+    compute_dtype: str = "float32"  # (resnet9) both sides' compute precision
+
+
+# models/hour of the resnet9 case: at the issue's target, ResNet-9 members at >= 93 %
+# CIFAR-10 test accuracy in <= 20 epochs of its 50,000 training images
+RESNET9_EPOCHS, CIFAR10_TRAIN_IMAGES = 20, 50_000
+
+
+def _resnet9_case(width: int, image, members: int, steps: int, serial: int, batch: int,
+                  compute_dtype: str) -> Case:
+    """The resnet9 case: memjax.recipes.resnet9_cifar10's model (input normalized as ffcv
+    does) and its momentum."""
+    from memjax.recipes import resnet9_cifar10
+
+    model, train = resnet9_cifar10(width)
+    return Case(model, image, members, steps, serial, train.momentum, batch=batch,
+                compute_dtype=compute_dtype)
+
+
+def models_per_hour(model_examples_per_s: float | None) -> float | None:
+    """Models trained an hour at the recipe's length: model-examples/s x 3600 / (20 epochs x
+    50,000 CIFAR-10 training images)."""
+    if not model_examples_per_s:
+        return None
+    return model_examples_per_s * 3600 / (RESNET9_EPOCHS * CIFAR10_TRAIN_IMAGES)
 
 
 def _presets() -> dict[str, dict[str, Case]]:
@@ -70,6 +97,12 @@ def _presets() -> dict[str, dict[str, Case]]:
             # (one vmap over all 100 ran out of memory on an H200: 42.5 GiB for one buffer)
             "c_cnn": Case(ModelConfig(kind="cnn", conv_channels=200, batchnorm=True), cnn, 100,
                           6, 2, 0.9),
+            # 8 members of width 64 at batch 512 in bf16: a member's saved activations are
+            # about 1.1 M values an example (conv, BatchNorm and ReLU outputs of 8 conv_bn
+            # layers), 0.6 G values a step, 1-2 GB in bf16 with BatchNorm in float32, so
+            # all 8 at once take some 10-16 GB, well inside an H200's 141 GB; 20 steps (10,240
+            # examples) an epoch keep the case to about a minute
+            "resnet9": _resnet9_case(64, cnn, 8, 20, 2, batch=512, compute_dtype="bfloat16"),
         },
         "cpu": {
             "a_mlp512": Case(ModelConfig(hidden=(128, 128)), mlp, 20, 20, 3),
@@ -77,6 +110,11 @@ def _presets() -> dict[str, dict[str, Case]]:
             # XLA:CPU convolutions are slow (about 1 GFLOP/s here): a narrow, small CNN.
             "c_cnn": Case(ModelConfig(kind="cnn", conv_channels=4, batchnorm=True), cnn, 4, 2,
                           1, 0.9, batch=32, form_chunk=2, vmap_all=True),
+            # width 8, 2 members, 2 steps of 32: XLA:CPU's convolutions are slow (about 50
+            # model-examples/s here, bf16 no slower than float32 for memjax; PyTorch's bf16
+            # autocast on this CPU is about 20x slower than its float32, so torch-loop
+            # trains in float32 here, as its note says)
+            "resnet9": _resnet9_case(8, cnn, 2, 2, 1, batch=32, compute_dtype="bfloat16"),
         },
     }
 
@@ -89,6 +127,16 @@ def forward_macs(model: ModelConfig, image: tuple[int, int, int], classes: int =
     if model.kind == "mlp":
         widths = (math.prod(image),) + tuple(model.hidden) + (classes,)
         return sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    if model.kind == "resnet9":  # 3x3 convolutions at stride 1, padding 1; pools halve
+        h, w, c = image
+        k = model.width or 64
+        macs = 0
+        for channels, pool, residual in ((k, False, False), (2 * k, True, True),
+                                         (4 * k, True, False), (8 * k, True, True)):
+            macs += h * w * 9 * c * channels
+            h, w, c = (-(-h // 2), -(-w // 2), channels) if pool else (h, w, channels)
+            macs += 2 * h * w * 9 * c * c if residual else 0
+        return macs + c * classes
     h, w, c = image[0] - 4, image[1] - 4, image[2]  # crop 2 a side
     k = model.conv_channels
     macs = h * w * 25 * c * k
@@ -105,6 +153,9 @@ def first_layer(model: ModelConfig, image: tuple[int, int, int],
     if model.kind == "mlp":
         width = model.hidden[0] if model.hidden else classes
         return math.prod(image) * width, math.prod(image) * width
+    if model.kind == "resnet9":
+        k = model.width or 64
+        return image[0] * image[1] * 9 * image[2] * k, 9 * image[2] * k
     h, w, c = image[0] - 4, image[1] - 4, image[2]
     return h * w * 25 * c * model.conv_channels, 25 * c * model.conv_channels
 
@@ -178,6 +229,30 @@ def jax_ensemble_row(case: Case, x, y, chunk=None, impl="jax-ensemble", repeats=
                    norm_in_compute_dtype=module.norm_in_compute_dtype,
                    member_chunk=runner.placement()["member_chunk"])
     return row
+
+
+def resnet9_row(case: Case, x, y) -> dict:
+    """memjax's ensemble of case.members ResNet-9s trained by the recipe
+    (memjax.recipes.resnet9_cifar10: onecycle learning rate, label smoothing 0.1, flip,
+    translate and cutout on the device, SGD momentum 0.9 with weight decay 5e-4) in
+    case.compute_dtype, at case.batch; the convolution form and member chunk planned as
+    training plans them (the row names them). One epoch = case.steps steps."""
+    from memjax.recipes import resnet9_cifar10
+
+    model, train = resnet9_cifar10(case.model.width, members=case.members,
+                                   batch_size=case.batch, compute_dtype=case.compute_dtype)
+    runner = Runner(model, train, Split(x, y, None), 10, Members(np.arange(case.members)))
+    compile_s = runner.compile()
+    seconds = _timed(runner.epoch, 2)
+    module, placement = runner.network.module, runner.placement()
+    precision = ("bf16 compute, float32 master weights" if case.compute_dtype == "bfloat16"
+                 else "float32")
+    return {"impl": "jax-ensemble", "members": case.members,
+            "model_examples_per_s": case.members * len(y) / seconds, "seconds": seconds,
+            "compile_s": compile_s, "compute_dtype": case.compute_dtype,
+            "conv_form": getattr(module, "conv_form", None),
+            "member_chunk": placement.get("member_chunk"),
+            "note": f"recipe settings (augmentation, onecycle, label smoothing), {precision}"}
 
 
 def cnn_forms(case: Case) -> list[tuple[str, dict, str]]:
@@ -281,6 +356,12 @@ def run_case(name: str, preset: str) -> list[dict]:
     # after the JAX rows).
     rows = _torch_rows(case, x, y)
     x, y = jax.device_put(x), jax.device_put(y)
+    if case.model.kind == "resnet9":
+        rows.append(_guarded(lambda: resnet9_row(case, x, y), "jax-ensemble", case))
+        costs = training_costs(case)
+        return [{"case": name, **costs, **row,
+                 "models_per_hour": models_per_hour(row.get("model_examples_per_s"))}
+                for row in rows]
     if case.model.kind != "cnn":
         rows.append(_guarded(lambda: jax_ensemble_row(case, x, y), "jax-ensemble", case))
         # memjax.plan reads this impl name for bfloat16 programs (its IMPLS)
@@ -388,6 +469,6 @@ def f_cscore(preset: str) -> list[dict]:
 
 
 CASES = {name: (lambda preset, name=name: run_case(name, preset))
-         for name in ("a_mlp512", "b_mlp4096", "c_cnn")}
+         for name in ("a_mlp512", "b_mlp4096", "c_cnn", "resnet9")}
 CASES["e1_consistency"] = e1_consistency
 CASES["f_cscore"] = f_cscore

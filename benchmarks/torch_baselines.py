@@ -64,7 +64,40 @@ class CNN(nn.Module):
         return self.out(F.relu(n[3](self.fc2(x))))
 
 
+class ResNet9(nn.Module):
+    """Page's fast CIFAR-10 ResNet-9 (memjax.models.resnet.ResNet9) in torch.nn on NCHW
+    input, c = width (64 in the source): conv_bn is conv 3x3 padding 1 (no bias) ->
+    BatchNorm2d -> ReLU; prep c, layer1 2c -> maxpool 2 -> + residual (2 x conv_bn 2c),
+    layer2 4c -> maxpool 2, layer3 8c -> maxpool 2 -> + residual (2 x conv_bn 8c), global
+    max pool, linear 8c -> classes without bias, x 0.125."""
+
+    def __init__(self, in_channels: int = 3, width: int = 64, classes: int = 10):
+        super().__init__()
+        c = width
+
+        def conv_bn(a, b):
+            return nn.Sequential(nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b),
+                                 nn.ReLU(inplace=True))
+
+        self.prep = conv_bn(in_channels, c)
+        self.layer1 = nn.Sequential(conv_bn(c, 2 * c), nn.MaxPool2d(2))
+        self.res1 = nn.Sequential(conv_bn(2 * c, 2 * c), conv_bn(2 * c, 2 * c))
+        self.layer2 = nn.Sequential(conv_bn(2 * c, 4 * c), nn.MaxPool2d(2))
+        self.layer3 = nn.Sequential(conv_bn(4 * c, 8 * c), nn.MaxPool2d(2))
+        self.res3 = nn.Sequential(conv_bn(8 * c, 8 * c), conv_bn(8 * c, 8 * c))
+        self.linear = nn.Linear(8 * c, classes, bias=False)
+
+    def forward(self, x):
+        x = self.layer1(self.prep(x))
+        x = x + self.res1(x)
+        x = self.layer3(self.layer2(x))
+        x = x + self.res3(x)
+        return self.linear(torch.amax(x, dim=(2, 3))) * 0.125
+
+
 def _model(case) -> nn.Module:
+    if case.model.kind == "resnet9":
+        return ResNet9(case.image[2], case.model.width or 64)
     if case.model.kind == "cnn":
         return CNN(case.image[2], case.model.conv_channels, case.image[0],
                    batchnorm=case.model.batchnorm)
@@ -135,6 +168,88 @@ def per_model_loop(case, x, y) -> dict:
     seconds = _timed(run)
     return _row("torch-loop", case.serial, order.shape[1] * case.batch, seconds,
                 f"{case.serial} members timed, one after another")
+
+
+def _augment(xb: torch.Tensor, pad: int, flip: bool, cutout: int) -> torch.Tensor:
+    """Each example of normalized NCHW xb its own draws on its device, in ffcv's order (as
+    memjax.augment): left-right flip with probability 1/2, translation by up to `pad`
+    pixels (pad with 0, the mean after normalizing, then cut an H x W window at a uniform
+    offset), and a cutout x cutout square set to 0 lying inside the image whole."""
+    n, c, h, w = xb.shape
+    dev = xb.device
+    if flip:
+        xb = torch.where(torch.rand(n, device=dev)[:, None, None, None] < 0.5, xb.flip(3), xb)
+    if pad:
+        padded = F.pad(xb, (pad, pad, pad, pad))
+        rows = torch.randint(0, 2 * pad + 1, (n, 1), device=dev) + torch.arange(h, device=dev)
+        cols = torch.randint(0, 2 * pad + 1, (n, 1), device=dev) + torch.arange(w, device=dev)
+        xb = padded[torch.arange(n, device=dev)[:, None, None, None],
+                    torch.arange(c, device=dev)[None, :, None, None],
+                    rows[:, None, :, None], cols[:, None, None, :]]
+    if cutout:
+        top = torch.randint(0, h - cutout + 1, (n, 1), device=dev)
+        left = torch.randint(0, w - cutout + 1, (n, 1), device=dev)
+        r, q = torch.arange(h, device=dev), torch.arange(w, device=dev)
+        inside = (((r >= top) & (r < top + cutout))[:, :, None]
+                  & ((q >= left) & (q < left + cutout))[:, None, :])
+        xb = xb.masked_fill(inside[:, None], 0.0)
+    return xb
+
+
+def resnet9_loop(case, x, y) -> dict:
+    """memjax's resnet9 recipe (memjax.recipes.RESNET9_CIFAR10_TRAIN, ffcv's CIFAR-10
+    settings) in PyTorch, one model at a time, as users train them today: Page's ResNet-9
+    (`ResNet9`, width case.model.width) in channels_last, SGD with the recipe's momentum
+    (0.9), nesterov and weight decay (5e-4), its one-cycle learning rate set each step, the
+    cross-entropy with label smoothing 0.1, inputs normalized by the model's input mean and
+    std, and flip, translate and cutout drawn on the device tensors (`_augment`). bf16
+    autocast on CUDA when case.compute_dtype is bfloat16 (BatchNorm and the loss in float32,
+    autocast's rules); float32 on the CPU: bf16 autocast runs there, but about 20 times
+    slower than float32 on a CPU without bf16 arithmetic (ResNet-9 width 8, batch 64)."""
+    from memjax.recipes import RESNET9_CIFAR10_TRAIN as recipe
+
+    X, Y = _data(x, y)
+    dev = _device()
+    bf16 = case.compute_dtype == "bfloat16" and dev.type == "cuda"
+    precision = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+    mean = torch.tensor(case.model.input_mean or (0.0,) * case.image[2], device=dev)
+    std = torch.tensor(case.model.input_std or (1.0,) * case.image[2], device=dev)
+    with torch.device(dev):
+        models = [_model(case).to(memory_format=torch.channels_last) for _ in range(case.serial)]
+    opts = [torch.optim.SGD(m.parameters(), lr=recipe.learning_rate, momentum=recipe.momentum,
+                            nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+            for m in models]
+    order = _orders(case.serial, len(y), case.batch)
+    steps = order.shape[1]
+
+    def lr(step: int) -> float:  # onecycle: 0 -> peak at warmup_epochs -> 0 at epochs
+        return recipe.learning_rate * float(np.interp(
+            step / steps, [0, recipe.warmup_epochs, recipe.epochs], [0, 1, 0]))
+
+    def run(warmup: bool):
+        for i, (model, opt) in enumerate(zip(models, opts)):
+            model.train()
+            for s, idx in enumerate(order[i, :1] if warmup else order[i]):
+                for group in opt.param_groups:
+                    group["lr"] = lr(s)
+                xb = ((_prep(X[idx]) - mean) / std).permute(0, 3, 1, 2)
+                xb = _augment(xb, recipe.augment_crop, recipe.augment_flip,
+                              recipe.augment_cutout).contiguous(memory_format=torch.channels_last)
+                with precision:
+                    loss = F.cross_entropy(model(xb), Y[idx],
+                                           label_smoothing=recipe.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+    seconds = _timed(run)
+    where = ("bf16 autocast" if bf16 else
+             "float32 (CPU: bf16 autocast about 20x slower)" if case.compute_dtype == "bfloat16"
+             else "float32")
+    return {**_row("torch-loop", case.serial, steps * case.batch, seconds,
+                   f"{case.serial} members timed, one after another; recipe settings, "
+                   f"channels_last, {where}"),
+            "compute_dtype": "bfloat16" if bf16 else "float32"}
 
 
 def func_ensemble(case, x, y) -> dict:
@@ -292,6 +407,8 @@ def release_memory() -> None:
 
 def baselines(case) -> dict:
     """impl name -> fn(case, x [N, H, W, C] uint8, y [N] int) -> result row."""
+    if case.model.kind == "resnet9":
+        return {"torch-loop": resnet9_loop}
     found = {"torch-loop": per_model_loop, "torch-func": func_ensemble}
     if case.model.kind == "mlp" and not case.momentum:
         found["torch-bmm"] = bmm_ensemble

@@ -291,3 +291,48 @@ def test_record_names_are_plain():
     assert stem == "2026-12-04-nvidia-h200-a_mlp512-c_cnn"
     assert record_stem("2026-12-04", "cpu", "gpu", "cpu", None) == "2026-12-04-cpu-gpu"
     assert re.fullmatch(r"[A-Za-z0-9._-]+", stem)
+
+
+def test_resnet9_case_times_memjax_and_torch_with_models_per_hour(monkeypatch):
+    """The cpu preset's resnet9 case as the bench runs it: memjax's ensemble trained by the
+    recipe in bf16 and, with PyTorch, the same network and recipe one model at a time; each
+    row with its model-examples/s and models/hour at 20 epochs of CIFAR-10's 50,000 images,
+    which the bench's markdown shows. Shrunk (width 4, 1 step of 16): the tests' XLA
+    compiles at optimization level 0, where the preset's own size takes about 90 s."""
+    import dataclasses
+
+    case = throughput.PRESETS["cpu"]["resnet9"]
+    assert case.model.kind == "resnet9" and case.compute_dtype == "bfloat16"
+    gpu = throughput.PRESETS["gpu"]["resnet9"]
+    assert gpu.model.width in (None, 64) and gpu.batch == 512 and gpu.image == (32, 32, 3)
+    assert gpu.compute_dtype == "bfloat16"
+    monkeypatch.setitem(throughput.PRESETS["cpu"], "resnet9", dataclasses.replace(
+        case, model=dataclasses.replace(case.model, width=4), steps=1, batch=16))
+    rows = {r["impl"]: r for r in throughput.CASES["resnet9"]("cpu")}
+    ensemble = rows["jax-ensemble"]
+    assert ensemble["model_examples_per_s"] > 0 and ensemble["compute_dtype"] == "bfloat16"
+    assert ensemble["models_per_hour"] == pytest.approx(
+        ensemble["model_examples_per_s"] * 3600 / (20 * 50_000))
+    assert ensemble["flops_per_model_example"] > 0
+    torch_row = rows["torch-loop"]
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert torch_row["model_examples_per_s"] is None
+        return
+    assert torch_row["model_examples_per_s"] > 0 and torch_row["models_per_hour"] > 0
+    assert "channels_last" in torch_row["note"] and "float32" in torch_row["note"]
+    text = harness.markdown({"preset": "cpu", "date": "d", "versions": {},
+                             "rows": list(rows.values()), "device": {"kind": "k", "count": 1},
+                             "notes": [], "roofline": {"peak_tflops": 1.0, "bandwidth_gbs": 1.0},
+                             "comparison": harness.compare(list(rows.values()), "cpu")})
+    assert f"{ensemble['models_per_hour']:,.2f} models/hour" in text
+
+
+def test_resnet9_forward_macs_by_hand():
+    model = ModelConfig(kind="resnet9", width=8)
+    c = 8
+    expected = (32 * 32 * 9 * 3 * c + 32 * 32 * 9 * c * 2 * c + 2 * 16 * 16 * 9 * (2 * c) ** 2
+                + 16 * 16 * 9 * 2 * c * 4 * c + 8 * 8 * 9 * 4 * c * 8 * c
+                + 2 * 4 * 4 * 9 * (8 * c) ** 2 + 8 * c * 10)
+    assert throughput.forward_macs(model, (32, 32, 3)) == expected
