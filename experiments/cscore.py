@@ -30,11 +30,13 @@ from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.example_scores import spearman, spread, write_example_scores
 from memjax.experiments.figures import example_figure, new_figure
-from memjax.experiments.sweeps import check_sweep_members
+from memjax.experiments.sweeps import (CIFAR10, CIFAR10_CPU, CPU_EPOCHS, CPU_WIDTH,
+                                       check_sweep_members)
 from memjax.metrics import balanced_masks, cscore, holdout_consistency, members_holding
 from memjax.metrics.consistency import misclassification_rate
 from memjax.measurements import Evaluation
 from memjax.phase import Data, Phase
+from memjax.recipes import resnet9_cifar10
 from memjax.results import RunDir
 from memjax.members import Members
 from memjax.runner import Runner
@@ -62,6 +64,8 @@ class Config:
 
 PAPER = Config(data=DataConfig(name="mnist", test_as_validation=True),
                model=ModelConfig(hidden=(512, 256)), one_epoch_members=100)
+_RN9 = resnet9_cifar10(epochs=20, compute_dtype="bfloat16")
+_RN9_CPU = resnet9_cifar10(width=CPU_WIDTH, epochs=CPU_EPOCHS, batch_size=32, learning_rate=0.1)
 PRESETS = {
     "smoke": replace(PAPER, data=DataConfig(train_size=1024, validation_size=256),
                      model=ModelConfig(hidden=(32,)), train=replace(ANCHOR_TRAIN, epochs=2),
@@ -69,6 +73,15 @@ PRESETS = {
     "cpu": replace(PAPER, data=DataConfig(), ratios=(0.1, 0.3, 0.5, 0.7, 0.9), seeds=20,
                    one_epoch_members=20),
     "paper": PAPER,
+    # ResNet-9 on CIFAR-10 as ffcv trains it (memjax.recipes), bf16; influence-free, so
+    # validation is the official test set
+    "cifar": Config(data=CIFAR10, model=_RN9[0], train=_RN9[1], seeds=100,
+                    one_epoch_members=100),
+    "gpu": Config(data=CIFAR10, model=_RN9[0], train=replace(_RN9[1], epochs=10, warmup_epochs=2),
+                  ratios=(0.25, 0.5, 0.75), seeds=8),
+    # a narrow ResNet-9 on 1,000 CIFAR-10 images, float32 on a CPU
+    "cifar-cpu": Config(data=CIFAR10_CPU, model=_RN9_CPU[0], train=_RN9_CPU[1],
+                        ratios=(0.25, 0.5, 0.75), seeds=8, one_epoch_members=8, per_class=3),
 }
 
 
@@ -99,7 +112,9 @@ def phases(config: Config) -> list[Phase]:
                                at_end("correct_validation", "validation")))
            for r, ratio in enumerate(config.ratios)]
     if config.one_epoch_members:
-        out.append(Phase("one-epoch", config.model, replace(config.train, epochs=1), data,
+        train = replace(config.train, epochs=1,  # (a schedule's warm-up, the same share)
+                        warmup_epochs=config.train.warmup_epochs / config.train.epochs)
+        out.append(Phase("one-epoch", config.model, train, data,
                          _one_epoch_members(config), desc="one epoch, all data",
                          measurements=(at_end("correct", "train"),)))
     return out

@@ -44,7 +44,7 @@ def example_figure(run_dir: RunDir, name: str, split: Split, score: np.ndarray, 
             ax.axis("off")
             if i is None or i >= len(split):
                 continue
-            image = np.asarray(split.x[i], np.float32).squeeze()
+            image = np.asarray(split.x[i]).squeeze()  # (uint8 or floats in [0, 1]: RGB as is)
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
             ax.set_title(f"{score[i]:.2f}", fontsize=6)
         row[0].text(-0.3, 0.5, str(c), transform=row[0].transAxes, ha="right", va="center")

@@ -34,10 +34,12 @@ from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.example_scores import detection_auc, spread, write_example_scores
 from memjax.experiments.figures import example_figure, new_figure
+from memjax.experiments.sweeps import CIFAR10, CIFAR10_CPU, CPU_EPOCHS, CPU_WIDTH
 from memjax.metrics import (balanced_masks, holdout_consistency, influence, members_holding,
                             memorization)
 from memjax.measurements import Dynamics, Evaluation
 from memjax.phase import Data, Phase
+from memjax.recipes import resnet9_cifar10
 from memjax.results import RunDir
 from memjax.members import Members
 from memjax.runner import Runner
@@ -64,6 +66,10 @@ PAPER = Config(data=DataConfig(name="mnist", test_as_validation=True),
                model=ModelConfig(hidden=(512, 256)),
                train=TrainConfig(members=2000, epochs=10, batch_size=128, learning_rate=0.1,
                                  momentum=0.9, record_dynamics=True))
+_RN9 = resnet9_cifar10(members=2000, epochs=20, compute_dtype="bfloat16",
+                       record_dynamics=True)
+_RN9_CPU = resnet9_cifar10(width=CPU_WIDTH, members=12, epochs=CPU_EPOCHS, batch_size=32,
+                           learning_rate=0.1, record_dynamics=True)
 PRESETS = {
     "smoke": replace(PAPER, data=DataConfig(train_size=1024, validation_size=256),
                      model=ModelConfig(hidden=(32,)),
@@ -73,6 +79,15 @@ PRESETS = {
     "cpu": replace(PAPER, data=DataConfig(), train=replace(PAPER.train, members=32, epochs=20),
                    label_noise=0.1),
     "paper": PAPER,
+    # Feldman & Zhang's protocol (2000 models on 70 % subsets, influence on the test
+    # set) with ResNet-9 on CIFAR-10 as ffcv trains it (memjax.recipes), bf16
+    "cifar": replace(PAPER, data=CIFAR10, model=_RN9[0], train=_RN9[1]),
+    "gpu": replace(PAPER, data=CIFAR10, model=_RN9[0],
+                   train=replace(_RN9[1], members=16, epochs=10, warmup_epochs=2),
+                   label_noise=0.1),
+    # a narrow ResNet-9 on 1,000 CIFAR-10 images with 10 % random labels, float32
+    "cifar-cpu": replace(PAPER, data=CIFAR10_CPU, model=_RN9_CPU[0], train=_RN9_CPU[1],
+                         label_noise=0.1, per_class=3),
 }
 
 

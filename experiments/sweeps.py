@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from memjax.config import DataConfig
 from memjax.errors import MemjaxError
 
 
@@ -53,3 +54,12 @@ def first_epoch_at_least(curve: np.ndarray, threshold: float) -> int | None:
     """1-based epoch at which a per-epoch curve first reaches threshold (None: never)."""
     hits = np.flatnonzero(np.asarray(curve) >= threshold)
     return int(hits[0]) + 1 if hits.size else None
+
+
+# The score studies' CIFAR-10 presets: the 50,000 official training images (the 10,000 test
+# images as validation), and for a CPU the first 1,000 and 500 of them at 16 x 16 with a narrow
+# ResNet-9
+CIFAR10 = DataConfig(name="cifar10", test_as_validation=True)
+CIFAR10_CPU = DataConfig(name="cifar10", train_size=1000, validation_size=500, downscale=2,
+                         test_as_validation=True)
+CPU_WIDTH, CPU_EPOCHS = 8, 8
