@@ -211,7 +211,8 @@ def test_bf16_cnn_keeps_validation_accuracy_within_one_point_and_the_noise_curve
 
 def test_only_the_paper_presets_train_the_cnn_in_bf16():
     """Every study's paper preset trains its CNN parts in bf16 and its MLP parts in float32;
-    every other preset trains in float32 (a CPU has no bf16 units)."""
+    the GPU presets of the CIFAR ResNets (`cifar`, `gpu`) train in bf16; every other
+    preset trains in float32 (a CPU has no bf16 units)."""
     from memjax.studies import registered
 
     seen = 0
@@ -222,9 +223,10 @@ def test_only_the_paper_presets_train_the_cnn_in_bf16():
                 parts.append((config.cnn_model, config.cnn_train))
             for model, train in parts:
                 cnn_in_paper = preset == "paper" and model.kind == "cnn"
+                resnet_on_gpu = preset in ("cifar", "gpu") and model.kind == "resnet9"
                 seen += cnn_in_paper
-                assert train.compute_dtype == ("bfloat16" if cnn_in_paper else "float32"), \
-                    (name, preset, model.kind)
+                assert train.compute_dtype == ("bfloat16" if cnn_in_paper or resnet_on_gpu
+                                               else "float32"), (name, preset, model.kind)
     assert seen == 5  # csr, noise-curves, regularization, filters, el2n
 
 if __name__ == "__main__":
