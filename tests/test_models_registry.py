@@ -20,19 +20,10 @@ from memjax.members import convolution_form
 from memjax.models import (Network, ResNet9, build_network, plan_kind, register_model,
                            registered_models)
 from memjax.train import make_train_epoch
+from test_cli import _error  # (pytest puts tests/ on sys.path: no __init__.py there)
 
 OUTSIDE = "outside_model:factory"
 SMALL = dict(hidden=(8,), conv_channels=4, width=4, batchnorm=True)
-
-
-def _error(capsys, argv) -> str:
-    """Run the CLI; assert exit 2 and exactly one stderr line; return that line."""
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("memjax: error: ")
-    return err[0]
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "paper-cnn", "resnet9", "resnet18"])
