@@ -7,8 +7,10 @@
 #   4. the plan against reality: the new bench record joins memjax/records/ (of this
 #      copy), then benchmarks/plan_check.py plans and runs consistency at the paper preset
 #      (data .devdata/mnist.npz)                              -> $OUT/plan-paper-*.{json,md}
-#   5. a short table of all of it, printed last              -> $OUT/summary.txt
-# Every step's output goes to $OUT/check.log. At most 7 files land in $OUT, each written as
+#   5. (MEMJAX_CHECK_RESNET9=1) ResNet-9 members with ffcv's recipe on the 8k subset
+#                                                             -> $OUT/resnet9-accuracy.json
+#   6. a short table of all of it, printed last              -> $OUT/summary.txt
+# Every step's output goes to $OUT/check.log. At most 8 files land in $OUT, each written as
 # its step ends, named with letters, digits, '.', '_' and '-' only (the device tool returns
 # 8 files at most and drops names with other characters); work folders stay outside $OUT.
 # Run from the repository root, with .devdata/ in place (carried: 39 MB of the 64 allowed):
@@ -21,6 +23,9 @@
 #   MEMJAX_CHECK=cpu OUT=/tmp/gpu-check bash benchmarks/gpu_check.sh
 # MEMJAX_BENCH_CASES (default a_mlp512,b_mlp4096,c_cnn; "all": the whole gpu preset) picks
 # the bench cases; MEMJAX_BENCH_TIMEOUT (seconds, default 260) bounds it; MEMJAX_CHECK_STUDY=0 skips the plan check's study run.
+# The ResNet-9 check fits a call of its own (bench case and accuracy, about 5 minutes):
+#   MEMJAX_BENCH_CASES=resnet9 MEMJAX_CHECK_LASS=0 MEMJAX_CHECK_STUDY=0 MEMJAX_CHECK_RESNET9=1 \
+#     OUT=/some/folder bash benchmarks/gpu_check.sh
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
@@ -69,9 +74,12 @@ if [ "$CHECK" = cpu ]; then
   BENCH_PRESET=cpu; PLAN_ARGS=(--preset smoke --only consistency)
   LASS_ARGS=(--data npz:.devdata/cifar10-small.npz --epochs 1 --members 2 --examples 50
              --channels 8)
+  RN9_ARGS=(--data npz:.devdata/cifar10-small.npz --members 2 --epochs 2 --width 4
+            --dtype float32)
 else
   BENCH_PRESET=gpu; PLAN_ARGS=(--preset paper --only consistency)
   LASS_ARGS=(--data npz:.devdata/cifar10-8k.npz --epochs 4 --members 3 --examples 500)
+  RN9_ARGS=(--data npz:.devdata/cifar10-8k.npz --members 8 --epochs 20)
   export MEMJAX_DATA_DIR="$PWD/.devdata"
 fi
 # the cases whose rows the plan and the planned convolution form read (the whole gpu
@@ -83,14 +91,24 @@ step "bench --preset $BENCH_PRESET" "${MEMJAX_BENCH_TIMEOUT:-260}" \
   "${PYM[@]}" memjax.cli bench --preset "$BENCH_PRESET" "${CASES[@]}" --out "$WORK/bench"
 cp "$WORK"/bench/*.json "$WORK"/bench/*.md "$OUT"/ 2>/dev/null
 
-step "LASS precision" "${MEMJAX_LASS_TIMEOUT:-150}" \
-  "${PYM[@]}" memjax.benchmarks.lass_precision "${LASS_ARGS[@]}" --out "$OUT/lass-precision.json"
+if [ "${MEMJAX_CHECK_LASS:-1}" != 0 ]; then
+  step "LASS precision" "${MEMJAX_LASS_TIMEOUT:-150}" \
+    "${PYM[@]}" memjax.benchmarks.lass_precision "${LASS_ARGS[@]}" --out "$OUT/lass-precision.json"
+fi
 
 if [ "${MEMJAX_CHECK_STUDY:-1}" != 0 ]; then
   # the plan reads its rates from memjax/records/: the record just made joins them
   [ "$CHECK" = cpu ] || cp "$WORK"/bench/*.json memjax/records/ 2>/dev/null
   step "plan check ${PLAN_ARGS[*]}" "${MEMJAX_PLAN_TIMEOUT:-180}" \
     "${PYM[@]}" memjax.benchmarks.plan_check "${PLAN_ARGS[@]}" --out "$OUT" --runs "$WORK/runs"
+fi
+
+if [ "${MEMJAX_CHECK_RESNET9:-0}" != 0 ]; then
+  # ResNet-9 members on the carried CIFAR-10 subset (the whole set, 180 MB, does not fit
+  # the 64 MiB a device call carries; on all 50,000 images: benchmarks/resnet9_accuracy.py)
+  step "resnet9 accuracy" "${MEMJAX_RESNET9_TIMEOUT:-150}" \
+    "${PYM[@]}" memjax.benchmarks.resnet9_accuracy "${RN9_ARGS[@]}" \
+    --out "$OUT/resnet9-accuracy.json"
 fi
 
 stamp "summary"
@@ -121,5 +139,14 @@ if os.path.exists(manifest):
             print(f"  {cond}: mean error {s['mean_error']:.3f}, trained in {s['train_seconds']:.1f} s")
 else:
     print("consistency: no manifest (see check.log)")
+rn9 = os.path.join(out, "resnet9-accuracy.json")
+if os.path.exists(rn9):
+    r = json.load(open(rn9))
+    print(f"resnet9 ({r['members']} members, {r['train_examples']} images, {r['epochs']} "
+          f"epochs, {r['compute_dtype']}): final accuracy min {r['final_accuracy']['min']:.4f}, "
+          f"first epochs at {r['target']:.0%} {r['first_epoch_at_target']}, "
+          f"{r['seconds_per_member']:.1f} s per member")
+else:
+    print("resnet9 accuracy: no record (see check.log)")
 EOF
 ls "$OUT"
