@@ -55,3 +55,9 @@ def pytest_sessionfinish(session, exitstatus):
 
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end runs (marked slow, the longest tests) first, so that the workers'
+    last tests are short ones and none waits on a long one started late."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -175,6 +175,7 @@ def _noise_curves(dtype, d, label_noise):
                 for p in (0.0, 0.5, 1.0)} for k in ("own", "validation")}
 
 
+@pytest.mark.slow
 def test_bf16_cnn_keeps_validation_accuracy_within_one_point_and_the_noise_curves():
     """The condition for bf16 as the paper presets' CNN training precision: on real data the
     final validation accuracy within 1 point of float32 (mean of 4 members); on randY 50 %
