@@ -16,6 +16,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
     _OWN_CACHE = tempfile.mkdtemp(prefix="memjax-test-xla-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+# jax writes only programs that took a second to compile; the tests' programs mostly take
+# less, and the same ones are compiled by many tests and their processes.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -54,7 +57,6 @@ def pytest_sessionfinish(session, exitstatus):
         import shutil
 
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
-
 
 
 def pytest_collection_modifyitems(config, items):

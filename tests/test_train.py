@@ -200,12 +200,12 @@ def test_map_members_chunks_equal_vmap():
 
 def test_cnn_trains_with_and_without_batchnorm():
     d = load_dataset(DataConfig(train_size=64))
-    x = jnp.asarray(np.repeat(np.pad(d.train.x, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, -1))
+    x = jnp.asarray(np.repeat(d.train.x[:, 8:20, 8:20], 3, -1))  # (small, 3-channel images)
     y = jnp.asarray(d.train.y)
     for bn in (False, True):
         network = build_network(ModelConfig(kind="cnn", batchnorm=bn, conv_channels=8), 10)
         tx = make_optimizer(0.9)
-        state = init_ensemble(network, tx, jnp.zeros((1, 32, 32, 3)), seed=0,
+        state = init_ensemble(network, tx, jnp.zeros((1, 12, 12, 3)), seed=0,
                               member_ids=np.arange(2), learning_rate=0.01)
         assert ("batch_stats" in state.variables) == bn
         epoch = make_train_epoch(network, tx, batch_size=32)
@@ -239,12 +239,13 @@ def test_batchnorm_statistics_count_only_the_weighted_rows():
                                                train=True, mutable=["batch_stats"])
         return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), updates
 
+    # (jitted: the batches' two sizes compile once each; eagerly, every operation would)
+    grad_fn = jax.jit(jax.grad(loss_fn, has_aux=True))
     for m in range(2):
         variables = jax.tree_util.tree_map(lambda a: a[m], start)
         for idx, w in zip(np.asarray(order[m]), np.asarray(weight[m])):
             rows = idx[w > 0]
-            grads, updates = jax.grad(loss_fn, has_aux=True)(variables["params"], variables,
-                                                             x[rows], y[rows])
+            grads, updates = grad_fn(variables["params"], variables, x[rows], y[rows])
             params = jax.tree_util.tree_map(lambda p, g: p - 0.05 * g, variables["params"], grads)
             variables = {**variables, **updates, "params": params}
         _leaves_close(jax.tree_util.tree_map(lambda a: a[m], trained.variables), variables,
@@ -351,10 +352,10 @@ def test_members_without_adversarial_weight_skip_the_search_and_train_as_alone(d
     from memjax.sharding import member_mesh
 
     d, x, y = data160
-    x, y = x[:64], y[:64]
+    x, y = x[:64, 8:20, 8:20], y[:64]  # (small images: 4 programs compile and run)
     network = build_network(ModelConfig(kind="cnn", conv_channels=2, batchnorm=True), 10)
     tx = make_optimizer(0.9)
-    fresh = lambda: init_ensemble(network, tx, EXAMPLE, seed=3, member_ids=np.arange(3),
+    fresh = lambda: init_ensemble(network, tx, x[:1], seed=3, member_ids=np.arange(3),
                                   learning_rate=0.05)
     view = MemberView(adversarial_weight=jnp.array([0.0, 0.5, 0.0]))
     flipped = lambda apply_fn, v, xb, yb, key: 1.0 - xb
