@@ -31,7 +31,7 @@ from memjax.errors import MemjaxError
 from memjax.experiments.example_scores import spearman, spread, write_example_scores
 from memjax.experiments.figures import example_figure, new_figure
 from memjax.experiments.sweeps import (CIFAR10, CIFAR10_CPU, CPU_EPOCHS, CPU_WIDTH,
-                                       check_sweep_members)
+                                       check_sweep_members, epoch_means)
 from memjax.metrics import balanced_masks, cscore, holdout_consistency, members_holding
 from memjax.metrics.consistency import misclassification_rate
 from memjax.measurements import Evaluation
@@ -60,6 +60,8 @@ class Config:
     one_epoch_members: int = 0  # E1's one-epoch difficulty for comparison (0: none)
     mask_seed: int = 0
     per_class: int = 6  # examples shown at each end of a class in the figure
+    # each member's validation accuracy after every epoch too (per ratio: `curves`)
+    validation_curve: bool = False
 
 
 PAPER = Config(data=DataConfig(name="mnist", test_as_validation=True),
@@ -81,7 +83,8 @@ PRESETS = {
                   ratios=(0.25, 0.5, 0.75), seeds=8),
     # a narrow ResNet-9 on 1,000 CIFAR-10 images, float32 on a CPU
     "cifar-cpu": Config(data=CIFAR10_CPU, model=_RN9_CPU[0], train=_RN9_CPU[1],
-                        ratios=(0.25, 0.5, 0.75), seeds=8, one_epoch_members=8, per_class=3),
+                        ratios=(0.25, 0.5, 0.75), seeds=8, one_epoch_members=8, per_class=3,
+                        validation_curve=True),
 }
 
 
@@ -109,7 +112,9 @@ def phases(config: Config) -> list[Phase]:
     out = [Phase(f"ratio-{ratio:g}", config.model, config.train, data, _members(config, r, n),
                  desc=f"ratio {ratio:g} ({r + 1}/{r_count})",
                  measurements=(at_end("correct", "train"),
-                               at_end("correct_validation", "validation")))
+                               at_end("correct_validation", "validation"))
+                 + ((Evaluation("validation_accuracy", on="validation"),)
+                    if config.validation_curve else ()))
            for r, ratio in enumerate(config.ratios)]
     if config.one_epoch_members:
         train = replace(config.train, epochs=1,  # (a schedule's warm-up, the same share)
@@ -145,6 +150,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
             "heldout_accuracy": float(np.nanmean(held)),
             "validation_accuracy": float(np.asarray(validation).mean()),
             "train_seconds": runner.seconds}
+        if config.validation_curve:
+            summary["ratios"][f"{ratio:g}"]["curves"] = epoch_means(outcome.history)
         run_dir.log_metrics({"ratio": ratio, **summary["ratios"][f"{ratio:g}"]})
     included, correct = np.concatenate(included), np.concatenate(correct)
     ratio_ids = np.repeat(np.arange(len(ratios)), config.seeds)

@@ -50,6 +50,11 @@ def measured(curve) -> tuple[np.ndarray, np.ndarray]:
     return at + 1, curve[at]
 
 
+def epoch_means(history: dict, names=("train_accuracy", "validation_accuracy")) -> dict:
+    """{name: [epochs] mean over the members} of a phase's per-epoch history [epochs, M]."""
+    return {n: np.nanmean(np.asarray(history[n], float), axis=1).tolist() for n in names}
+
+
 def first_epoch_at_least(curve: np.ndarray, threshold: float) -> int | None:
     """1-based epoch at which a per-epoch curve first reaches threshold (None: never)."""
     hits = np.flatnonzero(np.asarray(curve) >= threshold)

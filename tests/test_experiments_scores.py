@@ -51,7 +51,7 @@ def _check_export(path, name, dataset_train, scores_npz):
 
 @pytest.mark.slow
 def test_cscore_study(tmp_path):
-    config = cscore.PRESETS["smoke"]
+    config = dataclasses.replace(cscore.PRESETS["smoke"], validation_curve=True)
     arrays, summary = _run(cscore, config, tmp_path)
     included, correct, ratio_ids = arrays["included"], arrays["correct"], arrays["ratio_ids"]
     n = config.data.train_size
@@ -73,6 +73,10 @@ def test_cscore_study(tmp_path):
     assert (tmp_path / "fig_cscore_examples.png").exists()
     assert summary["order"]["train"].startswith("index in the official MNIST")
     assert len(cscore.evidence(summary)) == 2
+    for r in summary["ratios"].values():  # the curve's last epoch is the final evaluation
+        curves = r["curves"]
+        assert len(curves["train_accuracy"]) == len(curves["validation_accuracy"]) == 2
+        assert curves["validation_accuracy"][-1] == pytest.approx(r["validation_accuracy"])
 
 
 def test_cscore_config_errors():
@@ -86,7 +90,7 @@ def test_cscore_config_errors():
 
 @pytest.mark.slow
 def test_memorization_study(tmp_path):
-    config = memorization.PRESETS["smoke"]
+    config = dataclasses.replace(memorization.PRESETS["smoke"], validation_curve=True)
     arrays, summary = _run(memorization, config, tmp_path)
     included, correct = arrays["included"], arrays["correct"]
     m = config.train.members
@@ -116,6 +120,13 @@ def test_memorization_study(tmp_path):
     np.testing.assert_array_equal(infl["train_index"], train.index[infl["train_row"]])
     assert len(_csv(tmp_path / "influence.csv")) == val.shape[1] * k
     assert (tmp_path / "fig_label_noise.png").exists()
+    # per-epoch validation accuracy: its last epoch is the final evaluation's
+    curves = summary["curves"]
+    assert len(curves["train_accuracy"]) == len(curves["validation_accuracy"]) == 2
+    assert curves["validation_accuracy"][-1] == pytest.approx(val.mean())
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["validation_accuracy"] for line in logged] == pytest.approx(
+        curves["validation_accuracy"])
 
 
 def test_memorization_config_errors():
