@@ -180,21 +180,24 @@ def _measure(runner, epoch):
     return {"val": runner.evaluate(runner.x[:64], runner.y[:64])["correct"].mean(1)}
 
 
-def test_resumed_run_with_recipes_is_bit_identical(data, tmp_path, capsys):
+@pytest.mark.parametrize("model", [MODEL, ModelConfig(kind="resnet9", width=4)],
+                         ids=["mlp", "resnet9"])
+def test_resumed_run_with_recipes_is_bit_identical(data, model, tmp_path, capsys):
+    """The ResNet carries BatchNorm statistics through the checkpoint as well."""
     d, *_ = data
     train = TrainConfig(members=3, epochs=2, batch_size=32, learning_rate=0.1, **RECIPES)
     train.check()
     whole_dir = RunDir(tmp_path / "whole")
     whole_dir.start("test", {})
-    whole = Runner(MODEL, train, d.train, 10)
+    whole = Runner(model, train, d.train, 10)
     history = whole.run(2, phase="p", run_dir=whole_dir, measure=_measure)
     # a run that stops after its first epoch, then is resumed to the second
     part = RunDir(tmp_path / "part", checkpoint_every=1)
     part.start("test", {})
-    Runner(MODEL, train, d.train, 10).run(1, phase="p", run_dir=part, measure=_measure)
+    Runner(model, train, d.train, 10).run(1, phase="p", run_dir=part, measure=_measure)
     resumed_dir = RunDir(tmp_path / "part", resume=True, checkpoint_every=1)
     resumed_dir.start("test", {})
-    resumed = Runner(MODEL, train, d.train, 10)
+    resumed = Runner(model, train, d.train, 10)
     capsys.readouterr()
     resumed_history = resumed.run(2, phase="p", run_dir=resumed_dir, measure=_measure)
     assert "p: resumed from the checkpoint of epoch 1/2" in capsys.readouterr().err

@@ -24,11 +24,11 @@ def data():
     return jnp.asarray(d.train.x), jnp.asarray(d.train.y)
 
 
-def _train(members, mesh, data, chunk=None, epochs=1):
+def _train(members, mesh, data, chunk=None, epochs=1, model=ModelConfig(hidden=(16,))):
     x, y = data
-    network = build_network(ModelConfig(hidden=(16,)), 10)
+    network = build_network(model, 10)
     tx = make_optimizer(0.9)
-    state = init_ensemble(network, tx, jnp.zeros((1, 28, 28, 1)), seed=3,
+    state = init_ensemble(network, tx, jnp.zeros((1,) + x.shape[1:]), seed=3,
                           member_ids=np.arange(members), learning_rate=0.05)
     epoch = make_train_epoch(network, tx, batch_size=64, member_chunk=chunk, mesh=mesh)
     for _ in range(epochs):
@@ -54,6 +54,23 @@ def test_sharded_training_equals_one_device(data, members, devices, chunk):
     assert jax.tree_util.tree_leaves(many.variables)[0].shape[0] == members
     _close(one.variables, many.variables)
     _close(one.opt_state, many.opt_state)
+    _close(m1, m8)
+
+
+def test_sharded_resnet_training_equals_one_device():
+    """ResNet-9's BatchNorm statistics (a collection of each member) are sharded and
+    updated with its parameters: 3 members on 8 devices (5 dummies) as on one. 12 x 12
+    images, as in tests/test_models_registry.py (why not 16 x 16 there)."""
+    rng = np.random.default_rng(1)
+    data = (jnp.asarray(rng.integers(0, 256, (48, 12, 12, 3), dtype=np.uint8)),
+            jnp.asarray(rng.integers(0, 10, 48).astype(np.int32)))
+    model = ModelConfig(kind="resnet9", width=4)
+    _, one, m1 = _train(3, member_mesh(1), data, model=model)
+    _, many, m8 = _train(3, member_mesh(8), data, model=model)
+    assert set(many.variables) == {"params", "batch_stats"}
+    assert len(jax.tree_util.tree_leaves(many.variables["batch_stats"])[0]
+               .sharding.device_set) == 8
+    _close(one.variables, many.variables)
     _close(m1, m8)
 
 
