@@ -22,7 +22,7 @@ from memjax.models import (Network, ResNet9, build_network, plan_kind, register_
 from memjax.train import make_train_epoch
 from test_cli import _error  # (pytest puts tests/ on sys.path: no __init__.py there)
 
-OUTSIDE = "outside_model:factory"
+OUTSIDE, OUTSIDE_NNX = "outside_model:factory", "outside_model:nnx_factory"
 SMALL = dict(hidden=(8,), conv_channels=4, width=4, batchnorm=True)
 
 
@@ -62,18 +62,22 @@ def _train(network, epoch, ids, x, y, *, epochs=2):
     return state, history
 
 
-@pytest.mark.parametrize("kind, size", [("resnet9", 12), ("resnet18", 8)])
+@pytest.mark.parametrize("kind, size", [("resnet9", 12), ("resnet18", 8),
+                                        ("outside_model:nnx_factory", 12)])
 def test_resnet_member_alone_equals_the_same_member_in_the_ensemble(kind, size):
-    """2 members in one vmap group (grouped convolutions) against each trained alone
+    """2 members in one vmap group (grouped convolutions; for the NNX model, as Flax's
+    bridge writes it) against each trained alone
     (lax.map): 2 epochs of 40 examples in batches of 16, the last one padded (zero-weight
     rows that BatchNorm's statistics must not count). Small images for speed; not ResNet-9
     on 16 x 16 or 20 x 20, whose last stage is 2 x 2: there XLA's CPU backend at the tests'
     optimization level 0 (tests/conftest.py) gives NaN gradients inside lax.map, where
     levels 1 to 3 train it as they should."""
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.integers(0, 256, (40, size, size, 3), dtype=np.uint8))
+    nnx_model = kind.startswith("outside")  # (one input channel, no width)
+    x = jnp.asarray(rng.integers(0, 256, (40, size, size, 1 if nnx_model else 3),
+                                 dtype=np.uint8))
     y = jnp.asarray(rng.integers(0, 10, 40).astype(np.int32))
-    network = build_network(ModelConfig(kind=kind, width=4), 10)
+    network = build_network(ModelConfig(kind=kind, width=None if nnx_model else 4), 10)
     tx = make_optimizer(0.9)
     together, history = _train(network, make_train_epoch(network, tx, batch_size=16,
                                                          member_chunk=2), [0, 1], x, y)
@@ -218,11 +222,12 @@ def test_network_normalizes_its_input_per_channel():
         ModelConfig(input_std=(0.0,)).check()
 
 
-def test_outside_model_trains_as_an_ensemble_through_the_python_api():
+@pytest.mark.parametrize("kind", [OUTSIDE, OUTSIDE_NNX])
+def test_outside_model_trains_as_an_ensemble_through_the_python_api(kind):
     from memjax.runner import Runner
 
     data = load_dataset(DataConfig(train_size=128, validation_size=32))
-    runner = Runner(ModelConfig(kind=OUTSIDE), TrainConfig(members=3, batch_size=32,
+    runner = Runner(ModelConfig(kind=kind), TrainConfig(members=3, batch_size=32,
                                                            learning_rate=0.1, momentum=0.9),
                     data.train, data.num_classes)
     assert not runner.network.takes_example_mask
@@ -231,16 +236,18 @@ def test_outside_model_trains_as_an_ensemble_through_the_python_api():
     history = runner.run(2, phase="outside")
     assert history["train_loss"].shape == (2, 3) and np.isfinite(history["train_loss"]).all()
     after = runner.member_state().variables
-    mean = after["batch_stats"]["BatchNorm_0"]["mean"]
-    assert not np.allclose(mean, start["batch_stats"]["BatchNorm_0"]["mean"])  # updated
+    norm = "norm" if kind == OUTSIDE_NNX else "BatchNorm_0"
+    mean = after["batch_stats"][norm]["mean"]
+    assert not np.allclose(mean, start["batch_stats"][norm]["mean"])  # updated
     assert not np.allclose(mean[0], mean[1])  # each member its own statistics
     correct = runner.evaluate(runner.x[:32], runner.y[:32])["correct"]
     assert correct.shape == (3, 32)
 
 
-def test_outside_model_runs_a_study_from_the_cli_and_exports_scores(capsys, tmp_path):
+@pytest.mark.parametrize("kind", [OUTSIDE, OUTSIDE_NNX])
+def test_outside_model_runs_a_study_from_the_cli_and_exports_scores(kind, capsys, tmp_path):
     out = tmp_path / "run"
-    assert main(["run", "cscore", "--preset", "smoke", "--model", OUTSIDE, "--out", str(out),
+    assert main(["run", "cscore", "--preset", "smoke", "--model", kind, "--out", str(out),
                  "--seeds", "2", "--set", "ratios=0.5", "--set", "one_epoch_members=0",
                  "--set", "data.train_size=128", "--set", "data.validation_size=32",
                  "--set", "train.epochs=1", "--set", "train.batch_size=32"]) == 0
@@ -248,7 +255,7 @@ def test_outside_model_runs_a_study_from_the_cli_and_exports_scores(capsys, tmp_
     assert scores["cscore"].shape == (128,) and len(scores["index"]) == 128
     assert (out / "cscores.csv").exists()
     manifest = (out / "manifest.json").read_text()
-    assert OUTSIDE in manifest
+    assert kind in manifest
 
 
 @pytest.mark.parametrize("model, message", [
@@ -256,6 +263,8 @@ def test_outside_model_runs_a_study_from_the_cli_and_exports_scores(capsys, tmp_
     ("no_such_module:factory", "no module named 'no_such_module'"),
     ("outside_model:nosuch", "module outside_model has no attribute 'nosuch'"),
     ("outside_model:not_a_module", "its factory returned dict, not a flax.linen Module"),
+    ("outside_model:nnx_built", "its factory returned a built NNX module (OutsideNNX); "
+                                "return flax.nnx.bridge.to_linen(OutsideNNX, *args)"),
     ("outside_model:wrong_shape", "gives logits of shape (2, 11) for 2 inputs of shape "
                                   "28x28x1; expected (2, 10)"),
 ])

@@ -327,7 +327,10 @@ class Network:
         """Variables for one member from its key; example_x: [batch, H, W, C] (its shape
         checked first: `check_input`)."""
         self.check_input(example_x)
-        return self.module.init(key, self.normalize(example_x), train=False)
+        # a "dropout" stream too: an NNX module (flax.nnx.bridge.to_linen) builds its
+        # Dropout from it; init (train=False) draws nothing from it, linen's or NNX's
+        return self.module.init({"params": key, "dropout": key}, self.normalize(example_x),
+                                train=False)
 
     def apply(self, variables: Variables, x: jax.Array) -> jax.Array:
         """Evaluation-mode logits [batch, classes] for x: [batch, H, W, C] in [0, 1]."""

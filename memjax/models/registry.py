@@ -21,6 +21,12 @@ included, so a member's statistics then depend on rows it does not train on. It 
 width masks or per-member regularizer strengths, convolves as it writes itself (the
 default ConvPlan) and `width`, `hidden`, `conv_channels`, `batchnorm` mean nothing to it.
 
+A Flax NNX model enters through Flax's own bridge: the factory returns
+`flax.nnx.bridge.to_linen(ModelClass, *args)`, a linen Module that builds the NNX model
+from each member's key (nnx.BatchNorm's statistics become the "batch_stats" collection,
+nnx.Dropout draws from the "dropout" rng); an NNX module already built is refused, since
+its parameters would be one member's.
+
 Registering in Python, `register_model(name, factory, conv_forms=())`: factory(config,
 num_classes, **options) returns a flax.linen Module (or a whole Network). options are the
 build options its signature names (all of them with **kwargs), of BUILD_OPTIONS: `masked`
@@ -46,6 +52,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, Callable
 
+from flax import nnx
 import flax.linen as nn
 
 from memjax.errors import MemjaxError
@@ -206,6 +213,11 @@ def build_network(config: ModelConfig, num_classes: int, *, masked: bool = False
         return dataclasses.replace(
             built, num_classes=num_classes if built.num_classes is None else built.num_classes,
             input_mean=mean or built.input_mean, input_std=std or built.input_std)
+    if isinstance(built, nnx.Module):
+        raise MemjaxError(f"model {config.kind!r}: its factory returned a built NNX module "
+                          f"({type(built).__name__}); return flax.nnx.bridge.to_linen("
+                          f"{type(built).__name__}, *args) so that each member is built "
+                          f"from its own key")
     if not isinstance(built, nn.Module):
         raise MemjaxError(f"model {config.kind!r}: its factory returned "
                           f"{type(built).__name__}, not a flax.linen Module")
