@@ -36,7 +36,7 @@ def test_every_builtin_model_builds_from_its_name(kind):
     variables = jax.eval_shape(network.init, jax.random.key(0), x[:1])
     assert jax.eval_shape(network.apply, variables, x).shape == (3, 7)
     assert ("batch_stats" in variables) == (kind != "mlp")
-    assert plan_kind(kind) == ("mlp" if kind == "mlp" else "cnn")
+    assert plan_kind(kind) == (kind if kind in ("mlp", "resnet9") else "cnn")
 
 
 def test_resnets_have_their_sources_parameter_counts():
@@ -289,7 +289,10 @@ def test_model_flag_needs_a_study_with_a_model(capsys, tmp_path, monkeypatch):
         capsys, ["run", "nomodel", "--model", "resnet9", "--out", str(tmp_path / "r")])
 
 
-def test_the_plan_times_every_model_but_the_mlp_at_the_cnn_rate():
+def test_the_plan_times_resnet9_by_its_rows_and_other_models_at_the_cnn_rate():
+    """ResNet-9 by its own bench rows, in its precision (a row's compute_dtype: the
+    resnet9 rows' impl has no -bf16 suffix), the CNN's rate where none is recorded;
+    every other model but the MLP at the CNN's rate."""
     from memjax import cost, plan
 
     record = {"file": "h100.json", "device": {"kind": "NVIDIA H100 80GB HBM3"},
@@ -301,3 +304,18 @@ def test_the_plan_times_every_model_but_the_mlp_at_the_cnn_rate():
                        ("resnet18", 75e12), (OUTSIDE, 75e12)):
         step = cost.Step("s", "train", kind, cost.Cost(1e9, 0), 1, per_example=10)
         assert rates.rate(step).flops_per_s == rate
+    step = cost.Step("s", "evaluate", "resnet9", cost.Cost(1e9, 0), 1, per_example=10)
+    assert "no resnet9 evaluate record here" in rates.rate(step).source
+    record["rows"].append({"case": "resnet9", "impl": "jax-ensemble", "tflops": 120.0,
+                           "compute_dtype": "bfloat16"})
+    rates = plan.Rates("h100", [record])
+    for kind in ("train", "evaluate", "search"):
+        bf16 = cost.Step("s", kind, "resnet9", cost.Cost(1e9, 0), 1, per_example=10,
+                         precision="bfloat16")
+        rate = rates.rate(bf16)
+        assert rate.flops_per_s == 120e12 and rate.source.startswith("resnet9 jax-ensemble")
+    # a float32 ResNet-9 is not timed by a bf16 row: the CNN's float32 rate
+    float32 = cost.Step("s", "train", "resnet9", cost.Cost(1e9, 0), 1, per_example=10)
+    assert rates.rate(float32).flops_per_s == 75e12
+    assert rates.rate(cost.Step("s", "train", "resnet18", cost.Cost(1e9, 0), 1,
+                                per_example=10)).flops_per_s == 75e12

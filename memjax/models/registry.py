@@ -128,9 +128,10 @@ def check_kind(kind: str) -> None:
 
 def plan_kind(kind: str) -> str:
     """Which measured rate the plan times a model's programs with (memjax.plan.rates):
-    "mlp" for the MLP, "cnn" (the paper's CNN's `c_cnn` bench rows) for every other model,
-    the ResNets and users' models included, until they have bench rows of their own."""
-    return "mlp" if kind == "mlp" else "cnn"
+    "mlp" for the MLP, "resnet9" for ResNet-9 (its `resnet9` bench rows; the CNN's where a
+    device has none), "cnn" (the paper's CNN's `c_cnn` bench rows) for every other model,
+    ResNet-18 and users' models included, until they have bench rows of their own."""
+    return kind if kind in ("mlp", "resnet9") else "cnn"
 
 
 def model_entry(kind: str) -> ModelEntry:

@@ -4,8 +4,9 @@ A rate is a benchmark row's achieved FLOP/s: training of an MLP (the recorded ca
 in FLOPs per model-example), training of the paper's CNN, LASS, loss sensitivity (for
 MLP evaluation, a forward and a backward pass; the nearest recorded kind). For the CNN,
 evaluation and LASS borrow its training rate: no convolutional search or evaluation is
-recorded. Every model but the MLP (the ResNets, users' models) is timed as the paper's
-CNN for now (memjax.models.plan_kind): no bench row of its own yet. Each kind of program
+recorded. ResNet-9 is timed by its `resnet9` rows (evaluation and LASS too), where no
+device has one by the paper CNN's; every other model (ResNet-18, users' models) as the
+paper's CNN (memjax.models.plan_kind): no bench row of its own yet. Each kind of program
 a device has no record of is borrowed from the recorded device nearest in peak rate that
 has one, scaled by the two devices' datasheet ratio of
 the resource that bound the recorded case (memory bandwidth when its bytes over bandwidth
@@ -40,12 +41,22 @@ KIND_CASES = {
     ("search", "mlp"): ("d_lass", "lass"),
     ("evaluate", "cnn"): ("c_cnn",),
     ("search", "cnn"): ("c_cnn",),
+    ("train", "resnet9"): ("resnet9",),
+    ("evaluate", "resnet9"): ("resnet9",),
+    ("search", "resnet9"): ("resnet9",),
 }
-# A kind without a record on a device takes another kind's rate (the plan says so).
-FALLBACK = {("unrolled", "mlp"): ("train", "mlp")}
+# A kind no device has a record of takes another kind's rate (the plan says so).
+FALLBACK = {("unrolled", "mlp"): ("train", "mlp"),
+            **{(kind, "resnet9"): (kind, "cnn") for kind in ("train", "evaluate", "search")}}
 # memjax's own rows, in order of preference, by compute precision
 IMPLS = {"float32": ("jax-ensemble", "jax-lax.map", "vmap"),
-         "bfloat16": ("jax-ensemble-bf16", "jax-lax.map-bf16")}
+         "bfloat16": ("jax-ensemble", "jax-ensemble-bf16", "jax-lax.map-bf16")}
+
+
+def _precision(row: dict) -> str:
+    """A bench row's compute precision: its compute_dtype, else its impl's -bf16 suffix."""
+    return row.get("compute_dtype") or (
+        "bfloat16" if row.get("impl", "").endswith("bf16") else "float32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,17 +129,17 @@ class Rates:
         cases = KIND_CASES[(kind, model)]
         for source in self.sources if self.profile else [None]:
             records = self.records if source is None else self.by_source[source]
-            for impls in (IMPLS[precision], IMPLS["float32"]):
+            for wanted in (precision, "float32"):
                 rows = [(rec, row) for rec in reversed(records) for row in rec["rows"]
-                        if row["case"] in cases and row.get("impl") in impls
-                        and row.get("tflops")]
+                        if row["case"] in cases and row.get("impl") in IMPLS[wanted]
+                        and _precision(row) == wanted and row.get("tflops")]
                 if rows:
                     return source, rows
         raise MemjaxError(f"no bench record on {self.name} for {kind} of a {model} "
                           f"(cases {', '.join(cases)})")
 
     def rate(self, step: Step) -> Rate:
-        # the ResNets and users' models are timed at the paper's CNN's rate (plan_kind)
+        # ResNet-18 and users' models are timed at the paper's CNN's rate (plan_kind)
         step = dataclasses.replace(step, model=plan_kind(step.model))
         try:
             source, rows = self._rows(step.kind, step.model, step.precision)
@@ -137,7 +148,8 @@ class Rates:
                 raise
             kind, model = FALLBACK[(step.kind, step.model)]
             rate = self.rate(dataclasses.replace(step, kind=kind, model=model))
-            return Rate(rate.flops_per_s, f"{rate.source}; no {step.kind} record here",
+            missing = step.kind if model == step.model else f"{step.model} {step.kind}"
+            return Rate(rate.flops_per_s, f"{rate.source}; no {missing} record here",
                         rate.device)
         per_example = step.cost.flops / max(step.per_example, 1)
         record, row = min(rows, key=lambda rr: abs(math.log(
@@ -146,7 +158,7 @@ class Rates:
         where = f"{row['case']} {row['impl']} ({record['file']})"
         if source is not None and source != self.name:
             where = f"borrowed from {source}: {where}"
-        measured = "bfloat16" if row.get("impl", "").endswith("bf16") else "float32"
+        measured = _precision(row)
         bound = "compute"
         roof = record.get("roofline")
         if row.get("bytes_per_model_example") and roof:
