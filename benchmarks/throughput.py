@@ -59,6 +59,7 @@ class Case:
     form_chunk: int = 10
     vmap_all: bool = False  # (CNN) time one vmap over all members too
     compute_dtype: str = "float32"  # (resnet9) both sides' compute precision
+    conv_form: str | None = None  # (resnet9) memjax's convolution form (None: as planned)
 
 
 # models/hour of the resnet9 case: at the issue's target, ResNet-9 members at >= 93 %
@@ -67,14 +68,14 @@ RESNET9_EPOCHS, CIFAR10_TRAIN_IMAGES = 20, 50_000
 
 
 def _resnet9_case(width: int, image, members: int, steps: int, serial: int, batch: int,
-                  compute_dtype: str) -> Case:
+                  compute_dtype: str, conv_form: str | None = None) -> Case:
     """The resnet9 case: memjax.recipes.resnet9_cifar10's model (input normalized as ffcv
     does) and its momentum."""
     from memjax.recipes import resnet9_cifar10
 
     model, train = resnet9_cifar10(width)
     return Case(model, image, members, steps, serial, train.momentum, batch=batch,
-                compute_dtype=compute_dtype)
+                compute_dtype=compute_dtype, conv_form=conv_form)
 
 
 def models_per_hour(model_examples_per_s: float | None) -> float | None:
@@ -110,11 +111,12 @@ def _presets() -> dict[str, dict[str, Case]]:
             # XLA:CPU convolutions are slow (about 1 GFLOP/s here): a narrow, small CNN.
             "c_cnn": Case(ModelConfig(kind="cnn", conv_channels=4, batchnorm=True), cnn, 4, 2,
                           1, 0.9, batch=32, form_chunk=2, vmap_all=True),
-            # width 8, 2 members, 2 steps of 32: XLA:CPU's convolutions are slow (about 50
-            # model-examples/s here). float32, the cifar-cpu presets' precision (the plan
-            # times them by this row), and PyTorch's: its bf16 autocast on a CPU is about
-            # 20x slower than its float32
-            "resnet9": _resnet9_case(8, cnn, 2, 2, 1, batch=32, compute_dtype="float32"),
+            # width 8, 2 members, 2 steps of 32, float32 and im2col: as the cifar-cpu
+            # presets train (the plan times them by this row; im2col is some 7x faster than
+            # XLA:CPU's convolutions here). PyTorch trains in float32 too: its bf16
+            # autocast on a CPU is about 20x slower than its float32
+            "resnet9": _resnet9_case(8, cnn, 2, 2, 1, batch=32, compute_dtype="float32",
+                                     conv_form="im2col"),
         },
     }
 
@@ -235,12 +237,13 @@ def resnet9_row(case: Case, x, y) -> dict:
     """memjax's ensemble of case.members ResNet-9s trained by the recipe
     (memjax.recipes.resnet9_cifar10: onecycle learning rate, label smoothing 0.1, flip,
     translate and cutout on the device, SGD momentum 0.9 with weight decay 5e-4) in
-    case.compute_dtype, at case.batch; the convolution form and member chunk planned as
-    training plans them (the row names them). One epoch = case.steps steps."""
+    case.compute_dtype, at case.batch; the convolution form case.conv_form (None: planned
+    as training plans it) and the member chunk planned (the row names them). One epoch = case.steps steps."""
     from memjax.recipes import resnet9_cifar10
 
     model, train = resnet9_cifar10(case.model.width, members=case.members,
-                                   batch_size=case.batch, compute_dtype=case.compute_dtype)
+                                   batch_size=case.batch, compute_dtype=case.compute_dtype,
+                                   conv_form=case.conv_form)
     runner = Runner(model, train, Split(x, y, None), 10, Members(np.arange(case.members)))
     compile_s = runner.compile()
     seconds = _timed(runner.epoch, 2)

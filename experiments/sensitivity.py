@@ -169,7 +169,7 @@ class Unrolled(Measurement):
         return [cost.Step(f"{name} ({phase.text})", kinds[name], phase.model.kind,
                           cost.program_cost(fn, state.variables, x, y), 1,
                           per_example=float(tc.members * shape.train), member_count=tc.members,
-                          program=f"{phase.id}/{name}")
+                          program=f"{phase.id}/{name}", conv_form=network.conv_form)
                 for name, fn in programs.items()]
 
 

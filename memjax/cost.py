@@ -75,7 +75,8 @@ class Step:
     (with kind, which measured efficiency applies: memjax.plan, memjax.models.plan_kind). cost: one run.
     per_example: model-examples one run processes (for matching bench records). probes:
     LASS example-iterations of one run. checkpoint_bytes: bytes saved after each run.
-    programs: how many times it is compiled (once per phase that builds it).
+    programs: how many times it is compiled (once per phase that builds it). conv_form:
+    the network's (memjax.models.CONV_FORMS), whose bench rows time it where recorded.
     program: "<phase id>/<program>", the name under which a run `record`s the program (a
     training epoch with an in-step search is two steps of one program).
     """
@@ -92,6 +93,7 @@ class Step:
     checkpoint_bytes: float = 0.0
     programs: int = 1
     program: str = ""
+    conv_form: str | None = None  # how its network convolves (None: it does not)
 
     def times(self, n: int) -> "Step":
         """The same program built and run again by n phases (n conditions, n ratios)."""
@@ -174,7 +176,8 @@ def _images(data: DataShape, n: int, dtype=np.uint8) -> jax.ShapeDtypeStruct:
 
 def _epoch(model: ModelConfig, train: TrainConfig, data: DataShape, members: Members | None,
            data_seed: int, x_dtype=np.uint8):
-    """(Members, the Runner's epoch program, its abstract arguments) for `members`."""
+    """(Members, the Runner's epoch program, its abstract arguments, the network's
+    conv_form) for `members`."""
     n = data.train
     members = members or Members(np.arange(train.members))
     network, tx, state = abstract_ensemble(model, train, data.num_classes,
@@ -191,17 +194,19 @@ def _epoch(model: ModelConfig, train: TrainConfig, data: DataShape, members: Mem
                             if view.label_noise_mask is not None else None)
     epoch = epoch_program(network, tx, train, member_mesh(1), members.example_mask)
     return members, epoch, (state, train.seed, _images(data, n, x_dtype),
-                            jax.ShapeDtypeStruct((n,), np.int32), _abstract(view), noise)
+                            jax.ShapeDtypeStruct((n,), np.int32), _abstract(view),
+                            noise), network.conv_form
 
 
 def _training_step(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
-                   members: Members, cost: Cost, epochs: int, state, program: str) -> Step:
+                   members: Members, cost: Cost, epochs: int, state, program: str,
+                   conv_form: str | None) -> Step:
     mask = members.example_mask
     seen = members.count * data.train if mask is None else float(np.sum(mask))
     return Step(name, "train", model.kind, cost, epochs, per_example=seen,
                 precision=train.compute_dtype, member_count=members.count,
                 checkpoint_bytes=float(sum(map(nbytes, jax.tree_util.tree_leaves(state)))),
-                program=program)
+                program=program, conv_form=conv_form)
 
 
 def training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
@@ -211,11 +216,11 @@ def training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
     data.train training examples (x_dtype: uint8, or float16 with randX), run `epochs`
     times; a checkpoint of the members' state after each. Members with an adversarial
     weight: `adversarial_training`."""
-    members, epoch, args = _epoch(model, train, data, members, data_seed, x_dtype)
+    members, epoch, args, form = _epoch(model, train, data, members, data_seed, x_dtype)
     if args[4].adversarial_weight is not None:
         raise ValueError("members with an adversarial weight: use cost.adversarial_training")
     return _training_step(name, model, train, data, members, program_cost(epoch, *args),
-                          epochs, args[0], program)
+                          epochs, args[0], program, form)
 
 
 def adversarial_training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
@@ -227,17 +232,17 @@ def adversarial_training(name: str, model: ModelConfig, train: TrainConfig, data
     `in_step_iterations` and its first probe at the minibatch, counted as one more
     iteration (the same forward pass and input gradient). On one device only the members
     with a weight > 0 run it (the Runner's static `searching`)."""
-    members, epoch, args = _epoch(model, train, data, members, data_seed, x_dtype)
+    members, epoch, args, form = _epoch(model, train, data, members, data_seed, x_dtype)
     epoch = functools.partial(epoch, searching=searching(members))
     unsearched = program_cost(epoch, *args, while_trips=0)
     iteration = program_cost(epoch, *args, while_trips=1) - unsearched
     trips = in_step_iterations(train.adversarial_protocol, TRAINING_LASS["max_iterations"])
     searched = float(np.sum(np.asarray(members.adversarial_weight) > 0)) * data.train
     return [_training_step(name, model, train, data, members, unsearched - iteration, epochs,
-                           args[0], program),
+                           args[0], program, form),
             Step(f"{name}: in-step search", "search", model.kind, iteration * (trips + 1),
                  epochs, per_example=searched, member_count=members.count,
-                 probes=searched * trips, programs=0, program=program)]
+                 probes=searched * trips, programs=0, program=program, conv_form=form)]
 
 
 def _variables(model: ModelConfig, train: TrainConfig, data: DataShape, members: Members):
@@ -256,7 +261,8 @@ def evaluation(name: str, model: ModelConfig, train: TrainConfig, data: DataShap
                         _images(data, examples, x_dtype),
                         jax.ShapeDtypeStruct((examples,), np.int32))
     return Step(name, "evaluate", model.kind, cost, runs, per_example=members.count * examples,
-                precision=train.compute_dtype, member_count=members.count, program=program)
+                precision=train.compute_dtype, member_count=members.count, program=program,
+                conv_form=network.conv_form)
 
 
 def own_accuracy(name: str, phase, data: DataShape, *, runs: int) -> Step:
@@ -264,7 +270,8 @@ def own_accuracy(name: str, phase, data: DataShape, *, runs: int) -> Step:
     each member's own view of the training set: `Members.own_examples`), run `runs`
     times, in the training's compute precision."""
     train, members = phase.training, phase.ensemble
-    _, _, args = _epoch(phase.model, train, data, members, phase.data.seed, phase.data.x_dtype)
+    _, _, args, form = _epoch(phase.model, train, data, members, phase.data.seed,
+                              phase.data.x_dtype)
     state, _, x, y, view, noise = args
     used = members.own_examples()
     if used is not None:  # (the Runner's smaller copy of the examples some member sees)
@@ -283,7 +290,8 @@ def own_accuracy(name: str, phase, data: DataShape, *, runs: int) -> Step:
     cost = program_cost(fn, state.variables, x, y, view, noise)
     return Step(name, "evaluate", phase.model.kind, cost, runs,
                 per_example=members.count * x.shape[0], precision=train.compute_dtype,
-                member_count=members.count, program=f"{phase.id}/own_accuracy")
+                member_count=members.count, program=f"{phase.id}/own_accuracy",
+                conv_form=form)
 
 
 def search(name: str, model: ModelConfig, train: TrainConfig, data: DataShape, members: Members,
@@ -302,7 +310,7 @@ def search(name: str, model: ModelConfig, train: TrainConfig, data: DataShape, m
         jax.ShapeDtypeStruct((members.count,), np.int32), while_trips=iterations)
     return Step(name, "search", model.kind, cost, runs, per_example=members.count * searched,
                 member_count=members.count, probes=float(members.count * searched * iterations),
-                program=program)
+                program=program, conv_form=network.conv_form)
 
 
 # ---- a phase's programs, and the programs a run calls -------------------------------------

@@ -107,7 +107,8 @@ class AtTheEnd(Measurement):
         return [cost.Step(f"{name} ({phase.text})", "evaluate", phase.model.kind,
                           cost.program_cost(fn, state.variables, x, y), 1,
                           per_example=float(count * shape.train), member_count=count,
-                          precision=self.precision(phase), program=f"{phase.id}/{name}")
+                          precision=self.precision(phase), program=f"{phase.id}/{name}",
+                          conv_form=network.conv_form)
                 for name, fn in self.programs(network.apply, phase.training).items()]
 
 

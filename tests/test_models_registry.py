@@ -319,3 +319,15 @@ def test_the_plan_times_resnet9_by_its_rows_and_other_models_at_the_cnn_rate():
     assert rates.rate(float32).flops_per_s == 75e12
     assert rates.rate(cost.Step("s", "train", "resnet18", cost.Cost(1e9, 0), 1,
                                 per_example=10)).flops_per_s == 75e12
+    # rows of the program's convolution form first; another form's, saying so, if none
+    record["rows"][-1]["conv_form"] = "conv"
+    record["rows"].append({"case": "resnet9", "impl": "jax-ensemble", "tflops": 200.0,
+                           "compute_dtype": "bfloat16", "conv_form": "im2col"})
+    rates = plan.Rates("h100", [record])
+    step = lambda form: cost.Step("s", "train", "resnet9", cost.Cost(1e9, 0), 1,
+                                  per_example=10, precision="bfloat16", conv_form=form)
+    assert rates.rate(step("im2col")).flops_per_s == 200e12
+    assert rates.rate(step("conv")).flops_per_s == 120e12
+    del record["rows"][-2]
+    rate = plan.Rates("h100", [record]).rate(step("conv"))
+    assert rate.flops_per_s == 200e12 and "im2col form (no conv row)" in rate.source

@@ -5,7 +5,8 @@ in FLOPs per model-example), training of the paper's CNN, LASS, loss sensitivity
 MLP evaluation, a forward and a backward pass; the nearest recorded kind). For the CNN,
 evaluation and LASS borrow its training rate: no convolutional search or evaluation is
 recorded. ResNet-9 is timed by its `resnet9` rows (evaluation and LASS too), where no
-device has one by the paper CNN's; every other model (ResNet-18, users' models) as the
+device has one by the paper CNN's. Of a kind's rows, those of the convolution form the
+program runs in (Step.conv_form) are preferred, when the rows name one; every other model (ResNet-18, users' models) as the
 paper's CNN (memjax.models.plan_kind): no bench row of its own yet. Each kind of program
 a device has no record of is borrowed from the recorded device nearest in peak rate that
 has one, scaled by the two devices' datasheet ratio of
@@ -151,11 +152,18 @@ class Rates:
             missing = step.kind if model == step.model else f"{step.model} {step.kind}"
             return Rate(rate.flops_per_s, f"{rate.source}; no {missing} record here",
                         rate.device)
+        # rows of the form the program convolves in, where any is recorded (rows that
+        # name no form, the older records', count as any)
+        formed = [rr for rr in rows if rr[1].get("conv_form") in (None, step.conv_form)]
+        other_form = not formed
+        rows = formed or rows
         per_example = step.cost.flops / max(step.per_example, 1)
         record, row = min(rows, key=lambda rr: abs(math.log(
             rr[1].get("flops_per_model_example", per_example) / max(per_example, 1))))
         flops = row["tflops"] * 1e12
         where = f"{row['case']} {row['impl']} ({record['file']})"
+        if other_form:
+            where += f", {row['conv_form']} form (no {step.conv_form} row)"
         if source is not None and source != self.name:
             where = f"borrowed from {source}: {where}"
         measured = _precision(row)
