@@ -72,7 +72,8 @@ class Step:
 
     kind: "train" (one epoch), "evaluate" (forward passes), "search" (LASS) or
     "unrolled" (E2's trajectory with its backward pass); model: its ModelConfig.kind
-    (with kind, which measured efficiency applies: memjax.plan, memjax.models.plan_kind). cost: one run.
+    (with kind, which measured efficiency applies: memjax.plan, memjax.models.plan_kind).
+    cost: one run.
     per_example: model-examples one run processes (for matching bench records). probes:
     LASS example-iterations of one run. checkpoint_bytes: bytes saved after each run.
     programs: how many times it is compiled (once per phase that builds it). conv_form:

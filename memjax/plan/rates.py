@@ -5,12 +5,12 @@ in FLOPs per model-example), training of the paper's CNN, LASS, loss sensitivity
 MLP evaluation, a forward and a backward pass; the nearest recorded kind). For the CNN,
 evaluation and LASS borrow its training rate: no convolutional search or evaluation is
 recorded. ResNet-9 is timed by its `resnet9` rows (evaluation and LASS too), where no
-device has one by the paper CNN's. Of a kind's rows, those of the convolution form the
-program runs in (Step.conv_form) are preferred, when the rows name one; every other model (ResNet-18, users' models) as the
-paper's CNN (memjax.models.plan_kind): no bench row of its own yet. Each kind of program
-a device has no record of is borrowed from the recorded device nearest in peak rate that
-has one, scaled by the two devices' datasheet ratio of
-the resource that bound the recorded case (memory bandwidth when its bytes over bandwidth
+device has one by the paper CNN's; every other model (ResNet-18, users' models) as the
+paper's CNN (memjax.models.plan_kind): no bench row of its own yet. Of a kind's rows, those
+of the convolution form the program runs in (Step.conv_form) are taken where the rows name
+one. Each kind of program a device has no record of is borrowed from the recorded device
+nearest in peak rate that has one, scaled by the two devices' datasheet ratio of the
+resource that bound the recorded case (memory bandwidth when its bytes over bandwidth
 exceeded its FLOPs over peak on the recording device's measured roofline, else matmul
 peak); the rate's source says "borrowed from". A program in a precision without a record
 (bf16 CNN training on a GPU without a bf16 row) takes the float32 row, scaled by the
