@@ -79,6 +79,11 @@ def study_configs(preset: str, only: list[str] | None = None,
     unknown = [n for n in names if n not in modules]
     if unknown:
         raise MemjaxError(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(modules)}")
+    lacking = [n for n in names if preset not in modules[n].PRESETS]
+    having = [n for n, m in modules.items() if preset in m.PRESETS]
+    if lacking and having:  # (a preset only some studies have, e.g. cifar-cpu)
+        raise MemjaxError(f"{', '.join(lacking)} have no preset {preset!r}; the studies "
+                          f"that have it: {', '.join(having)} (--only {','.join(having)})")
     configs = {n: (modules[n], preset_config(modules[n], preset, data_dir)) for n in names}
     for module, config in configs.values():
         check_config(module, config)

@@ -199,6 +199,10 @@ def test_plan_command_prints_json_and_its_progress_on_stderr(capsys):
     assert main(["plan", "--preset", "smoke", "--only", "nope"]) == 2
     assert main(["plan", "--preset", "smoke", "--device", "gpu9000"]) == 2
     assert "unknown device" in capsys.readouterr().err
+    # a preset of some studies only: the line names them
+    assert main(["plan", "--preset", "cifar-cpu", "--only", "consistency,cscore"]) == 2
+    assert ("consistency have no preset 'cifar-cpu'; the studies that have it: cscore, "
+            "memorization (--only cscore,memorization)") in capsys.readouterr().err
 
 
 def test_cpu_preset_predictions_hold_against_recorded_runs():
