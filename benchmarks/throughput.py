@@ -238,7 +238,8 @@ def resnet9_row(case: Case, x, y) -> dict:
     (memjax.recipes.resnet9_cifar10: onecycle learning rate, label smoothing 0.1, flip,
     translate and cutout on the device, SGD momentum 0.9 with weight decay 5e-4) in
     case.compute_dtype, at case.batch; the convolution form case.conv_form (None: planned
-    as training plans it) and the member chunk planned (the row names them). One epoch = case.steps steps."""
+    as training plans it) and the member chunk planned (the row names them). One epoch =
+    case.steps steps."""
     from memjax.recipes import resnet9_cifar10
 
     model, train = resnet9_cifar10(case.model.width, members=case.members,

@@ -34,8 +34,7 @@ from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.example_scores import detection_auc, spread, write_example_scores
 from memjax.experiments.figures import example_figure, new_figure
-from memjax.experiments.sweeps import (CIFAR10, CIFAR10_CPU, CPU_WIDTH,
-                                       epoch_means)
+from memjax.experiments.sweeps import CIFAR10, CIFAR10_CPU, CPU_WIDTH, epoch_means
 from memjax.metrics import (balanced_masks, holdout_consistency, influence, members_holding,
                             memorization)
 from memjax.measurements import Dynamics, Evaluation
@@ -95,8 +94,8 @@ PRESETS = {
                    label_noise=0.1),
     # a narrow ResNet-9 on 2,000 CIFAR-10 images with 10 % random labels, float32
     "cifar-cpu": replace(PAPER, data=replace(CIFAR10_CPU, train_size=2000), model=_RN9_CPU[0],
-                         train=_RN9_CPU[1],
-                         label_noise=0.1, per_class=3, validation_curve=True),
+                         train=_RN9_CPU[1], label_noise=0.1, per_class=3,
+                         validation_curve=True),
 }
 
 

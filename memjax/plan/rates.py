@@ -49,9 +49,8 @@ KIND_CASES = {
 # A kind no device has a record of takes another kind's rate (the plan says so).
 FALLBACK = {("unrolled", "mlp"): ("train", "mlp"),
             **{(kind, "resnet9"): (kind, "cnn") for kind in ("train", "evaluate", "search")}}
-# memjax's own rows, in order of preference, by compute precision
-IMPLS = {"float32": ("jax-ensemble", "jax-lax.map", "vmap"),
-         "bfloat16": ("jax-ensemble", "jax-ensemble-bf16", "jax-lax.map-bf16")}
+# memjax's own rows (their precision: _precision)
+IMPLS = ("jax-ensemble", "jax-lax.map", "vmap", "jax-ensemble-bf16", "jax-lax.map-bf16")
 
 
 def _precision(row: dict) -> str:
@@ -132,7 +131,7 @@ class Rates:
             records = self.records if source is None else self.by_source[source]
             for wanted in (precision, "float32"):
                 rows = [(rec, row) for rec in reversed(records) for row in rec["rows"]
-                        if row["case"] in cases and row.get("impl") in IMPLS[wanted]
+                        if row["case"] in cases and row.get("impl") in IMPLS
                         and _precision(row) == wanted and row.get("tflops")]
                 if rows:
                     return source, rows
