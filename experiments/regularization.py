@@ -15,8 +15,9 @@ leaves dropout + adversarial training out: its in-step search makes every member
 Presets: smoke (seconds); cpu (MLP 2x512 on 1000 embedded MNIST examples, 3 strengths per
 regularizer, batch 32, lr 0.1, 40 epochs: ~4 minutes on 2 shared cores; the paper's
 CNN/CIFAR-10 is too slow for a CPU); paper (CIFAR-10 CNN in bf16 compute with float32
-weights, SGD momentum 0.9, lr 0.01 halved every 15 epochs, the paper's strength ranges, 100
-epochs; training accuracy, which the figure reads at the last epoch, only there).
+weights, adversarial training's search and pass in float32 (memjax.train.step_loss), SGD
+momentum 0.9, lr 0.01 halved every 15 epochs, the paper's strength ranges, 100 epochs;
+training accuracy, which the figure reads at the last epoch, only there).
 """
 from __future__ import annotations
 

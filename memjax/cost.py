@@ -227,23 +227,27 @@ def training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
 def adversarial_training(name: str, model: ModelConfig, train: TrainConfig, data: DataShape,
                          members: Members, *, epochs: int, data_seed: int = 0,
                          x_dtype=np.uint8, program: str = "") -> list[Step]:
-    """`training` for members of which some have an adversarial weight: the epoch without
-    the in-step search (in the training's precision), and the search (kind "search",
-    float32 as memjax.train runs it; no program of its own to compile): its
+    """`training` for members of which some have an adversarial weight, as three steps of
+    one program: the clean epoch (every member's clean pass, in the training's precision);
+    the adversarial pass of the members with a weight > 0 (kind "train", float32 as
+    memjax.train runs it); and the search (kind "search", float32 too): its
     `in_step_iterations` and its first probe at the minibatch, counted as one more
     iteration (the same forward pass and input gradient). On one device only the members
-    with a weight > 0 run it (the Runner's static `searching`)."""
+    with a weight > 0 run the last two (the Runner's static `searching`)."""
     members, epoch, args, form = _epoch(model, train, data, members, data_seed, x_dtype)
+    clean = program_cost(epoch, *args[:4], args[4].replace(adversarial_weight=None), *args[5:])
     epoch = functools.partial(epoch, searching=searching(members))
     unsearched = program_cost(epoch, *args, while_trips=0)
     iteration = program_cost(epoch, *args, while_trips=1) - unsearched
     trips = in_step_iterations(train.adversarial_protocol, TRAINING_LASS["max_iterations"])
     searched = float(np.sum(np.asarray(members.adversarial_weight) > 0)) * data.train
-    return [_training_step(name, model, train, data, members, unsearched - iteration, epochs,
-                           args[0], program, form),
+    common = dict(member_count=members.count, programs=0, program=program, conv_form=form)
+    return [_training_step(name, model, train, data, members, clean, epochs, args[0], program,
+                           form),
+            Step(f"{name}: adversarial pass", "train", model.kind,
+                 unsearched - iteration - clean, epochs, per_example=searched, **common),
             Step(f"{name}: in-step search", "search", model.kind, iteration * (trips + 1),
-                 epochs, per_example=searched, member_count=members.count,
-                 probes=searched * trips, programs=0, program=program, conv_form=form)]
+                 epochs, per_example=searched, probes=searched * trips, **common)]
 
 
 def _variables(model: ModelConfig, train: TrainConfig, data: DataShape, members: Members):

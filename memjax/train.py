@@ -126,6 +126,9 @@ def step_loss(params, variables, xb, yb, w, t, step_keys: StepKeys, view: Member
     xb: [B, H, W, C] float32, yb: [B], w: [B] example weights (0: padding, or outside the
     member's examples). With an adversarial weight a: (1 - a) clean + a adversarial, the
     adversarial points searched on the current variables (no gradient through the search).
+    The search and the adversarial pass stay float32 under bf16 compute: the search's
+    radius (TRAINING_LASS, 0.3/255) is below bf16's spacing of pixels (up to 2^-8), so in
+    bf16 an adversarial point would round back to its example or past the radius.
     """
     network = trainer.network
     xc, pc = in_compute_dtype(trainer.compute_dtype, (xb, params))

@@ -86,6 +86,7 @@ BF16_VARIANTS = {
     "masked widths": dict(widths=np.array([16, 32])),
     "regularized": dict(strengths={"dropout": np.array([0.1, 0.3]),
                                    "input_noise": np.array([0.05, 0.0])}),
+    "adversarial": dict(adversarial_weight=np.array([0.5, 0.3])),
 }
 # bf16 training against float32 after 3 epochs (48 steps): SGD trajectories part with
 # rounding, so what is bounded is each kernel's distance from float32's relative to its
@@ -125,13 +126,21 @@ def mlp_data():
 def test_bf16_mlp_member_trains_as_alone_and_near_float32(mlp_data, variant):
     """TrainConfig(compute_dtype="bfloat16") on MLP members through the Runner: every
     matmul of the training epoch is bf16 (a width mask or a regularizer strength, float32
-    variables, once turned the rest of the network float32), the master weights stay
-    float32, each member trained in the ensemble equals itself trained alone in bf16
-    (within bf16-level tolerance; this CPU gives equality), and stays near float32."""
+    variables, once turned the rest of the network float32), but for adversarial
+    training's search and adversarial pass, float32 on purpose (memjax.train.step_loss);
+    the master weights stay float32, each member trained in the ensemble equals itself
+    trained alone in bf16 (within bf16-level tolerance; this CPU gives equality), and
+    stays near float32."""
     d, spec = mlp_data, BF16_VARIANTS[variant]
     together = _bf16_mlp_runner(d, spec, slice(None), "bfloat16")
     dots = _dot_lines(together)
-    assert dots and all("f32>" not in line for line in dots), dots
+    bf16 = [line for line in dots if "f32>" not in line]
+    if "adversarial_weight" in spec:  # the clean pass in bf16, as without the weights, in
+        # both branches of a group's switch (with the search, or without: ensemble.map_members)
+        plain = _dot_lines(_bf16_mlp_runner(d, {}, slice(None), "bfloat16", epochs=0))
+        assert len(bf16) == 2 * len(plain) < len(dots), (len(plain), len(bf16), len(dots))
+    else:
+        assert dots and bf16 == dots, dots
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(together.variables))
     params = jax.device_get(together.variables["params"])
     for m in range(len(BF16_IDS)):

@@ -75,34 +75,44 @@ def test_training_epoch_matches_the_hand_count_and_not_the_grouping():
 
 
 def test_only_the_adversarial_members_count_the_search():
-    """The in-step search's iterations, counted apart from the epoch, for the members that
-    run it (on one device: the Runner's static `searching`), whatever their grouping:
-    against a hand count (each iteration a forward pass and the input gradient) and linear
-    in the steps. (A layer of 256 units: in smaller ones the search's Gaussian draws count
-    as much.)"""
+    """Adversarial training as three steps of one program: every member's clean epoch (in
+    the training's precision), and, for the members that search (on one device: the
+    Runner's static `searching`), whatever their grouping, the adversarial pass and the
+    in-step search's iterations (both float32, as memjax.train runs them): against hand
+    counts (a pass: forward and weight gradient; an iteration: forward and input gradient)
+    and linear in the steps. (A layer of 256 units: in smaller ones the search's Gaussian
+    draws count as much.)"""
     model = ModelConfig(hidden=(256,))
 
-    def steps(weights, chunk, n=128):
-        train = TrainConfig(members=len(weights), batch_size=64, member_chunk=chunk)
+    def steps(weights, chunk, n=128, dtype="float32"):
+        train = TrainConfig(members=len(weights), batch_size=64, member_chunk=chunk,
+                            compute_dtype=dtype)
         members = Members(np.arange(len(weights)), adversarial_weight=np.asarray(weights, float))
         return cost.adversarial_training("t", model, train, data_shape(DataConfig(train_size=n)),
                                          members, epochs=1)
 
     plain = cost.training("t", model, TrainConfig(members=4, batch_size=64, member_chunk=1),
                           data_shape(DataConfig(train_size=128)), epochs=1).cost.flops
-    train, search = steps([0, 0.5, 0, 0], 1)
+    train, adversarial, search = steps([0, 0.5, 0, 0], 1)
     trips = cost.in_step_iterations("exhaustive", 10)
     assert trips == 10 and search.kind == "search" and search.programs == 0
-    hand = (trips + 1) * 128 * 2 * 2 * (784 * 256 + 256 * 10)  # one member's, first probe too
+    assert adversarial.kind == "train" and adversarial.programs == 0 and train.programs == 1
+    assert train.cost.flops == pytest.approx(plain, rel=1e-3)  # the clean epoch
+    one_pass = 128 * 2 * (784 * 256 + 256 * 10)  # one member's forward pass
+    assert 0.9 * 2 * one_pass <= adversarial.cost.flops <= 1.1 * 2 * one_pass
+    hand = (trips + 1) * 2 * one_pass  # one member's search, first probe too
     assert hand <= search.cost.flops < 1.2 * hand
-    assert steps([0, 0.5, 0, 0], 4)[1].cost.flops == pytest.approx(search.cost.flops, rel=1e-3)
-    every_train, every_search = steps([0.5] * 4, 1)  # (groups of one, each searching)
+    grouped = steps([0, 0.5, 0, 0], 4)
+    for a, b in zip(grouped, (train, adversarial, search)):
+        assert a.cost.flops == pytest.approx(b.cost.flops, rel=1e-3), a.name
+    _, every_adversarial, every_search = steps([0.5] * 4, 1)  # (groups of one, each searching)
+    assert every_adversarial.cost.flops == pytest.approx(4 * adversarial.cost.flops, rel=1e-3)
     assert every_search.cost.flops == pytest.approx(4 * search.cost.flops, rel=1e-3)
-    assert train.cost.flops == pytest.approx(plain + (every_train.cost.flops - plain) / 4,
-                                             rel=1e-3)
-    assert every_train.cost.flops > 1.5 * plain  # the first probe and the adversarial pass
-    assert steps([0.5] * 4, 1, n=256)[1].cost.flops == pytest.approx(
+    assert steps([0.5] * 4, 1, n=256)[2].cost.flops == pytest.approx(
         2 * every_search.cost.flops, rel=0.01)
+    # under bf16 compute the clean epoch is bf16, the adversarial pass and search float32
+    assert [s.precision for s in steps([0, 0.5], 1, dtype="bfloat16")] == [
+        "bfloat16", "float32", "float32"]
     with pytest.raises(ValueError, match="adversarial_training"):
         cost.training("t", model, TrainConfig(members=4, batch_size=64),
                       data_shape(DataConfig(train_size=128)),
