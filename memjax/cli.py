@@ -132,6 +132,10 @@ def _print_summary(result: dict) -> None:
                 line(name, entry)
 
 
+COMMON_PRESETS = ("smoke", "cpu", "paper")
+PRESET_HELP = "smoke | cpu | paper, or one a study adds (`memjax list`) (default: cpu)"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from memjax.studies import experiment_of, registered
 
@@ -141,6 +145,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         if name == first_other:
             print("\nbeyond the paper (not part of `memjax reproduce` unless named):")
         first = " ".join(module.__doc__.strip().split("\n\n")[0].split())
+        others = [p for p in module.PRESETS if p not in COMMON_PRESETS]
+        if others:  # the presets beyond every study's smoke, cpu and paper
+            first += f" Presets also {', '.join(others)}."
         print(textwrap.fill(first, 92, initial_indent=f"{name:15s}", subsequent_indent=" " * 15))
     return 0
 
@@ -209,7 +216,7 @@ def cmd_data_import(args: argparse.Namespace) -> int:
 
 
 def add_shared_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
+    p.add_argument("--preset", default="cpu", help=PRESET_HELP)
     p.add_argument("--dataset", help="embedded | mnist | cifar10 | npz:PATH")
     p.add_argument("--data-dir", help="folder with <dataset>.npz (default: $MEMJAX_DATA_DIR, "
                                       "else tensorflow-datasets)")
@@ -260,7 +267,7 @@ def parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
     pl = sub.add_parser("plan", help="the work of the studies of a preset and its time on a "
                                      "device, before running them")
-    pl.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
+    pl.add_argument("--preset", default="cpu", help=PRESET_HELP)
     pl.add_argument("--only", help="comma-separated studies (default: the paper's, as "
                                    "`memjax reproduce` runs them)")
     pl.add_argument("--device", default="this",
@@ -272,7 +279,7 @@ def parser() -> argparse.ArgumentParser:
                     help="a line per program: runs, FLOPs, time and the rate it used")
     pl.set_defaults(func=cmd_plan)
     rep = sub.add_parser("reproduce", help="run every study, then write OUT/report.md")
-    rep.add_argument("--preset", default="cpu", help="smoke | cpu | paper (default: cpu)")
+    rep.add_argument("--preset", default="cpu", help=PRESET_HELP)
     rep.add_argument("--out", required=True, help="folder for the studies and report.md; "
                                                   "studies finished in it with the same "
                                                   "settings are not rerun")

@@ -314,3 +314,18 @@ def test_bad_memory_budget_variable_fails_the_run_in_one_line(capsys, tmp_path, 
     assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
     monkeypatch.setenv("MEMJAX_MEMORY_FRACTION", "1.5")
     assert "must be in [0.0, 1.0]" in _error(capsys, SMOKE + ["--out", str(tmp_path / "b")])
+
+
+def test_list_names_every_study_and_the_presets_it_adds(capsys):
+    assert main(["list"]) == 0
+    entries: dict[str, str] = {}
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith(" "):
+            entries[name] += line
+        elif line and not line.startswith("beyond"):
+            name = line.split()[0]
+            entries[name] = line
+    assert {"consistency", "regularization", "cscore", "memorization", "el2n"} <= set(entries)
+    presets = {n: " ".join(e.split()).partition("Presets also ")[2] for n, e in entries.items()}
+    assert presets["memorization"] == presets["cscore"] == "cifar, gpu, cifar-cpu."
+    assert presets["consistency"] == presets["el2n"] == ""
