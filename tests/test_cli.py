@@ -89,6 +89,7 @@ def test_data_dir_that_is_a_file(capsys, tmp_path):
     (SMOKE + ["--set", "data.downscale=3"], "downscale 3 does not divide embedded's 28 x 28"),
     (["run", "csr", "--preset", "smoke", "--set", "examples=100000"],
      "examples=100000 is more than the"),
+    (SMOKE + ["--set", "data.train_size=100000"], "train size 100000 is larger than the "),
 ])
 def test_bad_setting_for_the_data_is_one_line(capsys, tmp_path, args, message):
     assert message in _error(capsys, args + ["--out", str(tmp_path / "run")])

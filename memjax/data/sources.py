@@ -58,7 +58,8 @@ def load_dataset(config: DataConfig) -> Dataset:
         available = len(getattr(dataset, split_name))
         if size is not None and size > available:
             raise MemjaxError(f"{split_name} size {size} is larger than the {available} "
-                              f"examples {name} has")
+                              f"examples {name} has (data.{split_name}_size: at most "
+                              f"{available}, or None for all)")
     h, w = dataset.train.x.shape[1:3]
     if h % config.downscale or w % config.downscale:
         raise MemjaxError(f"downscale {config.downscale} does not divide {name}'s {h} x {w} "
