@@ -274,6 +274,13 @@ def test_bad_models_are_one_line_from_the_cli(capsys, tmp_path, model, message):
     assert message in line, line
 
 
+def test_images_too_small_for_the_model_are_one_line(capsys, tmp_path):
+    """ResNet-9's three pools and its global max leave nothing of 7 x 7 images."""
+    line = _error(capsys, ["run", "cscore", "--preset", "smoke", "--model", "resnet9",
+                           "--set", "data.downscale=4", "--out", str(tmp_path / "run")])
+    assert "model ResNet9 cannot take inputs of shape 7x7x1: zero-size array" in line, line
+
+
 def test_model_flag_needs_a_study_with_a_model(capsys, tmp_path, monkeypatch):
     from memjax import cli
 

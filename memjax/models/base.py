@@ -293,7 +293,8 @@ class Network:
         """One-line errors (MemjaxError) for inputs shaped like example_x [batch, H, W, C]
         that the network cannot take: an input_mean or input_std whose length is not the
         channel count, and (num_classes set) a module whose output for 2 such inputs is
-        not [2, num_classes] (jax.eval_shape: nothing is computed)."""
+        not [2, num_classes] or that cannot take them at all (jax.eval_shape: nothing is
+        computed)."""
         shape = tuple(example_x.shape[1:])
         for name in ("input_mean", "input_std"):
             values = getattr(self, name)
@@ -314,6 +315,10 @@ class Network:
             first = (str(e).strip().splitlines() or [""])[0]
             raise MemjaxError(f"model {model} cannot be called as module(x, train=False) on "
                               f"2 inputs of shape {'x'.join(map(str, shape))}: {first}") from e
+        except ValueError as e:  # e.g. images too small for its pools and strides
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise MemjaxError(f"model {model} cannot take inputs of shape "
+                              f"{'x'.join(map(str, shape))}: {first}") from e
         got = getattr(out, "shape", None)
         if got is None:
             raise MemjaxError(f"model {model} returns {type(out).__name__}, not logits "
