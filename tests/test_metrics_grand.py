@@ -91,6 +91,19 @@ def test_grand_matches_per_example_loop_cnn_batchnorm_eval_mode(cnn):
     assert not np.allclose(grand(network.apply, initial, x, y, chunk=3), s, rtol=1e-2)
 
 
+@pytest.mark.parametrize("devices", [1, 2])
+def test_grand_of_cnn_members_sharded_as_the_runner_holds_them(cnn, devices):
+    """Variables placed on a members mesh (as memjax.runner keeps them; the el2n study
+    scores them so), on one device and on two: once a NotImplementedError from jax's
+    batching of the first convolution's per-example kernel gradient."""
+    from memjax.sharding import member_mesh, shard_members
+
+    network, variables, x, y = cnn
+    placed = shard_members(variables, member_mesh(devices), 2)
+    s = np.asarray(grand(network.apply, placed, jnp.asarray(x), jnp.asarray(y), chunk=3))
+    np.testing.assert_allclose(s, loop_grand(network, variables, x, y), rtol=1e-5)
+
+
 def test_chunks_and_member_chunks_do_not_change_grand(mlp):
     """(The CNN's chunked scores equal the loop's above.)"""
     network, variables, x, y = mlp

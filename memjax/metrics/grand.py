@@ -92,10 +92,15 @@ def grand(apply_fn: ApplyFn, variables, x: jax.Array, y: jax.Array, *,
     >>> s.mean(0)  # the paper's GraNd, [N]                              # doctest: +SKIP
     """
     apply_fn = computing_in(apply_fn, compute_dtype)
+    m = jax.tree_util.tree_leaves(variables)[0].shape[0]
 
     def on_chunk(xb, yb):
-        return map_members(lambda v: _member_grad_norms(apply_fn, v, xb, yb),
-                           member_chunk)(variables)
+        # The chunk is handed to each member as its own copy: with one input shared by
+        # the members, a convolution's per-example kernel gradient is a grouped
+        # convolution batched over the members in its kernel alone, which jax does not
+        # batch once the members are sharded (NotImplementedError in the Runner).
+        copies = jnp.broadcast_to(xb, (m,) + xb.shape)
+        return map_members(lambda v, xm: _member_grad_norms(apply_fn, v, xm, yb),
+                           member_chunk)(variables, copies)
 
-    m = jax.tree_util.tree_leaves(variables)[0].shape[0]
     return everywhere(map_example_chunks(on_chunk, (x, y), chunk), m)
