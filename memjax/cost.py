@@ -79,7 +79,8 @@ class Step:
     programs: how many times it is compiled (once per phase that builds it). conv_form:
     the network's (memjax.models.CONV_FORMS), whose bench rows time it where recorded.
     program: "<phase id>/<program>", the name under which a run `record`s the program (a
-    training epoch with an in-step search is two steps of one program).
+    training epoch with adversarial members is three steps of one program:
+    `adversarial_training`).
     """
 
     name: str
