@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from memjax.benchmarks import harness, throughput
+from memjax.benchmarks import cases, harness, throughput
 from memjax.cli import main
 from memjax.config import ModelConfig
 from memjax.plan import roofline
@@ -14,17 +14,17 @@ from memjax.plan import roofline
 
 def test_forward_macs_by_hand():
     mlp = ModelConfig(hidden=(512, 512))
-    assert throughput.forward_macs(mlp, (28, 28, 1)) == 784 * 512 + 512 * 512 + 512 * 10
+    assert cases.forward_macs(mlp, (28, 28, 1)) == 784 * 512 + 512 * 512 + 512 * 10
     cnn = ModelConfig(kind="cnn", conv_channels=200)
     # 28x28 after the crop; 14x14 after the first pool, 7x7 after the second
     expected = (28 * 28 * 25 * 3 * 200 + 14 * 14 * 25 * 200 * 200 + 7 * 7 * 200 * 384
                 + 384 * 192 + 192 * 10)
-    assert throughput.forward_macs(cnn, (32, 32, 3)) == expected
+    assert cases.forward_macs(cnn, (32, 32, 3)) == expected
 
 
 def test_training_costs_leave_out_the_first_layers_input_gradient():
-    case = throughput.Case(ModelConfig(hidden=(512, 512)), (28, 28, 1), 100, 6, 5)
-    costs = throughput.training_costs(case)
+    case = cases.Case(ModelConfig(hidden=(512, 512)), (28, 28, 1), 100, 6, 5)
+    costs = cases.training_costs(case)
     macs = 784 * 512 + 512 * 512 + 512 * 10
     assert costs["flops_per_model_example"] == 6 * macs - 2 * 784 * 512
     params = macs + 512 + 512 + 10
@@ -35,7 +35,7 @@ def test_parameter_count_matches_the_layers():
     cnn = ModelConfig(kind="cnn", conv_channels=8)
     expected = (5 * 5 * 3 * 8 + 8) + (5 * 5 * 8 * 8 + 8) + (7 * 7 * 8 * 384 + 384) \
         + (384 * 192 + 192) + (192 * 10 + 10)
-    assert throughput.parameter_count(cnn, (32, 32, 3)) == expected
+    assert cases.parameter_count(cnn, (32, 32, 3)) == expected
 
 
 def test_compare_picks_best_and_checks_targets():
@@ -104,10 +104,10 @@ def test_both_presets_time_the_mlps_in_bf16_on_both_sides(monkeypatch):
     gpu preset's cases are shrunk here)."""
     for preset in ("cpu", "gpu"):
         for name in ("a_mlp512", "b_mlp4096"):
-            assert throughput.PRESETS[preset][name].model.kind == "mlp"
-            assert not throughput.PRESETS[preset][name].momentum  # (torch-bmm's condition)
-    tiny = throughput.Case(ModelConfig(hidden=(8,)), (28, 28, 1), 2, 2, 1, batch=16)
-    monkeypatch.setitem(throughput.PRESETS["gpu"], "b_mlp4096", tiny)
+            assert cases.PRESETS[preset][name].model.kind == "mlp"
+            assert not cases.PRESETS[preset][name].momentum  # (torch-bmm's condition)
+    tiny = cases.Case(ModelConfig(hidden=(8,)), (28, 28, 1), 2, 2, 1, batch=16)
+    monkeypatch.setitem(cases.PRESETS["gpu"], "b_mlp4096", tiny)
     rows = {r["impl"]: r for r in throughput.run_case("b_mlp4096", "gpu")}
     assert rows["jax-ensemble-bf16"]["compute_dtype"] == "bfloat16"
     assert rows["jax-ensemble"]["compute_dtype"] == "float32"
@@ -130,8 +130,8 @@ def test_torch_bmm_bf16_trains_in_bf16_autocast(monkeypatch):
     torch = pytest.importorskip("torch")
     from memjax.benchmarks import torch_baselines
 
-    case = throughput.Case(ModelConfig(hidden=(16,)), (4, 4, 1), 2, 4, 1, batch=8)
-    x, y = throughput.synthetic_data(case.image, case.steps * case.batch)
+    case = cases.Case(ModelConfig(hidden=(16,)), (4, 4, 1), 2, 4, 1, batch=8)
+    x, y = cases.synthetic_data(case.image, case.steps * case.batch)
     real_grad, trained = torch.autograd.grad, {}
     for bf16 in (False, True):
         weights = []
@@ -166,8 +166,8 @@ def test_missing_benchmark_module_is_a_note():
 
 @pytest.mark.slow
 def test_bench_command_writes_results(tmp_path, monkeypatch, capsys):
-    tiny = throughput.Case(ModelConfig(hidden=(8,)), (28, 28, 1), 3, 2, 1, batch=16)
-    monkeypatch.setitem(throughput.PRESETS["cpu"], "a_mlp512", tiny)
+    tiny = cases.Case(ModelConfig(hidden=(8,)), (28, 28, 1), 3, 2, 1, batch=16)
+    monkeypatch.setitem(cases.PRESETS["cpu"], "a_mlp512", tiny)
     monkeypatch.setitem(roofline.SIZES, "cpu", dict(n=64, words=2 ** 12, repeats=1))
     assert main(["bench", "--preset", "cpu", "--cases", "a_mlp512", "--out", str(tmp_path)]) == 0
     record = json.loads(next(tmp_path.glob("*.json")).read_text())
@@ -259,7 +259,7 @@ def test_torch_lass_baseline_runs_memjax_algorithm():
 def test_cscore_case_times_ensemble_and_loop_over_subsets(monkeypatch):
     from memjax.benchmarks import throughput
 
-    monkeypatch.setitem(throughput.CSCORE_SIZES, "cpu", dict(members=3, serial=1, hidden=(8,)))
+    monkeypatch.setitem(cases.CSCORE_SIZES, "cpu", dict(members=3, serial=1, hidden=(8,)))
     rows = {r["impl"]: r for r in throughput.f_cscore("cpu")}
     assert set(rows) == {"jax-ensemble", "jax-one-at-a-time"}
     # a model-example is an example of a member's own subset: each of the 10k examples is
@@ -301,12 +301,12 @@ def test_resnet9_case_times_memjax_and_torch_with_models_per_hour(monkeypatch):
     compiles at optimization level 0, where the preset's own size takes about 90 s."""
     import dataclasses
 
-    case = throughput.PRESETS["cpu"]["resnet9"]
+    case = cases.PRESETS["cpu"]["resnet9"]
     assert case.model.kind == "resnet9" and case.compute_dtype == "float32"
-    gpu = throughput.PRESETS["gpu"]["resnet9"]
+    gpu = cases.PRESETS["gpu"]["resnet9"]
     assert gpu.model.width in (None, 64) and gpu.batch == 512 and gpu.image == (32, 32, 3)
     assert gpu.compute_dtype == "bfloat16"
-    monkeypatch.setitem(throughput.PRESETS["cpu"], "resnet9", dataclasses.replace(
+    monkeypatch.setitem(cases.PRESETS["cpu"], "resnet9", dataclasses.replace(
         case, model=dataclasses.replace(case.model, width=4), steps=1, batch=16,
         compute_dtype="bfloat16"))
     rows = {r["impl"]: r for r in throughput.CASES["resnet9"]("cpu")}
@@ -336,4 +336,4 @@ def test_resnet9_forward_macs_by_hand():
     expected = (32 * 32 * 9 * 3 * c + 32 * 32 * 9 * c * 2 * c + 2 * 16 * 16 * 9 * (2 * c) ** 2
                 + 16 * 16 * 9 * 2 * c * 4 * c + 8 * 8 * 9 * 4 * c * 8 * c
                 + 2 * 4 * 4 * 9 * (8 * c) ** 2 + 8 * c * 10)
-    assert throughput.forward_macs(model, (32, 32, 3)) == expected
+    assert cases.forward_macs(model, (32, 32, 3)) == expected

@@ -222,15 +222,15 @@ def test_runner_trains_in_the_planned_form(split, monkeypatch):
 def test_bench_rows_name_the_form_that_ran():
     """The c_cnn rows carry what plan_conv_form reads, as the Runner ran it, and the row
     named grouped is the grouped convolution (one row, a tiny case)."""
-    from memjax.benchmarks import throughput
+    from memjax.benchmarks import cases, throughput
 
-    case = throughput.Case(ModelConfig(kind="cnn", conv_channels=2, batchnorm=True),
-                           (12, 12, 3), 3, 1, 1, 0.9, batch=8, form_chunk=2)
+    case = cases.Case(ModelConfig(kind="cnn", conv_channels=2, batchnorm=True),
+                      (12, 12, 3), 3, 1, 1, 0.9, batch=8, form_chunk=2)
     forms = {impl: (kw, note) for impl, kw, note in throughput.cnn_forms(case)}
     assert set(forms) == {"jax-lax.map", "jax-grouped-2", "jax-im2col-2", "jax-lax.map-bf16",
                           "jax-lax.map-bf16-bn", "jax-im2col-2-bf16-bn"}
     assert "feature_group_count=2" in forms["jax-grouped-2"][1]
-    x, y = throughput.synthetic_data(case.image, 8)
+    x, y = cases.synthetic_data(case.image, 8)
     kw, _ = forms["jax-im2col-2-bf16-bn"]
     row = throughput.jax_ensemble_row(case, x, y, impl="jax-im2col-2-bf16-bn", repeats=1, **kw)
     assert {k: row[k] for k in ("conv_form", "member_chunk", "compute_dtype",
