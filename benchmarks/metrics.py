@@ -80,16 +80,16 @@ def _rows(case: str, s: dict, flops_per_model_example: float, timings: dict,
 
 
 def _torch_row(case: str, s: dict, flops_per_model_example: float, run) -> dict:
-    """The PyTorch loop's row: run(torch_baselines) -> seconds for s["serial"] members; or a
+    """The PyTorch loop's row: run(torch_metrics) -> seconds for s["serial"] members; or a
     row that says why there is none."""
     row = {"case": case, "flops_per_model_example": flops_per_model_example}
     try:
-        from memjax.benchmarks import torch_baselines
+        from memjax.benchmarks import torch_baselines, torch_metrics
     except ImportError:
         return {**row, "impl": "torch-*", "members": s["members"], "model_examples_per_s": None,
                 "seconds": None, "note": "PyTorch not installed: torch baselines skipped"}
     try:
-        seconds = run(torch_baselines)
+        seconds = run(torch_metrics)
     except Exception as e:  # reported, not raised: the JAX rows still count
         return {**row, "impl": "torch-loop", "members": s["serial"],
                 "model_examples_per_s": None, "seconds": None,
@@ -120,7 +120,7 @@ def loss_sensitivity_case(preset: str) -> list[dict]:
     flops = 4.0 * _macs(s["hidden"])
     return _rows("e_loss_sensitivity", s, flops, timings,
                  f"{s['examples']} examples, MLP {s['hidden']}, chunk {s['chunk']}") + [
-        _torch_row("e_loss_sensitivity", s, flops, lambda tb: tb.sensitivity_loop(
+        _torch_row("e_loss_sensitivity", s, flops, lambda tm: tm.sensitivity_loop(
             s["hidden"], np.asarray(x), np.asarray(y), s["serial"], s["chunk"]))]
 
 
@@ -146,7 +146,7 @@ def lass_case(preset: str) -> list[dict]:
     flops = 4.0 * _macs(s["hidden"]) * (s["iterations"] + 1)
     return _rows("d_lass", s, flops, timings,
                  f"{s['iterations']} iterations x {s['examples']} examples, MLP {s['hidden']}") + [
-        _torch_row("d_lass", s, flops, lambda tb: tb.lass_loop(
+        _torch_row("d_lass", s, flops, lambda tm: tm.lass_loop(
             s["hidden"], np.asarray(x), s["serial"], s["iterations"], **LASS_ARGS))]
 
 

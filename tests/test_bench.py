@@ -231,7 +231,7 @@ def test_torch_lass_baseline_runs_memjax_algorithm():
     import jax
     import jax.numpy as jnp
 
-    from memjax.benchmarks import torch_baselines
+    from memjax.benchmarks import torch_baselines, torch_metrics
     from memjax.ensemble import init_ensemble, make_optimizer
     from memjax.metrics import lass_search
     from memjax.models import build_network
@@ -248,7 +248,7 @@ def test_torch_lass_baseline_runs_memjax_algorithm():
     x = np.random.default_rng(2).integers(0, 256, (48, 4, 4, 1), dtype=np.uint8)
     args = dict(radius=0.1, step_size=0.02, noise_scale=0.0)
     found = lass_search(network.apply, v, x, jax.random.key(0), max_iterations=8, **args)
-    critical, points = torch_baselines.lass_search(
+    critical, points = torch_metrics.lass_search(
         model, torch.from_numpy(x.reshape(48, 16) / 255.0).float(), 8, **args)
     assert 0 < critical.sum() < 48  # both outcomes occur
     np.testing.assert_array_equal(critical.numpy(), np.asarray(found.critical))
