@@ -269,7 +269,9 @@ class Runner:
         copies of an active member, until a program of half the size (or less) holds them
         all and the epochs left would save more time than compiling it costs."""
         active = np.flatnonzero(~self.converged)
-        size = self._program_size(len(active))
+        size = convergence.program_size(self.training_members, len(active),
+                                        self.mesh.shape["members"], self._remaining,
+                                        self._epoch_seconds, self._compile_seconds)
         take = np.concatenate([active, np.repeat(active[-1:], size - len(active))])
         state, view = take_members((self.state, self.view), jnp.asarray(take), self.padded,
                                    self.mesh)
@@ -282,18 +284,6 @@ class Runner:
                 out[name] = np.full(self.padded, np.nan, np.float32)
                 out[name][take] = value
         return out
-
-    def _program_size(self, active: int) -> int:
-        size, devices = self.training_members, self.mesh.shape["members"]
-        smaller = size
-        while smaller // 2 >= active and smaller // 2 % devices == 0:
-            smaller //= 2
-        if smaller == size:
-            return size
-        if self._remaining is None:  # (an epoch outside `run`)
-            return smaller
-        saved = (self._remaining - 1) * self._epoch_seconds * (1 - smaller / size)
-        return smaller if saved > self._compile_seconds else size
 
     def run(self, epochs: int, *, phase: str, desc: str | None = None,
             run_dir: RunDir | None = None,

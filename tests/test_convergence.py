@@ -44,3 +44,19 @@ def test_converged_members_are_frozen_and_slow_ones_censored():
     assert history["train_accuracy"][-1][0] == 1.0
     out = convergence.epochs_to_converge(history["first_epoch"][-1], cap=40)
     assert out["censored"].tolist() == [False, True]
+
+
+def test_a_smaller_program_only_where_it_holds_the_active_members_and_pays():
+    from memjax.convergence import program_size
+
+    # halves while the active members fit and the devices split it evenly
+    assert program_size(16, 3, 1, None, 1.0, 5.0) == 4
+    assert program_size(16, 3, 4, None, 1.0, 5.0) == 4
+    assert program_size(16, 3, 8, None, 1.0, 5.0) == 8
+    assert program_size(16, 9, 1, None, 1.0, 5.0) == 16
+    assert program_size(12, 1, 1, None, 1.0, 5.0) == 1  # 12 -> 6 -> 3 -> 1
+    assert program_size(12, 1, 2, None, 1.0, 5.0) == 6  # (3 members do not split over 2)
+    # inside a run: 16 -> 4 saves 3/4 of each later epoch against one compile
+    assert program_size(16, 3, 1, 8, 1.0, 5.0) == 4  # 7 x 0.75 s = 5.25 s > 5 s
+    assert program_size(16, 3, 1, 7, 1.0, 5.0) == 16  # 6 x 0.75 s = 4.5 s
+    assert program_size(16, 3, 1, 1, 100.0, 0.0) == 16  # nothing left to save
