@@ -1,6 +1,7 @@
 """`memjax bench`: run the cases of every module in BENCHMARK_MODULES, add achieved TFLOP/s
 and the share of the measured roofline, compare against the baselines and write
-<out>/<date>-<device>.json and .md (device, versions, date)."""
+<out>/<date>-<device>.json and .md (device, versions, date, and the cost of a checkpoint
+write on its disk: what `memjax plan` times checkpoints by on that device)."""
 from __future__ import annotations
 
 import importlib
@@ -11,6 +12,7 @@ from pathlib import Path
 from memjax.benchmarks import BENCHMARK_MODULES
 from memjax.errors import MemjaxError
 from memjax.plan import roofline
+from memjax.plan.rates import measure_checkpoints
 
 PRESETS = ("cpu", "gpu")
 # the targets on one H100/H200: case prefix -> (baseline, minimum ratio)
@@ -149,6 +151,9 @@ def run(preset: str, only: list[str] | None = None, out_dir: str | Path = "memja
     peaks = roofline.measure(preset)
     log(f"roofline: {peaks['peak_tflops']:.2f} TFLOP/s float32 matmul, "
         f"{peaks['bandwidth_gbs']:.0f} GB/s")
+    save_s, save_rate = measure_checkpoints()  # (what `memjax plan` times checkpoints by)
+    checkpoint = {"seconds_per_save": save_s, "bytes_per_s": save_rate}
+    log(f"checkpoint writes: {save_s:.2f} s a save + {save_rate / 1e6:.0f} MB/s")
     import jax
 
     platform = "cpu" if jax.devices()[0].platform == "cpu" else "gpu"
@@ -165,7 +170,8 @@ def run(preset: str, only: list[str] | None = None, out_dir: str | Path = "memja
                   "preset": preset, "device": {"kind": jax.devices()[0].device_kind,
                                                "platform": jax.devices()[0].platform,
                                                "count": jax.device_count()},
-                  "versions": _versions(), "roofline": peaks, "rows": rows,
+                  "versions": _versions(), "roofline": peaks, "checkpoint": checkpoint,
+                  "rows": rows,
                   "comparison": compare(rows, preset), "notes": notes,
                   "case_wall_s": case_wall,
                   "wall_s": round(time.time() - started, 1)}
@@ -199,13 +205,20 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _checkpoint_text(record: dict) -> str:
+    c = record.get("checkpoint")  # (records before 2026-12-06 have none)
+    return "" if not c else (f" Checkpoint writes: {c['seconds_per_save']:.2f} s a save + "
+                             f"{c['bytes_per_s'] / 1e6:.0f} MB/s.")
+
+
 def markdown(record: dict) -> str:
     d, v = record["device"], record["versions"]
     lines = [f"# memjax bench, preset {record['preset']}: {d['kind']} x {d['count']}",
              "", f"{record['date']}; " + ", ".join(f"{k} {x}" for k, x in v.items()),
              "", f"Roofline measured: {record['roofline']['peak_tflops']:.2f} TFLOP/s "
                  f"(float32 matmul, default precision), "
-                 f"{record['roofline']['bandwidth_gbs']:.0f} GB/s.", "",
+                 f"{record['roofline']['bandwidth_gbs']:.0f} GB/s." + _checkpoint_text(record),
+             "",
              "| case | impl | members | model-examples/s | TFLOP/s | roofline | s | note |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in record["rows"]:

@@ -179,7 +179,10 @@ def test_bench_command_writes_results(tmp_path, monkeypatch, capsys):
     assert np.isclose(ensemble["tflops"], ensemble["model_examples_per_s"]
                       * (6 * (784 * 8 + 8 * 10) - 2 * 784 * 8) / 1e12)
     assert record["device"]["platform"] == "cpu" and "jax" in record["versions"]
-    assert "| a_mlp512 | jax-ensemble |" in next(tmp_path.glob("*.md")).read_text()
+    # a checkpoint write's cost on this disk, what the plan times checkpoints by
+    assert record["checkpoint"]["bytes_per_s"] > 0 and record["checkpoint"]["seconds_per_save"] >= 0
+    text = next(tmp_path.glob("*.md")).read_text()
+    assert "| a_mlp512 | jax-ensemble |" in text and "Checkpoint writes: " in text
     # a run limited by --cases is named after them: it never replaces a whole run's record
     assert next(tmp_path.glob("*.json")).name.endswith("-a_mlp512.json")
     assert main(["bench", "--preset", "tpu"]) == 2

@@ -184,6 +184,39 @@ def test_a_device_without_records_borrows_the_nearest_scaled_by_its_bound_per_ki
         plan.Rates("h100", [h100]).rate(cost.Step("s", "search", "mlp", cost.Cost(), 1, 1))
 
 
+def test_checkpoint_writes_are_timed_by_the_nearest_recorded_disk():
+    """A named device times checkpoints by a bench record's measured write cost, its own
+    first, else the nearest device's (the table says whose); with none, bytes alone."""
+    roof = {"peak_tflops": 370.0, "bandwidth_gbs": 2000.0}
+    row = {"case": "a_mlp512", "impl": "jax-ensemble", "tflops": 1.0,
+           "flops_per_model_example": 4e6}
+    h100 = _record("NVIDIA H100 80GB HBM3", [row], roof)
+    h200 = _record("NVIDIA H200", [row], roof)
+    # 1500 s of training: saves at 10 and 20 minutes, and at the end (5 min >= half of 10)
+    step = cost.Step("s", "train", "mlp", cost.Cost(1.5e15, 0), 1, per_example=1,
+                     checkpoint_bytes=2e9)
+    table = lambda rates: plan.format_plan({
+        "device": rates.name, "note": None, "checkpoints_from": rates.checkpoint_from,
+        "studies": {"s": plan.plan_steps([step], rates)}, "total_seconds": 1.0})
+    untimed = plan.Rates("h200", [h100, h200])
+    assert (untimed.checkpoint, untimed.checkpoint_from) == (None, None)
+    planned = plan.plan_steps([step], untimed)
+    assert planned["checkpoint_bytes"] == 6e9 and planned["checkpoint_seconds"] == 0
+    assert "not: checkpoint writes (no bench record has timed a disk)" in table(untimed)
+    h100["checkpoint"] = {"seconds_per_save": 0.5, "bytes_per_s": 1e9}
+    borrowed = plan.Rates("h200", [h100, h200])
+    assert borrowed.checkpoint_from == "h100"
+    planned = plan.plan_steps([step], borrowed)
+    assert planned["checkpoint_seconds"] == pytest.approx(3 * (0.5 + 2.0))
+    assert planned["seconds"] == pytest.approx(1500 + 3 * 2.5)  # (no compile recorded)
+    assert "checkpoint writes (at h100's recorded disk rate) included" in table(borrowed)
+    h200["checkpoint"] = {"seconds_per_save": 0.2, "bytes_per_s": 2e9}
+    own = plan.Rates("h200", [h100, h200])
+    assert own.checkpoint_from == "h200"
+    assert plan.plan_steps([step], own)["checkpoint_seconds"] == pytest.approx(3 * 1.2)
+    assert "compilation and checkpoint writes included" in table(own)
+
+
 def test_plan_command_prints_json_and_its_progress_on_stderr(capsys):
     assert main(["plan", "--preset", "smoke", "--only", "consistency,csr", "--device", "h200",
                  "--json"]) == 0

@@ -7,10 +7,10 @@ each. Time: each program's FLOPs over the rate that `memjax bench` measured for 
 of program on the device (`Rates`, memjax.plan.rates: from the bench records of
 memjax.records, a device without its own borrowing from the nearest by the datasheets of
 memjax.plan.devices), plus one measured compile time per program built. Each study counts
-the programs priced from the device's own records. Not counted: data loading, host-side
-analysis, figures, and checkpoint writes on a named device (their bytes are shown: as
-many checkpoints as `memjax run`'s clock writes, `checkpoints_saved`); on "this" machine
-they are timed on its disk.
+the programs priced from the device's own records. Checkpoint writes: as many as `memjax
+run`'s clock writes (`checkpoints_saved`), their bytes shown, timed by the disk of this
+machine or a bench record's (Rates.checkpoint; not timed where no record has one). Not
+counted: data loading, host-side analysis, figures.
 
 The package, one job a module: devices.py (datasheets), rates.py (the rate model),
 roofline.py (a device's matmul peak and memory bandwidth, measured: what scales this
@@ -41,7 +41,7 @@ def checkpoints_saved(phase_seconds: float, minutes: float = 10.0) -> int:
 def plan_steps(steps: Iterable[Step], rates: Rates) -> dict:
     """{"flops", "bytes", "seconds", "compile_seconds", "checkpoint_seconds",
     "checkpoint_bytes", "probes", "member_count", "steps": [...]} of one study's programs on the
-    rates' device (checkpoint writes timed on this machine only)."""
+    rates' device (checkpoint writes timed where `rates.checkpoint` is known)."""
     compile_s = rates.compile_seconds()
     out = {"flops": 0.0, "bytes": 0.0, "seconds": 0.0, "compile_seconds": 0.0,
            "checkpoint_seconds": 0.0, "checkpoint_bytes": 0.0, "probes": 0.0, "member_count": 0,
@@ -75,8 +75,9 @@ def plan_steps(steps: Iterable[Step], rates: Rates) -> dict:
 def plan(configs: dict, device: str = "h200", measured: dict | None = None,
          progress: bool = True) -> dict:
     """The plan of studies {name: (module, config)} on `device` (DEVICES or "this"; see
-    Rates for `measured`): {"device", "note", "measured", "studies": {name:
-    plan_steps(...)}, "total_seconds"}. progress: a bar on stderr over the studies, naming
+    Rates for `measured`): {"device", "note", "measured", "checkpoints_from" (whose disk
+    times the checkpoint writes; None: not timed), "studies": {name: plan_steps(...)},
+    "total_seconds"}. progress: a bar on stderr over the studies, naming
     the study and its programs counted so far (gone when the plan is done)."""
     from tqdm.auto import tqdm
 
@@ -90,7 +91,7 @@ def plan(configs: dict, device: str = "h200", measured: dict | None = None,
             studies[name] = plan_steps(_counted(study_steps(module, config), bar), rates)
             bar.update()
     return {"device": rates.name, "note": rates.scale_note, "measured": rates.measured,
-            "studies": studies, "total_seconds": sum(s["seconds"] for s in studies.values())}
+            "checkpoints_from": rates.checkpoint_from, "studies": studies, "total_seconds": sum(s["seconds"] for s in studies.values())}
 
 
 def study_steps(module, config) -> Iterator[Step]:
@@ -139,9 +140,13 @@ def format_plan(result: dict, verbose: bool = False) -> str:
                 lines.append(f"      {p['name']}: {p['runs']} runs, {_si(p['flops'], 'FLOP')}, "
                              f"{duration(p['seconds'])} at {p['rate_tflops']:.3g} TFLOP/s "
                              f"from {p['rate_from']}")
-    timed = "and checkpoint writes " if result["device"].startswith("this") else ""
-    lines.append(f"  {'total':<14} {duration(result['total_seconds']):>9}  (compilation "
-                 f"{timed}included; data loading and host-side analysis not)")
+    source = result.get("checkpoints_from")
+    included = ("compilation included; not: checkpoint writes (no bench record has timed a "
+                "disk), data loading, host-side analysis" if source is None else
+                "compilation and checkpoint writes" + ("" if source in ("this", result["device"])
+                                                       else f" (at {source}'s recorded disk rate)")
+                + " included; data loading and host-side analysis not")
+    lines.append(f"  {'total':<14} {duration(result['total_seconds']):>9}  ({included})")
     if result["studies"] and result["total_seconds"] > 0:
         name, s = max(result["studies"].items(), key=lambda kv: kv[1]["seconds"])
         p = max(s["steps"], key=lambda p: p["seconds"])

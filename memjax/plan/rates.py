@@ -16,7 +16,10 @@ peak); the rate's source says "borrowed from". A program in a precision without 
 (bf16 CNN training on a GPU without a bf16 row) takes the float32 row, scaled by the
 datasheet ratio of the two precisions' peaks when compute-bound: the same share of peak is
 assumed, and the source says so. On "this" machine: its own records, scaled by its
-roofline measured now, and checkpoint writes timed on its disk (`measure_checkpoints`).
+roofline measured now, and checkpoint writes timed on its disk (`measure_checkpoints`). On
+a named device, checkpoint writes are timed by the cost a bench record measured on its
+disk (`memjax bench` records one), the nearest device's where its own records have none
+(`checkpoint_from` says whose), and not timed where no record has one.
 """
 from __future__ import annotations
 
@@ -95,6 +98,7 @@ class Rates:
                     "checkpoint": measure_checkpoints()}
                 self.measured = measured
                 self.now, self.checkpoint = measured["roofline"], tuple(measured["checkpoint"])
+                self.checkpoint_from = "this"
                 self.name, self.profile, self.records = f"this ({kind})", None, own
                 self.scale_note = (f"rates from this machine's records, scaled by its "
                                    f"roofline measured now: {self.now['peak_tflops']:.3g} "
@@ -105,7 +109,6 @@ class Rates:
         if device not in DEVICES:
             raise MemjaxError(f"unknown device {device!r}; known: this, {', '.join(DEVICES)}")
         self.name, self.profile, self.measured = device, DEVICES[device], None
-        self.checkpoint = None  # (another machine's disk is unknown: bytes shown, not timed)
         recorded = {}
         for r in all_records:
             name = device_name(r["device"]["kind"])
@@ -119,9 +122,21 @@ class Rates:
             DEVICES[n].peak["float32"] / self.profile.peak["float32"]))))
         self.by_source = recorded
         self.records = recorded[self.sources[0]]
+        self.checkpoint, self.checkpoint_from = self._recorded_checkpoint()
         self.scale_note = None if device in recorded else (
             f"no record of {device}: rates borrowed from {self.sources[0]}'s records, scaled "
             f"by the datasheet ratio of the resource that bound each case")
+
+    def _recorded_checkpoint(self) -> tuple[tuple[float, float] | None, str | None]:
+        """((seconds a save, bytes/s), the device) of the newest record with a checkpoint
+        measurement, the nearest device's first; (None, None): none has one, and checkpoint
+        bytes are shown, not timed."""
+        for source in self.sources:
+            for record in reversed(self.by_source[source]):
+                if record.get("checkpoint"):
+                    c = record["checkpoint"]
+                    return (c["seconds_per_save"], c["bytes_per_s"]), source
+        return None, None
 
     def _rows(self, kind: str, model: str, precision: str) -> tuple[str | None, list]:
         """(the source device, its rows for this kind of program): the nearest source whose
