@@ -21,7 +21,8 @@ from memjax.config import (DataConfig, ModelConfig, TrainConfig, check_choices,
 from memjax.data import load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.figures import new_figure
-from memjax.experiments.sweeps import check_sweep_members, grid, width_buckets
+from memjax.experiments.sweeps import (check_sweep_members, check_width_sweep, grid,
+                                      width_buckets, width_model)
 from memjax.results import RunDir
 from memjax.measurements import Evaluation
 from memjax.members import Members
@@ -72,6 +73,7 @@ def check(config: Config) -> None:
     check_numbers(config, positive=("widths", "seeds"), fractions=("noise_levels",),
                   nonnegative=("tolerance",), nonempty=("widths", "noise_kinds"))
     check_sweep_members(config)
+    check_width_sweep(config.model, "capacity")
     check_choices("noise_kinds", config.noise_kinds, ("randX", "randY"))
     if max(config.widths) > max(config.model.hidden):
         raise MemjaxError(f"widths must be in 1..{max(config.model.hidden)} (model.hidden)")
@@ -93,7 +95,7 @@ def buckets(config: Config, rows: dict) -> list[tuple[ModelConfig, Members]]:
     out = []
     for model_width, members in width_buckets(rows["width"], config.bucket_limits):
         kind, level = rows["kind"][members], rows["level"][members]
-        out.append((ModelConfig(hidden=(model_width,) * len(config.model.hidden)),
+        out.append((width_model(config.model, model_width),
                     Members(members, widths=rows["width"][members],
                             input_noise=np.where(kind == "randX", level, 0.0),
                             label_noise=np.where(kind == "randY", level, 0.0))))

@@ -26,7 +26,8 @@ from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, v
 from memjax.data import data_shape, load_dataset
 from memjax.errors import MemjaxError
 from memjax.experiments.figures import new_figure
-from memjax.experiments.sweeps import check_sweep_members, grid, width_buckets
+from memjax.experiments.sweeps import (check_sweep_members, check_width_sweep, grid,
+                                      width_buckets, width_model)
 from memjax.results import RunDir
 from memjax.measurements import Convergence
 from memjax.members import Members
@@ -78,6 +79,7 @@ def check(config: Config) -> None:
     check_numbers(config, positive=("widths", "sizes", "width_for_sizes", "seeds"),
                   fractions=("noise_levels", "threshold"), nonempty=("widths", "sizes"))
     check_sweep_members(config)
+    check_width_sweep(config.model, "convergence")
 
 
 
@@ -115,7 +117,7 @@ def ensembles(config: Config, table: dict, n: int) -> list[tuple[str, ModelConfi
     out = []
     for name, model_width, rows in buckets:
         masks = size_masks(table["size"][rows], n, config.data.data_seed)
-        out.append((name, ModelConfig(hidden=(model_width,) * len(config.model.hidden)),
+        out.append((name, width_model(config.model, model_width),
                     Members(rows, widths=table["width"][rows], input_noise=table["level"][rows],
                             example_mask=None if masks.all() else masks)))
     return out

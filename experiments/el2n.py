@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from memjax.config import DataConfig, ModelConfig, TrainConfig, validate
+from memjax.config import DataConfig, ModelConfig, TrainConfig, check_numbers, validate
 from memjax.data import load_dataset
 from memjax.evaluation import probabilities
 from memjax.experiments.example_scores import spearman, spread, write_example_scores
@@ -47,7 +47,12 @@ PRESETS = {"smoke": replace(Config(), data=DataConfig(train_size=512, validation
                             model=ModelConfig(hidden=(32,)),
                             train=TrainConfig(members=4, epochs=2, batch_size=64), per_class=3),
            "cpu": Config(), "paper": PAPER}
-check = validate
+
+
+def check(config: Config) -> None:
+    """The checks the config alone allows, before anything runs (MemjaxError)."""
+    validate(config)
+    check_numbers(config, positive=("grand_chunk", "per_class"))
 
 
 @dataclass(frozen=True)
@@ -76,10 +81,12 @@ def phases(config: Config) -> list[Phase]:
 def run(config: Config, run_dir: RunDir) -> dict:
     check(config)
     dataset = load_dataset(config.data)
-    outcome = Runner.of(phases(config)[0], dataset).execute(run_dir)
+    outcome = Runner.of(phases(config)[0], dataset).execute(run_dir, log=lambda epoch, r: {
+        "epoch": epoch, **{k: float(r[k].mean()) for k in ("train_loss", "train_accuracy")}})
     scores = {name: outcome.final[name].mean(0) for name in ("el2n", "grand")}
     write_example_scores(run_dir, "el2n", dataset.train, dataset.order["train"], scores)
-    summary = {"epoch": config.train.epochs, "members": config.train.members,
+    summary = {"order": dataset.order, "epoch": config.train.epochs,
+               "members": config.train.members,
                "train_accuracy": float(outcome.history["train_accuracy"][-1].mean()),
                "spearman_el2n_grand": spearman(scores["el2n"], scores["grand"]),
                **{name: spread(s, (10, 50, 90)) for name, s in scores.items()}}

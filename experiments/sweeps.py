@@ -2,11 +2,12 @@
 the widest one's program (`width_buckets`), its seeds, and the per-epoch curves it reads."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from memjax.config import DataConfig
+from memjax.config import DataConfig, ModelConfig
 from memjax.errors import MemjaxError
 
 
@@ -16,6 +17,19 @@ def check_sweep_members(config: Any) -> None:
     if any(t.members != 1 for t in trains):
         raise MemjaxError("a sweep trains one member per cell and seed: set seeds "
                           "(--seeds N), not train.members")
+
+
+def check_width_sweep(model: ModelConfig, study: str) -> None:
+    """A width sweep masks the hidden units of an MLP (memjax.members: per-member widths)."""
+    if model.kind != "mlp":
+        raise MemjaxError(f"{study} sweeps the hidden width of an MLP: model.kind must be "
+                          f"mlp, not {model.kind!r}")
+
+
+def width_model(model: ModelConfig, width: int) -> ModelConfig:
+    """`model`, an MLP, at `width` units in each hidden layer: a bucket's model, its other
+    settings (input normalization) kept."""
+    return replace(model, hidden=(width,) * len(model.hidden))
 
 
 def width_buckets(widths: np.ndarray, limits: tuple[int, ...]) -> list[tuple[int, np.ndarray]]:

@@ -182,6 +182,9 @@ def test_el2n_study_scores_match_each_member_scored_alone(tmp_path):
     np.testing.assert_allclose(scores["el2n"], arrays["el2n_members"].mean(0), rtol=1e-6)
     np.testing.assert_allclose(scores["grand"], arrays["grand_members"].mean(0), rtol=1e-6)
     assert -1 <= summary["spearman_el2n_grand"] <= 1 and summary["epoch"] == 2
+    assert "official MNIST" in summary["order"]["train"]  # (what the export's index means)
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in logged] == [1, 2] and 0 <= logged[-1]["train_accuracy"] <= 1
     # the same members again (their keys derive from their ids), scored one by one
     runner = Runner.of(el2n.phases(config)[0], dataset)
     runner.run(config.train.epochs, phase="early")

@@ -17,3 +17,21 @@ def test_measured_keeps_the_epochs_a_curve_was_measured_at():
 
     epochs, values = measured([np.nan, 0.2, np.nan, 0.4])
     assert epochs.tolist() == [2, 4] and values.tolist() == [0.2, 0.4]
+
+
+def test_width_sweeps_keep_the_models_other_settings():
+    """capacity's and convergence's bucket models are config.model at the bucket's width:
+    its input normalization kept (they used to build a bare MLP and drop it)."""
+    import dataclasses
+
+    from memjax.experiments import capacity, convergence
+
+    for study in (capacity, convergence):
+        config = study.PRESETS["smoke"]
+        config = dataclasses.replace(config, model=dataclasses.replace(
+            config.model, input_mean=(0.5,), input_std=(0.25,)))
+        models = [phase.model for phase in study.phases(config)]
+        assert all(m.kind == "mlp" for m in models)
+        assert all(m.input_mean == (0.5,) and m.input_std == (0.25,)
+                   and len(m.hidden) == len(config.model.hidden) for m in models)
+        assert study is convergence or len({m.hidden for m in models}) == 2  # capacity's buckets
