@@ -94,6 +94,10 @@ class RunDir:
             raise MemjaxError(f"cannot write to output directory {self.path}: "
                               f"{e.strerror or e}") from None
         manifest = self.read_manifest()
+        if not manifest and any(not f.name.startswith(".") for f in self.path.iterdir()):
+            # start() clears a run's outputs and checkpoints/: never another program's files
+            raise MemjaxError(f"{self.path} holds files but no memjax run (no manifest.json); "
+                              f"choose a new or empty output directory")
         if manifest.get("status") == "finished" and not (overwrite or resume):
             raise MemjaxError(f"{self.path} holds a finished run; pass --overwrite to replace it")
         if (not resume and not overwrite and manifest.get("status") in ("running", "failed")

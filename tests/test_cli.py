@@ -337,3 +337,16 @@ def test_list_names_every_study_and_the_presets_it_adds(capsys):
     presets = {n: " ".join(e.split()).partition("Presets also ")[2] for n, e in entries.items()}
     assert presets["memorization"] == presets["cscore"] == "cifar, gpu, cifar-cpu."
     assert presets["consistency"] == presets["el2n"] == ""
+
+
+def test_a_folder_of_other_files_is_not_an_output_directory(capsys, tmp_path):
+    """A run clears checkpoints/ and its outputs in --out: a folder that holds files but
+    no run is refused, even with --overwrite, and keeps every file."""
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "model.pt").write_text("mine too")
+    for extra in ([], ["--overwrite"]):
+        line = _error(capsys, SMOKE + ["--out", str(tmp_path), *extra])
+        assert "holds files but no memjax run (no manifest.json)" in line
+    assert (tmp_path / "checkpoints" / "model.pt").read_text() == "mine too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "notes.txt"]
