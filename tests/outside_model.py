@@ -58,3 +58,13 @@ def nnx_factory(num_classes: int) -> nn.Module:
 def nnx_built(num_classes: int) -> nnx.Module:
     """An NNX module already built (one set of parameters): refused."""
     return OutsideNNX(num_classes, rngs=nnx.Rngs(0))
+
+
+def no_num_classes() -> nn.Module:
+    """A factory that cannot be told the number of classes: refused."""
+    return Outside()
+
+
+def raises(num_classes: int) -> nn.Module:
+    """A factory with a bug of its own."""
+    raise KeyError(f"no config for {num_classes} classes")

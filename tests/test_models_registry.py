@@ -267,6 +267,8 @@ def test_outside_model_runs_a_study_from_the_cli_and_exports_scores(kind, capsys
                                 "return flax.nnx.bridge.to_linen(OutsideNNX, *args)"),
     ("outside_model:wrong_shape", "gives logits of shape (2, 11) for 2 inputs of shape "
                                   "28x28x1; expected (2, 10)"),
+    ("outside_model:no_num_classes", "its factory must take the keyword argument num_classes"),
+    ("outside_model:raises", "its factory raised KeyError: 'no config for 10 classes'"),
 ])
 def test_bad_models_are_one_line_from_the_cli(capsys, tmp_path, model, message):
     line = _error(capsys, ["run", "cscore", "--preset", "smoke", "--model", model,

@@ -38,7 +38,8 @@ CONV_FORMS it can be written in; with some, runs give it the planned convolution
 (memjax.members.convolution_form), one of those; () (the default) the default form.
 
 Every error is one line (MemjaxError): an unknown name (with the known ones), a factory
-that does not import (which module or attribute), one that returns no Module, a model whose
+that does not import (which module or attribute), does not take num_classes, raises (its
+error's first line) or returns no Module, a model whose
 logits are not [batch, num_classes] (checked on 2 examples when it is first initialized,
 memjax.models.Network.check_input).
 """
@@ -141,7 +142,21 @@ def model_entry(kind: str) -> ModelEntry:
     if kind in _REGISTRY:
         return _REGISTRY[kind]
     user = _import_factory(kind)
-    return ModelEntry(lambda config, num_classes: user(num_classes=num_classes))
+    try:
+        inspect.signature(user).bind(num_classes=0)
+    except TypeError:
+        raise MemjaxError(f"model {kind!r}: its factory must take the keyword argument "
+                          f"num_classes (it is called as factory(num_classes=N))") from None
+    except ValueError:  # no signature to read (a builtin): the call will tell
+        pass
+
+    def factory(config: ModelConfig, num_classes: int):
+        try:
+            return user(num_classes=num_classes)
+        except Exception as e:  # noqa: BLE001 (a user's factory: any error it raises)
+            raise MemjaxError(f"model {kind!r}: its factory raised {type(e).__name__}: "
+                              f"{_one_line(e)}") from None
+    return ModelEntry(factory)
 
 
 def _import_factory(kind: str) -> Callable:
