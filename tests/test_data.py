@@ -67,6 +67,8 @@ def test_tfds_source_offline_with_mocks(tmp_path, monkeypatch):
     (dict(x_train=np.zeros((300, 28, 28), np.float32)), "must be uint8"),
     (dict(y_train=np.zeros(5, np.int64)), "y_train must be"),
     (dict(x_test=np.zeros((60, 28, 28, 7), np.uint8)), "x_test must be"),
+    (dict(x_test=np.zeros((0, 28, 28), np.uint8), y_test=np.zeros(0, np.int64)),
+     "x_test and y_test hold no examples"),
 ])
 def test_npz_problems_are_named(fake_npz, bad, message):
     with pytest.raises(MemjaxError, match=message):

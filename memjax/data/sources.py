@@ -192,9 +192,11 @@ def read_npz(path: Path, image_shape: tuple[int, ...] | None = None) -> dict[str
         if y.ndim != 1 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer):
             raise MemjaxError(f"{path}: y_{part} must be [{x.shape[0]}] integer labels, "
                               f"got {y.dtype} {y.shape}")
-        if y.size and y.min() < 0:
+        if not len(y):
+            raise MemjaxError(f"{path}: x_{part} and y_{part} hold no examples")
+        if y.min() < 0:
             raise MemjaxError(f"{path}: y_{part} has negative labels")
-        if part == "train" and y.size and len(np.unique(y)) < int(y.max()) + 1:
+        if part == "train" and len(np.unique(y)) < int(y.max()) + 1:
             # the class count is the largest label + 1: labels 3, 7, 255 make 256 classes
             print(f"memjax: note: {path}: y_train holds {len(np.unique(y))} distinct labels "
                   f"but the largest is {int(y.max())}, so models get {int(y.max()) + 1} "
