@@ -129,9 +129,16 @@ def check(config: Config) -> None:
 
 def run(config: Config, run_dir: RunDir) -> dict:
     check(config)
+    parts = _parts(config)
+    datasets = [load_dataset(data) for _, data, *_ in parts]  # all at hand before any trains
+    for (name, *_), dataset in zip(parts, datasets):
+        if config.csr_examples is not None and config.csr_examples > len(dataset.validation):
+            raise MemjaxError(f"csr_examples={config.csr_examples} is more than the "
+                              f"{len(dataset.validation)} validation images of the {name} "
+                              f"part (None: all of them)")
     summary, arrays, seconds, examples = {}, {}, 0.0, 0.0
-    for (name, data, *_), phase in zip(_parts(config), phases(config)):
-        s, a, runner = _run_part(name, data, phase, config, run_dir)
+    for (name, *_), dataset, phase in zip(parts, datasets, phases(config)):
+        s, a, runner = _run_part(name, dataset, phase, config, run_dir)
         summary.update(s)
         arrays.update(a)
         seconds += runner.seconds
@@ -142,12 +149,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
     return {"summary": summary, "model_examples_per_second": examples / max(seconds, 1e-9)}
 
 
-def _run_part(name, data, phase, config, run_dir):
-    dataset = load_dataset(data)
-    if config.csr_examples is not None and config.csr_examples > len(dataset.validation):
-        raise MemjaxError(f"csr_examples={config.csr_examples} is more than the "
-                          f"{len(dataset.validation)} validation images of the {name} part "
-                          f"(None: all of them)")
+def _run_part(name, dataset, phase, config, run_dir):
     conds, kind, level, _ = _members(config)
     names = ("train_accuracy", "validation_accuracy", "validation_csr")
 

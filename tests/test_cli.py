@@ -350,3 +350,15 @@ def test_a_folder_of_other_files_is_not_an_output_directory(capsys, tmp_path):
         assert "holds files but no memjax run (no manifest.json)" in line
     assert (tmp_path / "checkpoints" / "model.pt").read_text() == "mine too"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "notes.txt"]
+
+
+def test_a_study_with_two_data_sets_finds_both_before_training(capsys, tmp_path, monkeypatch):
+    """noise-curves' CNN part reads CIFAR-10: when it is not to be had, the run stops before
+    the MLP part trains (it used to fail only after it) and leaves nothing."""
+    _offline(monkeypatch)
+    empty, out = tmp_path / "data", tmp_path / "run"
+    empty.mkdir()
+    line = _error(capsys, ["run", "noise-curves", "--preset", "smoke", "--set", "cnn=true",
+                           "--data-dir", str(empty), "--out", str(out)])
+    assert "--data-dir DIR holding cifar10.npz" in line
+    assert not out.exists()
