@@ -225,7 +225,7 @@ def add_shared_flags(p: argparse.ArgumentParser) -> None:
                         "package.module:factory, a function returning a flax.linen Module "
                         "(importable from the current directory or PYTHONPATH)")
     p.add_argument("--members", type=int,
-                   help="ensemble size (consistency, sensitivity, csr, memorization)")
+                   help="ensemble size (consistency, sensitivity, csr, el2n, memorization)")
     p.add_argument("--record", choices=["dynamics"],
                    help="also record per-example training dynamics (forgetting, AUM, data "
                         "maps, learned epochs) and save them as dynamics-<phase>.npz")

@@ -82,7 +82,8 @@ def study_configs(preset: str, only: list[str] | None = None,
     lacking = [n for n in names if preset not in modules[n].PRESETS]
     having = [n for n, m in modules.items() if preset in m.PRESETS]
     if lacking and having:  # (a preset only some studies have, e.g. cifar-cpu)
-        raise MemjaxError(f"{', '.join(lacking)} have no preset {preset!r}; the studies "
+        raise MemjaxError(f"{', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} "
+                          f"no preset {preset!r}; the studies "
                           f"that have it: {', '.join(having)} (--only {','.join(having)})")
     configs = {n: (modules[n], preset_config(modules[n], preset, data_dir)) for n in names}
     for module, config in configs.values():

@@ -362,3 +362,18 @@ def test_a_study_with_two_data_sets_finds_both_before_training(capsys, tmp_path,
                            "--data-dir", str(empty), "--out", str(out)])
     assert "--data-dir DIR holding cifar10.npz" in line
     assert not out.exists()
+
+
+def test_members_and_seeds_help_name_the_studies_that_take_them():
+    """--members is for one-ensemble studies, --seeds for sweeps (build_config's rule): the
+    help lists each registered study under the flag it takes."""
+    import re
+
+    from memjax.cli import parser
+    from memjax.studies import registered
+
+    run = parser()._subparsers._group_actions[0].choices["run"]
+    helps = {a.dest: a.help for a in run._actions if a.dest in ("members", "seeds")}
+    for name, module in registered().items():
+        flag = "seeds" if hasattr(module.PRESETS["smoke"], "seeds") else "members"
+        assert re.search(rf"\b{re.escape(name)}\b", helps[flag]), (name, flag)

@@ -244,7 +244,7 @@ def test_plan_command_prints_json_and_its_progress_on_stderr(capsys):
     assert "unknown device" in capsys.readouterr().err
     # a preset of some studies only: the line names them
     assert main(["plan", "--preset", "cifar-cpu", "--only", "consistency,cscore"]) == 2
-    assert ("consistency have no preset 'cifar-cpu'; the studies that have it: cscore, "
+    assert ("consistency has no preset 'cifar-cpu'; the studies that have it: cscore, "
             "memorization (--only cscore,memorization)") in capsys.readouterr().err
 
 
