@@ -240,8 +240,12 @@ def test_plan_command_prints_json_and_its_progress_on_stderr(capsys):
     assert f"longest: {longest}, " in out and f"its {step} takes" in out
     assert out == plan.format_plan(result) + "\n"  # the table alone: no progress in it
     assert main(["plan", "--preset", "smoke", "--only", "nope"]) == 2
+    capsys.readouterr()
     assert main(["plan", "--preset", "smoke", "--device", "gpu9000"]) == 2
-    assert "unknown device" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("memjax: error: unknown device 'gpu9000'")  # before any progress
+    assert main(["plan", "--preset", "smoke", "--only", "consistency", "--device", "H200"]) == 0
+    assert "on h200" in capsys.readouterr().out
     # a preset of some studies only: the line names them
     assert main(["plan", "--preset", "cifar-cpu", "--only", "consistency,cscore"]) == 2
     assert ("consistency has no preset 'cifar-cpu'; the studies that have it: cscore, "

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 
 from memjax.cost import Step, phase_steps
 from memjax.plan.devices import DEVICES, Device
-from memjax.plan.rates import Rate, Rates, measure_checkpoints
+from memjax.plan.rates import Rate, Rates, device_named, measure_checkpoints
 
 __all__ = ["DEVICES", "Device", "Rate", "Rates", "checkpoints_saved", "duration",
            "format_plan", "measure_checkpoints", "plan", "plan_steps"]
@@ -82,6 +82,7 @@ def plan(configs: dict, device: str = "h200", measured: dict | None = None,
     from tqdm.auto import tqdm
 
     studies = {}
+    device = device_named(device)  # (a wrong name is told before the progress bar shows)
     # Counting lowers every program from abstract arrays: 20-40 s for the cpu presets.
     with tqdm(total=len(configs), unit="study", leave=False, disable=not progress,
               file=sys.stderr, desc="finding the rates") as bar:

@@ -71,6 +71,14 @@ class Rate:
     device: str  # whose records it comes from
 
 
+def device_named(device: str) -> str:
+    """`device` as Rates knows it ("this" or a DEVICES name, in any case), or a one-line
+    error naming the known ones."""
+    if device.lower() != "this" and device.lower() not in DEVICES:
+        raise MemjaxError(f"unknown device {device!r}; known: this, {', '.join(DEVICES)}")
+    return device.lower()
+
+
 class Rates:
     """The measured rates a plan uses on one device (see the module docstring)."""
 
@@ -78,6 +86,7 @@ class Rates:
                  measured: dict | None = None):
         """measured: for "this", {"roofline": roofline.measure's, "checkpoint": (seconds,
         bytes/s)} measured earlier (None: measure them now)."""
+        device = device_named(device)
         all_records = bench_records() if all_records is None else all_records
         if device == "this":
             device_ = jax.devices()[0]
@@ -106,8 +115,6 @@ class Rates:
                                    f"checkpoints {self.checkpoint[0]:.2f} s + "
                                    f"{self.checkpoint[1] / 1e6:.0f} MB/s")
                 return
-        if device not in DEVICES:
-            raise MemjaxError(f"unknown device {device!r}; known: this, {', '.join(DEVICES)}")
         self.name, self.profile, self.measured = device, DEVICES[device], None
         recorded = {}
         for r in all_records:
