@@ -84,6 +84,12 @@ def test_unreadable_and_missing_files(tmp_path):
         load_dataset(DataConfig(f"npz:{tmp_path / 'absent.npz'}"))
     with pytest.raises(MemjaxError, match="unknown dataset"):
         load_dataset(DataConfig("imagenet"))
+    with pytest.MonkeyPatch.context() as env:  # the folder named by the environment: said so
+        env.setenv("MEMJAX_DATA_DIR", str(tmp_path / "gone"))
+        with pytest.raises(MemjaxError, match=r"gone \(\$MEMJAX_DATA_DIR\) does not exist"):
+            load_dataset(DataConfig("mnist"))
+        with pytest.raises(MemjaxError, match=r"/elsewhere does not exist"):
+            load_dataset(DataConfig("mnist", data_dir="/elsewhere"))
     with pytest.raises(MemjaxError, match="larger than"):
         load_dataset(DataConfig(train_size=10**6))
 

@@ -44,7 +44,8 @@ def load_dataset(config: DataConfig) -> Dataset:
         dataset = _embedded()
     elif name in VALIDATION_SIZE:
         dataset = _named(name, config.data_dir or os.environ.get(DATA_DIR_ENV),
-                         config.test_as_validation)
+                         config.test_as_validation,
+                         from_env=not config.data_dir)
     elif name.startswith("npz:"):
         arrays = read_npz(Path(name[4:]))
         dataset = _from_arrays(name, arrays["x_train"], arrays["y_train"],
@@ -144,10 +145,12 @@ def _official(name: str, train: tuple, test: tuple, test_as_validation: bool,
                                    "validation": f"{order}, training split"})
 
 
-def _named(name: str, data_dir: str | None, test_as_validation: bool = False) -> Dataset:
+def _named(name: str, data_dir: str | None, test_as_validation: bool = False,
+           from_env: bool = False) -> Dataset:
     if data_dir is not None:
         if not Path(data_dir).is_dir():
-            raise MemjaxError(f"data directory {data_dir} does not exist")
+            named = f" (${DATA_DIR_ENV})" if from_env else ""
+            raise MemjaxError(f"data directory {data_dir}{named} does not exist")
         local = Path(data_dir) / f"{name}.npz"
         if local.exists():
             a = read_npz(local, image_shape=IMAGE_SHAPE[name])
