@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="change nothing; exit 1 if the tables differ from the presets")
     args = p.parse_args(argv)
     path = Path(args.path)
+    if not path.is_file():
+        print(f"{COMMAND}: no {path} here (run it from the repository's root, or name the "
+              f"file)", file=sys.stderr)
+        return 2
     text = path.read_text()
     absent = missing(text)
     if absent:

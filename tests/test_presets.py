@@ -64,3 +64,10 @@ def test_a_preset_changed_without_the_docs_fails_the_check(tmp_path, monkeypatch
     assert presets.main([str(stale)]) == 0
     assert "| `train.epochs` | 2 | 11 | 10 |" in stale.read_text()
     assert presets.main([str(stale), "--check"]) == 0
+
+
+def test_the_command_outside_the_repository_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert presets.main(["--check"]) == 2
+    assert capsys.readouterr().err.startswith(f"{presets.COMMAND}: no docs/studies.md here")
+    assert presets.main([str(DOCS), "--check"]) == 0  # named: checked from anywhere
