@@ -63,7 +63,7 @@ class RunDir:
 
         if checkpoint_every is not None and checkpoint_every < 0:
             raise MemjaxError(f"checkpoint interval must be >= 0 epochs, got {checkpoint_every}")
-        if not checkpoint_minutes > 0:
+        if checkpoint_every is None and not checkpoint_minutes > 0:
             raise MemjaxError(f"checkpoint interval must be > 0 minutes, got {checkpoint_minutes}")
         self.path = Path(path)
         # Several processes checkpoint one state into one folder: the writer's run

@@ -122,6 +122,10 @@ def test_unwritable_output_directory(capsys, tmp_path):
 def test_negative_checkpoint_interval(capsys, tmp_path):
     line = _error(capsys, SMOKE + ["--out", str(tmp_path / "r"), "--checkpoint-every", "-1"])
     assert "checkpoint interval must be >= 0" in line
+    line = _error(capsys, SMOKE + ["--out", str(tmp_path / "r"), "--checkpoint-minutes", "0"])
+    assert "checkpoint interval must be > 0 minutes" in line
+    # by epochs, the interval in minutes is not used: not checked
+    assert RunDir(tmp_path / "s", checkpoint_minutes=0, checkpoint_every=2).save_clock is None
 
 
 @pytest.mark.parametrize("replace, message", [
