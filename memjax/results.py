@@ -94,8 +94,11 @@ class RunDir:
             raise MemjaxError(f"cannot write to output directory {self.path}: "
                               f"{e.strerror or e}") from None
         manifest = self.read_manifest()
-        if not manifest and any(not f.name.startswith(".") for f in self.path.iterdir()):
-            # start() clears a run's outputs and checkpoints/: never another program's files
+        # start() clears a run's outputs and checkpoints/: never another program's files.
+        # hosts/ holds the logs of a several-process run's other processes, which may
+        # make it before process 0 gets here.
+        if not manifest and any(not f.name.startswith(".") and f.name != "hosts"
+                                for f in self.path.iterdir()):
             raise MemjaxError(f"{self.path} holds files but no memjax run (no manifest.json); "
                               f"choose a new or empty output directory")
         if manifest.get("status") == "finished" and not (overwrite or resume):

@@ -356,6 +356,16 @@ def test_a_folder_of_other_files_is_not_an_output_directory(capsys, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "notes.txt"]
 
 
+def test_a_folder_with_only_other_processes_logs_is_a_new_run(tmp_path):
+    """In a run of several processes the others keep their logs in --out/hosts/, and may
+    make it before process 0 looks at --out: that folder alone is not someone's files."""
+    from memjax.results import RunDir
+
+    (tmp_path / "hosts" / "1").mkdir(parents=True)
+    RunDir(tmp_path).start("memjax.experiments.consistency", {})
+    assert RunDir.status_of(tmp_path) == "running"
+
+
 def test_a_study_with_two_data_sets_finds_both_before_training(capsys, tmp_path, monkeypatch):
     """noise-curves' CNN part reads CIFAR-10: when it is not to be had, the run stops before
     the MLP part trains (it used to fail only after it) and leaves nothing."""

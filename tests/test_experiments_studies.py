@@ -67,10 +67,10 @@ def test_csr_study(tmp_path, fake_npz):
         csr.PRESETS["smoke"], data=colour,
         model=ModelConfig(hidden=(16,)), train=TrainConfig(members=2, epochs=2, batch_size=64),
         conditions=("randY",), examples=16, max_iterations=3, radius=0.1, step_size=0.05)
-    out, arrays, summary = _run(csr, config, tmp_path)
+    out, arrays, summary = _run(csr, config, tmp_path / "run")  # tmp_path holds the .npz
     assert arrays["csr_randY"].shape == (2, 2)  # [epochs, members]
     assert ((arrays["csr_randY"] >= 0) & (arrays["csr_randY"] <= 1)).all()
-    assert (tmp_path / "fig9_csr.png").exists()
+    assert (tmp_path / "run" / "fig9_csr.png").exists()
     assert summary["randY"]["examples_searched"] == 16
     dataset = load_dataset(colour)  # the authors' protocol scales r, alpha, beta by the range
     expected = authors_scale(dataset.train.x, dataset.validation.x)
