@@ -9,6 +9,7 @@ import re
 import time
 from pathlib import Path
 
+from memjax import records
 from memjax.benchmarks import BENCHMARK_MODULES
 from memjax.errors import MemjaxError
 from memjax.plan import roofline
@@ -129,18 +130,19 @@ def record_stem(date: str, device: str, preset: str, platform: str,
     return stem + ("-" + "-".join(cases) if cases else "")
 
 
-def run(preset: str, only: list[str] | None = None, out_dir: str | Path = "memjax/records",
+def run(preset: str, only: list[str] | None = None, out_dir: str | Path | None = None,
         log=print) -> dict:
     """Run the benchmark (every case, or `only` those); returns the record written to
     <out_dir>/<date>-<device>[-<preset>][-<cases>].json and .md (-<preset> when the preset
-    is not the device's own, -<cases> when `only` limits the run)."""
+    is not the device's own, -<cases> when `only` limits the run); out_dir None: the
+    records memjax reads (memjax.records.folder())."""
     if preset not in PRESETS:
         raise MemjaxError(f"unknown bench preset {preset!r}; known: {', '.join(PRESETS)}")
     cases, notes = collect()
     unknown = set(only or ()) - set(cases)
     if unknown:
         raise MemjaxError(f"unknown bench case(s) {sorted(unknown)}; known: {', '.join(cases)}")
-    out_dir = Path(out_dir)
+    out_dir = records.folder() if out_dir is None else Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from memjax import plan
+from memjax import plan, records
 from memjax.plan import roofline
 from memjax.reproduce import run_experiment, study_configs
 from memjax.files import atomic_path
@@ -76,7 +76,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="cpu")
     p.add_argument("--only", help="comma-separated studies (default: the paper's)")
-    p.add_argument("--out", default="memjax/records")
+    p.add_argument("--out", default=str(records.folder()))
     p.add_argument("--runs", help="keep the study runs in this folder (default: removed)")
     args = p.parse_args()
     only = [n for n in args.only.split(",") if n] if args.only else None

@@ -261,9 +261,8 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="ensemble training throughput against baselines")
     bench.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores) | gpu")
     bench.add_argument("--cases", help="comma-separated case names (default: all)")
-    bench.add_argument("--out", default="memjax/records",
-                       help="folder for <date>-<device>.json/.md (default: memjax/records, "
-                            "the records memjax plan reads)")
+    bench.add_argument("--out", help="folder for <date>-<device>.json/.md (default: "
+                                     "memjax's records folder, which memjax plan reads)")
     bench.set_defaults(func=cmd_bench)
     pl = sub.add_parser("plan", help="the work of the studies of a preset and its time on a "
                                      "device, before running them")

@@ -171,6 +171,7 @@ def test_bench_command_writes_results(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(roofline.SIZES, "cpu", dict(n=64, words=2 ** 12, repeats=1))
     assert main(["bench", "--preset", "cpu", "--cases", "a_mlp512", "--out", str(tmp_path)]) == 0
     record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    record["file"] = next(tmp_path.glob("*.json")).name
     impls = {r["impl"] for r in record["rows"]}
     assert {"jax-ensemble", "jax-ensemble-bf16", "jax-one-at-a-time", "plain-jax"} <= impls
     assert "x plain-jax" in record["comparison"]["a_mlp512"]
@@ -185,6 +186,15 @@ def test_bench_command_writes_results(tmp_path, monkeypatch, capsys):
     assert "| a_mlp512 | jax-ensemble |" in text and "Checkpoint writes: " in text
     # a run limited by --cases is named after them: it never replaces a whole run's record
     assert next(tmp_path.glob("*.json")).name.endswith("-a_mlp512.json")
+    # without --out, from any folder: the records memjax plan reads
+    from memjax import records
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setattr(records, "folder", lambda: tmp_path / "records")
+    assert main(["bench", "--preset", "cpu", "--cases", "a_mlp512"]) == 0
+    assert [r["file"] for r in records.bench_records()] == [record["file"]]
+    assert not any((tmp_path / "elsewhere").iterdir())
     assert main(["bench", "--preset", "tpu"]) == 2
     assert "unknown bench preset" in capsys.readouterr().err
     assert main(["bench", "--cases", ","]) == 2

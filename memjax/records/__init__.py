@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
+
+
+def folder() -> Path:
+    """This folder, where the records are read from (and `memjax bench` writes by
+    default), wherever memjax is installed."""
+    return Path(str(resources.files(__name__)))
 
 
 def _read(prefix: str) -> list[dict]:
     """The records <prefix>*.json in this folder, oldest first (their names start with the
     date after the prefix), each with "file": its name."""
     found = []
-    for entry in sorted(resources.files(__name__).iterdir(), key=lambda e: e.name):
+    for entry in sorted(folder().iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json") and entry.name.startswith(prefix):
             record = json.loads(entry.read_text())
             record["file"] = entry.name
