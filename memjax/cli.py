@@ -236,7 +236,7 @@ def add_shared_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run directory (default: runs/NAME-PRESET-TIMESTAMP)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set train.epochs=3 (repeatable)")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run (finished or not) in --out")
     p.add_argument("--resume", action="store_true",
                    help="continue the unfinished run in --out from its checkpoints")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0, metavar="MINUTES",

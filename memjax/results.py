@@ -3,7 +3,8 @@ checkpoints/.
 
 Every file but metrics.jsonl is written to a temporary name and renamed, so a reader never
 sees half a file (metrics.jsonl is appended one line at a time; a torn last line is dropped
-on resume). manifest.json carries a status: running, finished or failed (with the error).
+on resume). manifest.json carries a status: running, finished or failed (with the error),
+and lists the run's outputs (what an --overwrite of it removes).
 
 Resuming (`RunDir(path, resume=True)`): the study runs again from its start with the same
 config; each training phase restores its newest checkpoint (run_dir/checkpoints/<phase>/)
@@ -83,6 +84,8 @@ class RunDir:
         self._placement: dict[str, dict] = {}
         self.discard_unstarted = discard_unstarted
         self._new = False  # start() began a run where there was none
+        self._manifest: dict | None = None
+        self._replaced: dict | None = None  # the manifest of the run start() replaces
         self._made = list(itertools.takewhile(lambda p: not p.exists(),
                                               [self.path, *self.path.parents]))
         try:
@@ -131,10 +134,40 @@ class RunDir:
         return read_manifest(self.path)
 
     def write_json(self, name: str, obj: Any) -> None:
+        self._output(name)
         with atomic_path(self.path / name) as tmp:
             tmp.write_text(to_json(obj) + "\n")
 
+    def _write_manifest(self) -> None:
+        with atomic_path(self.path / "manifest.json") as tmp:
+            tmp.write_text(to_json(self._manifest) + "\n")
+
+    def _output(self, name: str) -> None:
+        """Before the run writes `name`: the run it replaces goes, and the manifest lists
+        `name` among the outputs that an --overwrite of this run removes."""
+        self._clear_replaced()
+        if self._manifest is not None and name not in self._manifest.setdefault("outputs", []):
+            self._manifest["outputs"].append(name)
+            self._write_manifest()
+
+    def _clear_replaced(self) -> None:
+        """Remove what the run that this one replaces (--overwrite) wrote: its outputs,
+        metrics.jsonl and checkpoints/. Done when this run begins its first phase or writes
+        its first output, so that one failing before that (bad data, a batch larger than
+        the data) leaves the previous run whole."""
+        if self._replaced is None:
+            return
+        replaced, self._replaced = self._replaced, None
+        # runs from before manifests listed their outputs: the names every study writes
+        outputs = replaced.get("outputs") or ["summary.json", "results.npz",
+                                              *(f.name for f in self.path.glob("*.png"))]
+        for name in {*outputs, "metrics.jsonl"}:
+            (self.path / name).unlink(missing_ok=True)
+        if self._owns_checkpoints:
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+
     def write_npz(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        self._output(name)
         with atomic_path(self.path / name) as tmp:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
@@ -152,6 +185,7 @@ class RunDir:
             if isinstance(v, (bool, np.bool_)):
                 return int(v)
             return f"{v:.7g}" if isinstance(v, (float, np.floating)) else v
+        self._output(name)
         with atomic_path(self.path / name) as tmp:
             with open(tmp, "w", newline="") as f:
                 writer = csv.writer(f)
@@ -164,6 +198,7 @@ class RunDir:
         import matplotlib.pyplot as plt
 
         try:
+            self._output(name)
             with atomic_path(self.path / name) as tmp:
                 fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(name).suffix[1:])
         finally:
@@ -178,6 +213,7 @@ class RunDir:
         self._cursor += 1
         if self._cursor <= self._records_on_disk:
             return
+        self._clear_replaced()
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(to_json(record, indent=None) + "\n")
 
@@ -195,6 +231,7 @@ class RunDir:
             raise ValueError(f"phase id {phase!r} used twice in one run")
         self._phase_ids.add(phase)
         self._phases += 1
+        self._clear_replaced()
         if self.checkpoint_every == 0:
             return None
         return PhaseCheckpoints(self.checkpoint_dir / f"{self._phases:02d}-{phase}",
@@ -249,12 +286,9 @@ class RunDir:
             self._resume_from(previous, experiment, config)
             return
         self._new = not previous
-        if previous:  # a run was here (--overwrite): none of its outputs may outlive it
-            for stale in ["summary.json", "results.npz", *(f.name for f in self.path.glob("*.png"))]:
-                (self.path / stale).unlink(missing_ok=True)
-        (self.path / "metrics.jsonl").unlink(missing_ok=True)
-        if self._owns_checkpoints:
-            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        # a run was here (--overwrite): none of its outputs may outlive it, removed when
+        # this one gets going (_clear_replaced)
+        self._replaced = previous
         self._manifest = {"experiment": experiment, "status": "running", "config": config,
                           "versions": versions(), "device": device_description(),
                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -264,7 +298,7 @@ class RunDir:
         environment = memjax_environment()
         if environment:
             self._manifest["environment"] = environment
-        self.write_json("manifest.json", self._manifest)
+        self._write_manifest()
 
     def _resume_from(self, previous: dict, experiment: str, config: dict) -> None:
         if previous.get("experiment") != experiment:
@@ -286,7 +320,7 @@ class RunDir:
         self._manifest.update(status="running", versions=versions(), device=device,
                               resumed=previous.get("resumed", []) + [
                                   time.strftime("%Y-%m-%dT%H:%M:%S%z")])
-        self.write_json("manifest.json", self._manifest)
+        self._write_manifest()
 
     def finish(self, **extra: Any) -> None:
         if self._placement:
@@ -300,7 +334,7 @@ class RunDir:
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
         self._manifest.update(status="finished", wall_time_s=round(time.time() - self._started, 3),
                               **extra)
-        self.write_json("manifest.json", self._manifest)
+        self._write_manifest()
 
     def fail(self, error: BaseException) -> None:
         if self.discard_unstarted and self._new and not self._phases:
@@ -314,11 +348,16 @@ class RunDir:
             else:
                 (self.path / "manifest.json").unlink(missing_ok=True)
             return
+        if self.discard_unstarted and self._replaced:  # the run it was to replace stays
+            self._manifest = self._replaced
+            self._write_manifest()
+            return
+        self._clear_replaced()
         self._manifest.update(status="failed", error=f"{type(error).__name__}: {error}",
                               wall_time_s=round(time.time() - self._started, 3))
         if self._diverged:
             self._manifest["diverged_members"] = self._diverged
-        self.write_json("manifest.json", self._manifest)
+        self._write_manifest()
 
 
 def _keep_whole_lines(path: Path) -> int:

@@ -219,19 +219,43 @@ def test_finished_run_needs_overwrite(capsys, tmp_path):
     assert "holds a finished 'consistency' run, not 'csr'" in line
     for name in ("summary.json", "results.npz", "fig1_consistency.png", "notes.txt"):
         (tmp_path / name).write_text("")
-    run_dir = RunDir(tmp_path, overwrite=True)
+    run_dir = RunDir(tmp_path, overwrite=True, checkpoint_every=0)
     run_dir.start("csr", {})
     assert run_dir.status == "running" and not run_dir.finished
+    run_dir.checkpoints("real")  # the new run gets going
     # the replaced run's outputs are gone (a figure of another study must not linger);
     # files memjax does not write stay
     assert sorted(f.name for f in tmp_path.iterdir()) == ["manifest.json", "notes.txt"]
+
+
+def test_overwrite_removes_every_output_of_the_run_it_replaces_once_the_new_one_trains(
+        capsys, tmp_path):
+    """--overwrite removes what the old run wrote, dynamics and score files included (its
+    manifest lists them), keeps the user's files, and touches nothing when the new run
+    fails before training (here: a batch larger than the data)."""
+    out = str(tmp_path)
+    assert main(SMOKE + ["--out", out, "--record", "dynamics"]) == 0
+    (tmp_path / "notes.txt").write_text("mine")
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    assert any(name.startswith("dynamics-") for name in before)
+    line = _error(capsys, SMOKE + ["--out", out, "--overwrite",
+                                   "--set", "train.batch_size=100000"])
+    assert "batch size 100000 is larger than" in line
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+    assert main(SMOKE + ["--out", out, "--overwrite"]) == 0
+    names = {f.name for f in tmp_path.iterdir()}
+    assert "notes.txt" in names and not any(n.startswith("dynamics-") for n in names)
+    assert {"results.npz", "summary.json", "fig1_consistency.png"} <= names
+    assert json.loads((tmp_path / "manifest.json").read_text())["status"] == "finished"
 
 
 def test_unfinished_run_with_checkpoints_needs_resume_or_overwrite(capsys, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"status": "running"}))
     (tmp_path / "checkpoints" / "01-real").mkdir(parents=True)
     assert "pass --resume" in _error(capsys, SMOKE + ["--out", str(tmp_path)])
-    RunDir(tmp_path, overwrite=True).start("consistency", {})
+    run_dir = RunDir(tmp_path, overwrite=True, checkpoint_every=0)
+    run_dir.start("consistency", {})
+    run_dir.checkpoints("real")
     assert not (tmp_path / "checkpoints").exists()
 
 
