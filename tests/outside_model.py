@@ -68,3 +68,49 @@ def no_num_classes() -> nn.Module:
 def raises(num_classes: int) -> nn.Module:
     """A factory with a bug of its own."""
     raise KeyError(f"no config for {num_classes} classes")
+
+
+class OutsideNNXMasked(nnx.Module):
+    """NNX with BatchNorm over the rows of example_mask (the keyword memjax passes through
+    Flax's bridge to this __call__)."""
+
+    def __init__(self, num_classes: int, *, rngs: nnx.Rngs):
+        self.norm = nnx.BatchNorm(1, momentum=0.9, rngs=rngs)
+        self.out = nnx.Linear(28 * 28, num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array, train: bool = False, example_mask=None) -> jax.Array:
+        mask = None if example_mask is None else example_mask.reshape(-1, 1, 1, 1)
+        x = self.norm(x, use_running_average=not train, mask=mask)
+        return self.out(x.reshape((x.shape[0], -1)))
+
+
+def nnx_masked(num_classes: int) -> nn.Module:
+    return nnx.bridge.to_linen(OutsideNNXMasked, num_classes)
+
+
+class _Broken(nn.Module):
+    """A dense read-out that goes wrong in the way `fault` names."""
+
+    num_classes: int = 10
+    fault: str = ""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        assert self.fault != "assert" or x.shape[1:] == (32, 32, 3), "expects CIFAR images"
+        x = x.reshape((x.shape[0], -1))
+        if train and self.fault == "train":
+            x = x.reshape((x.shape[0], 7, -1))  # a bug on the training path alone
+        if train and self.fault == "rng":
+            x = x + jax.random.normal(self.make_rng("noise"), x.shape)
+        if self.fault == "no_params":
+            return jax.numpy.zeros((x.shape[0], self.num_classes)) + x.mean()
+        logits = nn.Dense(self.num_classes)(x)
+        return logits.astype(jax.numpy.int32) if self.fault == "int" else logits
+
+
+def broken(fault: str):
+    return lambda num_classes: _Broken(num_classes, fault)
+
+
+no_params, asserts, train_bug, other_rng, int_logits = map(
+    broken, ("no_params", "assert", "train", "rng", "int"))

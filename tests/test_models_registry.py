@@ -269,6 +269,13 @@ def test_outside_model_runs_a_study_from_the_cli_and_exports_scores(kind, capsys
                                   "28x28x1; expected (2, 10)"),
     ("outside_model:no_num_classes", "its factory must take the keyword argument num_classes"),
     ("outside_model:raises", "its factory raised KeyError: 'no config for 10 classes'"),
+    ("outside_model:no_params", "model _Broken has no parameters"),
+    ("outside_model:asserts", "model _Broken fails as module(x, train=False) on 2 inputs of "
+                              "shape 28x28x1: AssertionError: expects CIFAR images"),
+    ("outside_model:train_bug", "model _Broken fails in training mode, as module(x, "
+                                "train=True), on 2 inputs of shape 28x28x1: ScopeParamShapeError"),
+    ("outside_model:other_rng", "InvalidRngError: None needs PRNG for \"noise\""),
+    ("outside_model:int_logits", "model _Broken gives logits of dtype int32"),
 ])
 def test_bad_models_are_one_line_from_the_cli(capsys, tmp_path, model, message):
     line = _error(capsys, ["run", "cscore", "--preset", "smoke", "--model", model,
@@ -340,3 +347,20 @@ def test_the_plan_times_resnet9_by_its_rows_and_other_models_at_the_cnn_rate():
     del record["rows"][-2]
     rate = plan.Rates("h100", [record]).rate(step("conv"))
     assert rate.flops_per_s == 200e12 and "im2col form (no conv row)" in rate.source
+
+
+def test_an_nnx_model_gets_example_mask_through_the_bridge():
+    """Flax's bridge passes keywords on to the NNX module's __call__: one that takes
+    example_mask gets it, and its BatchNorm statistics are those of the masked rows alone."""
+    network = build_network(ModelConfig(kind="outside_model:nnx_masked"), 10)
+    assert network.name == "OutsideNNXMasked" and network.takes_example_mask
+    x = jnp.asarray(np.random.default_rng(2).uniform(size=(4, 28, 28, 1)), jnp.float32)
+    variables = network.init(jax.random.key(0), x[:1])
+    _, masked = network.apply_train(variables, x, jax.random.key(1),
+                                    jnp.array([True, True, False, True]))
+    _, alone = network.apply_train(variables, x[jnp.array([0, 1, 3])], jax.random.key(1))
+    for a, b in zip(jax.tree_util.tree_leaves(masked), jax.tree_util.tree_leaves(alone)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    _, everything = network.apply_train(variables, x, jax.random.key(1))
+    assert not np.allclose(jax.tree_util.tree_leaves(masked)[0],
+                           jax.tree_util.tree_leaves(everything)[0])

@@ -271,8 +271,10 @@ class Network:
         """Whether the module's __call__ takes `example_mask`. One that does not computes
         BatchNorm's training statistics over every row of a batch, the zero-weight rows
         (padding, examples outside a member's subset) included."""
+        # an NNX module (flax.nnx.bridge.to_linen) passes keywords on to its own __call__
+        call = getattr(getattr(self.module, "nnx_class", None), "__call__", self.module.__call__)
         try:
-            return "example_mask" in inspect.signature(self.module.__call__).parameters
+            return "example_mask" in inspect.signature(call).parameters
         except (TypeError, ValueError):
             return False
 
@@ -289,11 +291,17 @@ class Network:
             y = y / jnp.asarray(self.input_std, work)
         return y.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else y
 
+    @property
+    def name(self) -> str:
+        """The module's class name (an NNX module's own, not flax's ToLinen wrapper's)."""
+        return getattr(self.module, "nnx_class", type(self.module)).__name__
+
     def check_input(self, example_x: jax.Array) -> None:
         """One-line errors (MemjaxError) for inputs shaped like example_x [batch, H, W, C]
         that the network cannot take: an input_mean or input_std whose length is not the
-        channel count, and (num_classes set) a module whose output for 2 such inputs is
-        not [2, num_classes] or that cannot take them at all (jax.eval_shape: nothing is
+        channel count, and (num_classes set) a module that cannot take 2 such inputs, in
+        evaluation or in training mode (as `apply_train` calls it), has no parameters, or
+        whose logits are not floats of shape [2, num_classes] (jax.eval_shape: nothing is
         computed)."""
         shape = tuple(example_x.shape[1:])
         for name in ("input_mean", "input_std"):
@@ -305,20 +313,25 @@ class Network:
                     f"give one value per channel, or none")
         if self.num_classes is None:
             return
-        model = type(self.module).__name__
+        model, inputs = self.name, f"2 inputs of shape {'x'.join(map(str, shape))}"
         two = jax.ShapeDtypeStruct((2,) + shape, jnp.float32)
+        key = jax.random.key(0)
+
+        def first_line(e: Exception) -> str:
+            return (str(e).strip().splitlines() or [""])[0]
+
         try:
-            out = jax.eval_shape(lambda x: self.module.init_with_output(
-                {"params": jax.random.key(0), "dropout": jax.random.key(0)}, x,
-                train=False)[0], two)
+            out, variables = jax.eval_shape(lambda x: self.module.init_with_output(
+                {"params": key, "dropout": key}, x, train=False), two)
         except TypeError as e:  # e.g. a __call__ without `train`
-            first = (str(e).strip().splitlines() or [""])[0]
             raise MemjaxError(f"model {model} cannot be called as module(x, train=False) on "
-                              f"2 inputs of shape {'x'.join(map(str, shape))}: {first}") from e
+                              f"{inputs}: {first_line(e)}") from e
         except ValueError as e:  # e.g. images too small for its pools and strides
-            first = (str(e).strip().splitlines() or [""])[0]
             raise MemjaxError(f"model {model} cannot take inputs of shape "
-                              f"{'x'.join(map(str, shape))}: {first}") from e
+                              f"{'x'.join(map(str, shape))}: {first_line(e)}") from e
+        except Exception as e:  # the user's __call__ raised (an assert, a KeyError, ...)
+            raise MemjaxError(f"model {model} fails as module(x, train=False) on {inputs}: "
+                              f"{type(e).__name__}: {first_line(e)}") from e
         got = getattr(out, "shape", None)
         if got is None:
             raise MemjaxError(f"model {model} returns {type(out).__name__}, not logits "
@@ -327,6 +340,21 @@ class Network:
             raise MemjaxError(f"model {model} gives logits of shape {tuple(got)} for 2 inputs "
                               f"of shape {'x'.join(map(str, shape))}; expected (2, "
                               f"{self.num_classes}): [batch, num_classes]")
+        if not jnp.issubdtype(out.dtype, jnp.floating):
+            raise MemjaxError(f"model {model} gives logits of dtype {out.dtype}; the loss "
+                              f"and its gradient need floats")
+        if not jax.tree_util.tree_leaves(variables.get("params", {})):
+            raise MemjaxError(f"model {model} has no parameters (its variables hold no "
+                              f"'params'): nothing to train")
+        mask = jnp.ones((2,), bool)
+        try:
+            jax.eval_shape(lambda v, x: self.apply_train(v, x, key, mask), variables, two)
+        except Exception as e:
+            hint = (" (memjax gives a module the 'dropout' rng stream only)"
+                    if "PRNG" in str(e) or "rng" in type(e).__name__.lower() else "")
+            raise MemjaxError(f"model {model} fails in training mode, as module(x, "
+                              f"train=True), on {inputs}: "
+                              f"{type(e).__name__}: {first_line(e)}{hint}") from e
 
     def init(self, key: jax.Array, example_x: jax.Array) -> Variables:
         """Variables for one member from its key; example_x: [batch, H, W, C] (its shape
