@@ -364,3 +364,27 @@ def test_an_nnx_model_gets_example_mask_through_the_bridge():
     _, everything = network.apply_train(variables, x, jax.random.key(1))
     assert not np.allclose(jax.tree_util.tree_leaves(masked)[0],
                            jax.tree_util.tree_leaves(everything)[0])
+
+
+def test_a_factory_in_the_current_directory_may_import_its_siblings_when_called(
+        tmp_path, monkeypatch):
+    """As under `python -m`, the current directory stays importable: a factory that imports
+    a module beside it only when memjax calls it finds that module."""
+    import sys
+
+    (tmp_path / "lazy_model.py").write_text(
+        "def factory(num_classes):\n    import lazy_helper\n"
+        "    return lazy_helper.Dense(num_classes)\n")
+    (tmp_path / "lazy_helper.py").write_text(
+        "import flax.linen as nn\n\nclass Dense(nn.Module):\n    num_classes: int\n\n"
+        "    @nn.compact\n    def __call__(self, x, train=False):\n"
+        "        return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    for name in ("lazy_model", "lazy_helper"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    network = build_network(ModelConfig(kind="lazy_model:factory"), 10)
+    assert network.name == "Dense"
+    network.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    for name in ("lazy_model", "lazy_helper"):
+        sys.modules.pop(name, None)

@@ -162,8 +162,9 @@ def model_entry(kind: str) -> ModelEntry:
 def _import_factory(kind: str) -> Callable:
     module_name, _, attribute = kind.partition(":")
     here = os.getcwd()
-    added = here not in sys.path and "" not in sys.path
-    if added:  # the current directory, as `python -m` has it
+    if here not in sys.path and "" not in sys.path:
+        # the current directory, as `python -m` has it, last (it shadows no installed
+        # package); kept, since a factory may import its siblings when it is called
         sys.path.append(here)
     try:
         module = importlib.import_module(module_name)
@@ -176,9 +177,6 @@ def _import_factory(kind: str) -> Callable:
     except Exception as e:  # noqa: BLE001 (a user's module: any error while importing it)
         raise MemjaxError(f"model {kind!r}: importing {module_name} failed: "
                           f"{type(e).__name__}: {_one_line(e)}") from None
-    finally:
-        if added:
-            sys.path.remove(here)
     found = module
     for part in attribute.split("."):
         if not hasattr(found, part):
