@@ -205,7 +205,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
     dataset = load_dataset(config.data)
     n = len(dataset.train)
     tc = config.train
-    tc.check_data(n)
+    tc.check_data(n, dataset.train.x.shape[1:])
     order, weight = trainer_order(tc.seed, np.arange(tc.members), num_examples=n, batch_size=tc.batch_size,
                                   epochs=tc.epochs, shared_order=tc.shared_order)
     steps_per_epoch = order.shape[1] // tc.epochs

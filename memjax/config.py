@@ -192,11 +192,18 @@ class TrainConfig:
             raise MemjaxError(f"{prefix}augment_crop_mode must be reflect or constant, got "
                               f"{self.augment_crop_mode!r}")
 
-    def check_data(self, num_examples: int) -> None:
-        """The check that needs the data: a batch no larger than the training set."""
+    def check_data(self, num_examples: int, image_shape: tuple[int, ...] = ()) -> None:
+        """The checks that need the data: a batch no larger than the training set, and
+        augmentation that fits images of image_shape (H, W, ...) (before anything is
+        written or compiled)."""
+        from memjax.augment import Augmentation
+
         if self.batch_size > num_examples:
             raise MemjaxError(f"batch size {self.batch_size} is larger than the "
                               f"{num_examples} training examples")
+        augmentation = Augmentation.of(self)
+        if augmentation is not None and len(image_shape) >= 2:
+            augmentation.check(*image_shape[:2])
 
 
 def to_dict(config: Any) -> dict:

@@ -64,7 +64,7 @@ class Runner:
     def __init__(self, model: ModelConfig, train: TrainConfig, split: Split, num_classes: int,
                  members: Members | None = None, *, data_seed: int = 0,
                  input_stats: str = "per_pixel", mesh=None):
-        train.check_data(len(split))
+        train.check_data(len(split), split.x.shape[1:])
         members = members or Members(np.arange(train.members))
         self.train, self.members, self.member_count = train, members, members.count
         self.mesh = mesh or default_mesh(self.member_count)

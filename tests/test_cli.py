@@ -390,6 +390,18 @@ def test_a_folder_with_only_other_processes_logs_is_a_new_run(tmp_path):
     assert RunDir.status_of(tmp_path) == "running"
 
 
+def test_augmentation_that_does_not_fit_the_images_stops_before_the_run_folder(capsys,
+                                                                             tmp_path):
+    """A cutout or reflect padding larger than the data's images is told in one line before
+    any phase begins: no folder is left that a corrected rerun would be refused in."""
+    out = tmp_path / "run"
+    for setting, message in (("train.augment_cutout=40", "cutout 40 is larger than the "
+                                                         "28 x 28 images"),
+                             ("train.augment_crop=40", "reflect padding 40 needs images")):
+        assert message in _error(capsys, SMOKE + ["--out", str(out), "--set", setting])
+        assert not out.exists()
+
+
 def test_a_study_with_two_data_sets_finds_both_before_training(capsys, tmp_path, monkeypatch):
     """noise-curves' CNN part reads CIFAR-10: when it is not to be had, the run stops before
     the MLP part trains (it used to fail only after it) and leaves nothing."""
