@@ -60,7 +60,7 @@ def build_config(module, args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from memjax.reproduce import check_config, run_experiment
-    from memjax.manifest import differences_from_run
+    from memjax.manifest import differences_from_run, listed
     from memjax.results import RunDir
     from memjax.sharding import initialize_distributed, is_writer
 
@@ -82,13 +82,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         import jax
 
         out = out / "hosts" / str(jax.process_index())
-    if args.resume and RunDir.status_of(out) is None:
-        print(f"memjax: no run in {out} to resume; starting a new one", file=sys.stderr)
+    nothing_to_resume = args.resume and RunDir.status_of(out) is None
     run_dir = RunDir(out, overwrite=args.overwrite, resume=args.resume,
                      checkpoint_minutes=args.checkpoint_minutes,
                      checkpoint_every=args.checkpoint_every,
                      keep_checkpoints=args.keep_checkpoints, checkpoints_of=checkpoints_of,
                      discard_unstarted=True)
+    if nothing_to_resume:  # said once RunDir has taken the folder
+        print(f"memjax: no run in {out} to resume; starting a new one", file=sys.stderr)
     if args.resume and run_dir.finished and not args.overwrite:
         previous = run_dir.read_manifest()
         if previous.get("experiment") != args.experiment:
@@ -97,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         other = differences_from_run(previous, config)
         if other:
             raise MemjaxError(f"{out} holds a finished run with other settings "
-                              f"({', '.join(other[:5])}); nothing to resume (--overwrite "
+                              f"({listed(other)}); nothing to resume (--overwrite "
                               f"runs it again with the new ones)")
         print(f"{args.experiment}: {out} already holds this finished run; nothing to resume")
         return 0

@@ -58,6 +58,12 @@ def differences_from_run(manifest: dict, config: Any) -> list[str]:
     return sorted(_differences(old, new, defaults=_defaults(config)))
 
 
+def listed(differences: list[str], most: int = 5) -> str:
+    """The first `most` differences, comma-separated, and how many more there are."""
+    more = len(differences) - most
+    return ", ".join(differences[:most]) + (f", and {more} more" if more > 0 else "")
+
+
 def _defaults(config: Any) -> Any:
     """A dataclass config's field defaults, nested as its JSON is (a setting added to memjax
     after a run started is absent from that run's manifest: at its default it is no

@@ -18,7 +18,7 @@ from typing import Callable
 from memjax.config import override, to_dict
 from memjax.errors import MemjaxError
 from memjax.files import atomic_path
-from memjax.manifest import differences_from_run, read_manifest
+from memjax.manifest import differences_from_run, listed, read_manifest
 from memjax.results import RunDir
 from memjax.studies import experiment_of, registered
 
@@ -127,10 +127,9 @@ def reproduce(preset: str, out: str | Path, *, only: list[str] | None = None,
     if not overwrite:
         other = {n: d for n in names if (d := _other_settings(out / n, configs[n]))}
         if other:
-            listed = "; ".join(f"{n} ({', '.join(d[:3])}{', ...' if len(d) > 3 else ''})"
-                               for n, d in other.items())
+            runs = "; ".join(f"{n} ({listed(d, 3)})" for n, d in other.items())
             raise MemjaxError(f"{out} holds runs with other settings than the {preset} preset: "
-                              f"{listed}; pass --overwrite to run them again, or use another "
+                              f"{runs}; pass --overwrite to run them again, or use another "
                               f"--out")
     _announce_plan(studies, out, log)
     failed = 0
@@ -201,7 +200,7 @@ def write_report(out: Path, preset: str, names: list[str] | None = None,
             other = _other_settings(path, preset_config(modules[name], preset, data_dir))
             if other:
                 status = (f"finished with other settings than the {preset} preset "
-                          f"({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}), so "
+                          f"({listed(other, 3)}), so "
                           "not counted here")
         lines, problem = ([], None)
         if status == "finished":

@@ -28,8 +28,8 @@ import numpy as np
 
 from memjax.errors import MemjaxError
 from memjax.files import atomic_path, to_json
-from memjax.manifest import (device_description, differences_from_run, memjax_environment,
-                             read_manifest, versions)
+from memjax.manifest import (device_description, differences_from_run, listed,
+                             memjax_environment, read_manifest, versions)
 
 
 _PHASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -107,7 +107,7 @@ class RunDir:
         if manifest.get("status") == "finished" and not (overwrite or resume):
             raise MemjaxError(f"{self.path} holds a finished run; pass --overwrite to replace it")
         if (not resume and not overwrite and manifest.get("status") in ("running", "failed")
-                and self.checkpoint_dir.is_dir() and any(self.checkpoint_dir.iterdir())):
+                and any(f.is_file() for f in self.checkpoint_dir.rglob("*"))):
             raise MemjaxError(f"{self.path} holds an unfinished run with checkpoints; pass "
                               f"--resume to continue it or --overwrite to start over")
         self._started = time.time()
@@ -307,7 +307,7 @@ class RunDir:
         diff = differences_from_run(previous, config)
         if diff:
             raise MemjaxError(f"cannot resume {self.path} with a different config "
-                              f"({', '.join(diff[:5])}); use the same settings or --overwrite")
+                              f"({listed(diff)}); use the same settings or --overwrite")
         self._records_on_disk = _keep_whole_lines(self.path / "metrics.jsonl")
         device, before = device_description(), previous.get("device", {})
         moved = [k for k in ("platform", "kind", "count") if k in before and before[k] != device[k]]

@@ -252,6 +252,9 @@ def test_overwrite_removes_every_output_of_the_run_it_replaces_once_the_new_one_
 def test_unfinished_run_with_checkpoints_needs_resume_or_overwrite(capsys, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"status": "running"}))
     (tmp_path / "checkpoints" / "01-real").mkdir(parents=True)
+    RunDir(tmp_path)  # phase folders that no checkpoint was written into: nothing to lose
+    (tmp_path / "checkpoints" / "01-real" / "3").mkdir()
+    (tmp_path / "checkpoints" / "01-real" / "3" / "state").write_text("")
     assert "pass --resume" in _error(capsys, SMOKE + ["--out", str(tmp_path)])
     run_dir = RunDir(tmp_path, overwrite=True, checkpoint_every=0)
     run_dir.start("consistency", {})
@@ -265,6 +268,10 @@ def test_resume_with_different_config_is_refused(capsys, tmp_path):
         RunDir(tmp_path, resume=True).start("consistency", {"train": {"epochs": 3}})
     with pytest.raises(MemjaxError, match="holds a 'consistency' run"):
         RunDir(tmp_path, resume=True).start("other", {"train": {"epochs": 2}})
+    # many differences: the first five and how many more, never cut without a word
+    seven = {"train": {"epochs": 3, **{f"k{i}": i for i in range(6)}}}
+    with pytest.raises(MemjaxError, match=r"train.k3: None -> 3, and 2 more\)"):
+        RunDir(tmp_path, resume=True).start("consistency", seven)
 
 
 def test_resume_on_other_devices_or_budget_says_it_is_not_bit_for_bit(capsys, tmp_path,
@@ -373,7 +380,7 @@ def test_a_folder_of_other_files_is_not_an_output_directory(capsys, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "model.pt").write_text("mine too")
-    for extra in ([], ["--overwrite"]):
+    for extra in ([], ["--overwrite"], ["--resume"]):
         line = _error(capsys, SMOKE + ["--out", str(tmp_path), *extra])
         assert "holds files but no memjax run (no manifest.json)" in line
     assert (tmp_path / "checkpoints" / "model.pt").read_text() == "mine too"
