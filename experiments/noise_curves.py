@@ -137,8 +137,8 @@ def run(config: Config, run_dir: RunDir) -> dict:
                               f"{len(dataset.validation)} validation images of the {name} "
                               f"part (None: all of them)")
     summary, arrays, seconds, examples = {}, {}, 0.0, 0.0
-    for (name, *_), dataset, phase in zip(parts, datasets, phases(config)):
-        s, a, runner = _run_part(name, dataset, phase, config, run_dir)
+    for (name, _, model, _), dataset, phase in zip(parts, datasets, phases(config)):
+        s, a, runner = _run_part(name, model.kind, dataset, phase, config, run_dir)
         summary.update(s)
         arrays.update(a)
         seconds += runner.seconds
@@ -149,7 +149,7 @@ def run(config: Config, run_dir: RunDir) -> dict:
     return {"summary": summary, "model_examples_per_second": examples / max(seconds, 1e-9)}
 
 
-def _run_part(name, dataset, phase, config, run_dir):
+def _run_part(name, model, dataset, phase, config, run_dir):
     conds, kind, level, _ = _members(config)
     names = ("train_accuracy", "validation_accuracy", "validation_csr")
 
@@ -167,7 +167,7 @@ def _run_part(name, dataset, phase, config, run_dir):
         csr = curves["validation_csr"][:, sel].mean(1)
         peak = int(np.argmax(va)) + 1
         summary[f"{name}_{k}_{p:g}"] = {
-            "part": name, "kind": k, "level": p, "train_accuracy": tr.tolist(),
+            "part": name, "model": model, "kind": k, "level": p, "train_accuracy": tr.tolist(),
             "validation_accuracy": va.tolist(), "peak_validation_accuracy": float(va.max()),
             "validation_csr": csr.tolist(), "final_validation_csr": float(csr[-1]),
             "peak_epoch": peak, "final_validation_accuracy": float(va[-1]),
@@ -221,6 +221,12 @@ def evidence(summary: dict) -> list[dict]:
     return lines
 
 
+def _title(part: str, summary: dict) -> str:
+    """The part's model: MLP, CNN, or the kind of another (an outside model's factory)."""
+    kind = next((v.get("model", part) for v in summary.values() if v["part"] == part), part)
+    return {"mlp": "MLP", "cnn": "CNN", "paper-cnn": "CNN"}.get(kind, kind)
+
+
 def _figure(summary: dict, run_dir: RunDir) -> None:
     panels = sorted({(v["part"], v["kind"]) for v in summary.values() if v["kind"] != "real"})
     fig, axes = new_figure(ncols=max(len(panels), 1), width=4.5)
@@ -232,7 +238,7 @@ def _figure(summary: dict, run_dir: RunDir) -> None:
             ax.plot(*measured(v["validation_accuracy"]), color=f"C{i}", label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy (solid: validation, dashed: train)")
-        ax.set_title(f"{part.upper()}, {k} (Figs. 7-8)")
+        ax.set_title(f"{_title(part, summary)}, {k} (Figs. 7-8)")
         ax.legend(fontsize=8)
     run_dir.save_figure(fig, "fig7_noise_curves.png")
     fig, axes = new_figure(ncols=max(len(panels), 1), width=4.5)
@@ -244,6 +250,6 @@ def _figure(summary: dict, run_dir: RunDir) -> None:
                     label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation critical sample ratio")
-        ax.set_title(f"{part.upper()}, {k}: CSR (Figs. 7-8)")
+        ax.set_title(f"{_title(part, summary)}, {k}: CSR (Figs. 7-8)")
         ax.legend(fontsize=8)
     run_dir.save_figure(fig, "fig8_noise_csr.png")

@@ -97,3 +97,20 @@ def test_example_grid_leaves_no_blank_band_under_its_title(tmp_path, saved_figur
     grid_top = max(ax.get_tightbbox(renderer).y1 for ax in fig.axes if ax.images)
     gap_inches = (title_bottom - grid_top) / fig.dpi
     assert 0 <= gap_inches < 0.2, f"{gap_inches:.2f} in between the title and the first row"
+
+
+def test_noise_curves_titles_a_part_by_the_model_it_trains(tmp_path, saved_figures):
+    """Its first part is the paper's MLP unless --model says otherwise: the figures and the
+    summary name the model that trained."""
+    from memjax.config import ModelConfig
+    from memjax.experiments import noise_curves
+
+    config = dataclasses.replace(noise_curves.PRESETS["smoke"],
+                                 model=ModelConfig(kind="outside_model:factory"))
+    run_dir = RunDir(tmp_path)
+    run_dir.start("noise-curves", {})
+    summary = noise_curves.run(config, run_dir)["summary"]
+    assert {v["model"] for v in summary.values()} == {"outside_model:factory"}
+    for name in ("fig7_noise_curves.png", "fig8_noise_csr.png"):
+        title = _title(saved_figures[name])
+        assert title.startswith("outside_model:factory, ") and "MLP" not in title, title
