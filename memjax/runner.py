@@ -23,6 +23,7 @@ checkpoints hold the real members only, so a run may resume on another device co
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from typing import Callable
 
@@ -45,6 +46,19 @@ from memjax.results import RunDir, check_phase_id
 from memjax.sharding import (default_mesh, put_members, replicate, shard_members,
                              take_members, to_host)
 from memjax.views import MemberView, NoiseSource, noise_source
+
+_NOTED: set[str] = set()  # the models _note_unmasked_batchnorm has told of
+
+
+def _note_unmasked_batchnorm(network) -> None:
+    """Say once per model that its BatchNorm's training statistics count every row of a
+    batch, when members train on subsets and its __call__ takes no example_mask."""
+    if network.takes_example_mask or network.name in _NOTED:
+        return
+    _NOTED.add(network.name)
+    print(f"memjax: note: model {network.name} has BatchNorm but its __call__ takes no "
+          f"example_mask: its batch statistics count the examples outside each member's "
+          f"subset too (docs/studies.md, Models, says how to take it)", file=sys.stderr)
 
 # A study's per-epoch measurement: (runner, epoch) -> {name: [members] array (or
 # [padded members]: cut to the real ones) or a scalar}, computed on the device.
@@ -73,6 +87,8 @@ class Runner:
         padded = members.padded(self.padded)
         example = np.zeros((1,) + split.x.shape[1:], np.float32)
         self.network, tx, state = build_ensemble(model, train, num_classes, example, padded)
+        if members.example_mask is not None and "batch_stats" in state.variables:
+            _note_unmasked_batchnorm(self.network)
         self.apply = self.network.apply  # float32: what the metrics (LASS, sensitivity) take
         # accuracy is measured in the precision the members train in
         self._evaluate_apply = computing_in(self.apply, train.compute_dtype)

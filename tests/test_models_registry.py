@@ -388,3 +388,28 @@ def test_a_factory_in_the_current_directory_may_import_its_siblings_when_called(
     network.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     for name in ("lazy_model", "lazy_helper"):
         sys.modules.pop(name, None)
+
+
+def test_subset_members_of_a_batchnorm_model_without_example_mask_are_noted_once(
+        capsys, monkeypatch):
+    """Members on subsets (cscore, memorization) of a BatchNorm model whose __call__ takes
+    no example_mask: its statistics count the other examples too, which is said once per
+    model; one that takes the mask, or members on all examples, are not noted."""
+    from memjax import runner as runner_module
+    from memjax.members import Members
+    from memjax.runner import Runner
+
+    monkeypatch.setattr(runner_module, "_NOTED", set())
+    data = load_dataset(DataConfig(train_size=64, validation_size=16))
+    subsets = np.arange(64)[None, :] < np.array([[32], [48]])
+    train = TrainConfig(members=2, batch_size=16)
+
+    def notes(kind, members):
+        capsys.readouterr()
+        Runner(ModelConfig(kind=kind), train, data.train, data.num_classes, members)
+        return capsys.readouterr().err.count("memjax: note: model ")
+
+    assert notes(OUTSIDE, Members(np.arange(2))) == 0
+    assert notes(OUTSIDE, Members(np.arange(2), example_mask=subsets)) == 1
+    assert notes(OUTSIDE, Members(np.arange(2), example_mask=subsets)) == 0
+    assert notes("outside_model:nnx_masked", Members(np.arange(2), example_mask=subsets)) == 0
