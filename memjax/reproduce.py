@@ -236,8 +236,10 @@ def _section(name, module, path: Path, manifest: dict, status: str, lines, probl
         return "\n".join(parts) + "\n"
     device = manifest.get("device", {})
     speed = manifest.get("model_examples_per_second")
+    resumed = len(manifest.get("resumed", []))
     parts.append(f"Finished in {manifest.get('wall_time_s', 0):.0f} s on {device.get('kind', '?')}"
                  + (f", {speed:,.0f} model-examples/s" if isinstance(speed, (int, float)) else "")
+                 + (f" (resumed {resumed} time{'s' * (resumed > 1)})" if resumed else "")
                  + ".")
     parts.append("")
     for line in lines:

@@ -316,6 +316,9 @@ class RunDir:
             print(f"memjax: note: resuming {self.path} on other devices or with other "
                   f"MEMJAX_* settings than it started with: the results will equal an "
                   f"uninterrupted run's up to float rounding, not bit for bit", file=sys.stderr)
+        # the time of the segments before (those that ended in memjax's hands: a killed
+        # process records none) counts in the run's wall time
+        self._started -= float(previous.get("wall_time_s") or 0.0)
         self._manifest = {k: v for k, v in previous.items() if k not in ("error", "wall_time_s")}
         self._manifest.update(status="running", versions=versions(), device=device,
                               resumed=previous.get("resumed", []) + [
@@ -332,6 +335,9 @@ class RunDir:
                 self.write_json("summary.json", {**summary, "diverged_members": self._diverged})
         if not self.keep_checkpoints and self._owns_checkpoints:
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        if self._manifest.get("resumed") and not extra.get("model_examples_per_second", 1):
+            # this process trained nothing (it resumed after the last phase): no rate
+            extra.pop("model_examples_per_second")
         self._manifest.update(status="finished", wall_time_s=round(time.time() - self._started, 3),
                               **extra)
         self._write_manifest()

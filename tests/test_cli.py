@@ -274,6 +274,23 @@ def test_resume_with_different_config_is_refused(capsys, tmp_path):
         RunDir(tmp_path, resume=True).start("consistency", seven)
 
 
+def test_a_resumed_run_counts_the_time_before_and_claims_no_rate_it_did_not_measure(
+        tmp_path):
+    """Wall time adds the interrupted segment's; a resume that trained nothing (it came after
+    the last phase) records no model-examples/s rather than 0."""
+    first = RunDir(tmp_path)
+    first.start("consistency", {})
+    first.fail(KeyboardInterrupt())
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "wall_time_s": 100.0}))
+    again = RunDir(tmp_path, resume=True)
+    again.start("consistency", {})
+    again.finish(model_examples_per_second=0.0)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert 100.0 <= manifest["wall_time_s"] < 110.0
+    assert "model_examples_per_second" not in manifest and len(manifest["resumed"]) == 1
+
+
 def test_resume_on_other_devices_or_budget_says_it_is_not_bit_for_bit(capsys, tmp_path,
                                                                      monkeypatch):
     RunDir(tmp_path).start("consistency", {"train": {"epochs": 2}})
