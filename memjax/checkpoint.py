@@ -128,7 +128,7 @@ def _interrupts_deferred():
         for s, handler in previous.items():
             signal.signal(s, handler)
         if received:
-            raise KeyboardInterrupt(f"signal {received[0]}")
+            raise KeyboardInterrupt(signal.Signals(received[0]).name)
 
 
 class SaveClock:

@@ -359,7 +359,10 @@ class RunDir:
             self._write_manifest()
             return
         self._clear_replaced()
-        self._manifest.update(status="failed", error=f"{type(error).__name__}: {error}",
+        # Ctrl-C raises KeyboardInterrupt with no text; memjax's handlers name the signal
+        reason = (f"interrupted by {str(error) or 'SIGINT'}" if isinstance(error, KeyboardInterrupt)
+                  else f"{type(error).__name__}: {error}")
+        self._manifest.update(status="failed", error=reason,
                               wall_time_s=round(time.time() - self._started, 3))
         if self._diverged:
             self._manifest["diverged_members"] = self._diverged

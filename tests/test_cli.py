@@ -282,6 +282,7 @@ def test_a_resumed_run_counts_the_time_before_and_claims_no_rate_it_did_not_meas
     first.start("consistency", {})
     first.fail(KeyboardInterrupt())
     manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["error"] == "interrupted by SIGINT"  # Ctrl-C, as the other signals read
     (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "wall_time_s": 100.0}))
     again = RunDir(tmp_path, resume=True)
     again.start("consistency", {})

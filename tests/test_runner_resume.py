@@ -96,4 +96,4 @@ def test_sigterm_marks_the_run_failed_and_resumable(tmp_path, env):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "memjax: interrupted" in err
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "failed" and manifest["error"] == "KeyboardInterrupt: signal 15"
+    assert manifest["status"] == "failed" and manifest["error"] == "interrupted by SIGTERM"
