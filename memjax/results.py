@@ -311,7 +311,7 @@ class RunDir:
         self._records_on_disk = _keep_whole_lines(self.path / "metrics.jsonl")
         device, before = device_description(), previous.get("device", {})
         moved = [k for k in ("platform", "kind", "count") if k in before and before[k] != device[k]]
-        if moved or previous.get("environment", {}) != memjax_environment():
+        if moved or _numeric(previous.get("environment", {})) != _numeric(memjax_environment()):
             # another device count or memory budget may group and reduce members differently
             print(f"memjax: note: resuming {self.path} on other devices or with other "
                   f"MEMJAX_* settings than it started with: the results will equal an "
@@ -367,6 +367,16 @@ class RunDir:
         if self._diverged:
             self._manifest["diverged_members"] = self._diverged
         self._write_manifest()
+
+
+# MEMJAX_* settings that do not change how members are grouped and reduced (the data
+# itself is compared as a setting, memjax.manifest.differences_from_run)
+_NOT_NUMERIC = ("MEMJAX_DATA_DIR", "MEMJAX_COMPILATION_CACHE", "MEMJAX_COORDINATOR",
+                "MEMJAX_PROCESS_ID")
+
+
+def _numeric(environment: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environment.items() if k not in _NOT_NUMERIC}
 
 
 def _keep_whole_lines(path: Path) -> int:
