@@ -73,6 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise MemjaxError("--resume and --overwrite contradict each other: continue the run "
                           "in --out, or replace it")
+    if args.checkpoint_every is not None and args.checkpoint_minutes is not None:
+        raise MemjaxError("--checkpoint-every and --checkpoint-minutes contradict each other: "
+                          "checkpoint by epochs or by time")
     if several and not args.out:  # each host's clock would name its own folder
         raise MemjaxError("a run of several processes needs --out (one folder for all of "
                           "them, on a file system they share)")
@@ -84,7 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = out / "hosts" / str(jax.process_index())
     nothing_to_resume = args.resume and RunDir.status_of(out) is None
     run_dir = RunDir(out, overwrite=args.overwrite, resume=args.resume,
-                     checkpoint_minutes=args.checkpoint_minutes,
+                     checkpoint_minutes=10.0 if args.checkpoint_minutes is None
+                     else args.checkpoint_minutes,
                      checkpoint_every=args.checkpoint_every,
                      keep_checkpoints=args.keep_checkpoints, checkpoints_of=checkpoints_of,
                      discard_unstarted=True)
@@ -240,7 +244,7 @@ def add_shared_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the run (finished or not) in --out")
     p.add_argument("--resume", action="store_true",
                    help="continue the unfinished run in --out from its checkpoints")
-    p.add_argument("--checkpoint-minutes", type=float, default=10.0, metavar="MINUTES",
+    p.add_argument("--checkpoint-minutes", type=float, metavar="MINUTES",
                    help="checkpoint by time: a killed run loses at most MINUTES of work, and "
                         "phases shorter than that write nothing (default 10)")
     p.add_argument("--checkpoint-every", type=int, metavar="EPOCHS",

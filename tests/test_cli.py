@@ -124,8 +124,11 @@ def test_negative_checkpoint_interval(capsys, tmp_path):
     assert "checkpoint interval must be >= 0" in line
     line = _error(capsys, SMOKE + ["--out", str(tmp_path / "r"), "--checkpoint-minutes", "0"])
     assert "checkpoint interval must be > 0 minutes" in line
-    # by epochs, the interval in minutes is not used: not checked
+    # by epochs, the interval in minutes is not used: not checked; the command takes one
     assert RunDir(tmp_path / "s", checkpoint_minutes=0, checkpoint_every=2).save_clock is None
+    line = _error(capsys, SMOKE + ["--out", str(tmp_path / "r"), "--checkpoint-every", "2",
+                                   "--checkpoint-minutes", "5"])
+    assert "--checkpoint-every and --checkpoint-minutes contradict each other" in line
 
 
 @pytest.mark.parametrize("replace, message", [
