@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses (CI runs them)
 # and the resume must skip the first one and continue the second from a checkpoint.
 # Checkpoints by time, at an interval (0.06 ms) that every epoch passes: the clock's path.
 ARGS = ["run", "consistency", "--preset", "smoke", "--set", "train.epochs=6",
-        "--set", "tracked=50", "--set", "model.hidden=16", "--set", "conditions=real,randY",
-        "--checkpoint-minutes", "0.000001"]
+        "--set", "tracked=50", "--set", "model.hidden=16", "--set", "conditions=real,randY"]
+BY_TIME = ["--checkpoint-minutes", "0.000001"]
 
 
 def _env(cache):
@@ -47,10 +47,11 @@ def env(tmp_path_factory):
 
 
 def test_sigkill_then_resume_equals_clean_run(tmp_path, env):
-    _run(tmp_path / "clean", env)
+    _run(tmp_path / "clean", env, *BY_TIME)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "memjax.cli", *ARGS, "--out", str(killed)],
+    proc = subprocess.Popen([sys.executable, "-m", "memjax.cli", *ARGS, *BY_TIME, "--out",
+                             str(killed)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not _checkpoints(killed / "checkpoints" / "02-randY") and time.time() < deadline:
@@ -61,7 +62,7 @@ def test_sigkill_then_resume_equals_clean_run(tmp_path, env):
     assert json.loads((killed / "manifest.json").read_text())["status"] == "running"
     assert not (killed / "results.npz").exists()
 
-    resumed = _run(killed, env, "--resume")
+    resumed = _run(killed, env, "--resume", *BY_TIME)
     assert "unreadable" not in resumed.stderr
     # The finished phase is restored whole, the second continues from its checkpoint.
     assert "memjax: real: resumed from the checkpoint of epoch 6/6" in resumed.stderr
