@@ -131,11 +131,14 @@ def reproduce(preset: str, out: str | Path, *, only: list[str] | None = None,
             raise MemjaxError(f"{out} holds runs with other settings than the {preset} preset: "
                               f"{runs}; pass --overwrite to run them again, or use another "
                               f"--out")
-    _announce_plan(studies, out, log)
+    kept = {n for n in names if not overwrite
+            and read_manifest(out / n).get("status") == "finished"}
+    if len(kept) < len(names):  # the plan is of what runs now
+        _announce_plan({n: s for n, s in studies.items() if n not in kept}, out, log)
     failed = 0
     for name in names:
         path = out / name
-        if not overwrite and read_manifest(path).get("status") == "finished":
+        if name in kept:
             log(f"{name}: finished earlier with the same settings, kept ({path})")
             continue
         log(f"{name}: running ({preset})")

@@ -162,7 +162,8 @@ class RunDir:
         outputs = replaced.get("outputs") or ["summary.json", "results.npz",
                                               *(f.name for f in self.path.glob("*.png"))]
         for name in {*outputs, "metrics.jsonl"}:
-            (self.path / name).unlink(missing_ok=True)
+            if Path(name).name == name:  # a file of this folder, never a path elsewhere
+                (self.path / name).unlink(missing_ok=True)
         if self._owns_checkpoints:
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
 
@@ -288,7 +289,7 @@ class RunDir:
         self._new = not previous
         # a run was here (--overwrite): none of its outputs may outlive it, removed when
         # this one gets going (_clear_replaced)
-        self._replaced = previous
+        self._replaced = previous or None
         self._manifest = {"experiment": experiment, "status": "running", "config": config,
                           "versions": versions(), "device": device_description(),
                           "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -34,6 +34,7 @@ def test_reproduce_smoke_writes_report_and_skips_finished(tmp_path):
     logs.clear()
     report, _ = reproduce("smoke", tmp_path, only=["filters"], log=logs.append)
     assert any("finished earlier with the same settings" in line for line in logs)
+    assert not any(line.startswith("plan on") for line in logs)  # nothing runs: no plan
     assert (tmp_path / "filters" / "manifest.json").read_text() == stamp
     # the report still covers every study in the folder, not just the one asked for
     assert f"peaked at epoch {v['peak_epoch']}" in report.read_text()
