@@ -79,6 +79,7 @@ class Runner:
                  members: Members | None = None, *, data_seed: int = 0,
                  input_stats: str = "per_pixel", mesh=None):
         train.check_data(len(split), split.x.shape[1:])
+        self.split = split
         members = members or Members(np.arange(train.members))
         self.train, self.members, self.member_count = train, members, members.count
         self.mesh = mesh or default_mesh(self.member_count)
@@ -405,11 +406,21 @@ class Runner:
 
     def _save_dynamics(self, run_dir: RunDir, phase: str) -> None:
         """dynamics-<phase>.npz: each score [M, N], its member average `<score>_mean` [N]
-        (over the members that saw the example), and member_ids [M]."""
+        (over the members that saw the example), member_ids [M] and what else varies
+        across the members (`member_<field>` [M]: widths, input_noise, label_noise), and
+        the examples' order-safe columns [N] (`index` in `order`, `label`, `image_sha1`)."""
         scores = self.dynamics_scores()
         averages = dynamics.member_means(scores)
         ids = np.asarray(to_host(self.state.member_ids))[:self.member_count]
-        run_dir.write_npz(f"dynamics-{phase}.npz", {**scores, **averages, "member_ids": ids})
+        varying = {f"member_{name}": np.asarray(value)
+                   for name in ("widths", "input_noise", "label_noise")
+                   if (value := getattr(self.members, name)) is not None}
+        order = ("position in the split" if self.dataset is None
+                 else self.dataset.order["train"])
+        examples = {"index": self.split.index, "label": self.split.y,
+                    "image_sha1": self.split.image_sha1(), "order": np.array(order)}
+        run_dir.write_npz(f"dynamics-{phase}.npz", {**scores, **averages, "member_ids": ids,
+                                                    **varying, **examples})
 
     def _real(self, values: dict) -> dict[str, np.ndarray]:
         """Host values with dummy members cut off."""

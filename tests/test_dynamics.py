@@ -73,6 +73,11 @@ def test_records_count_each_members_own_presentations_and_survive_resume(split, 
     saved = np.load(tmp_path / "whole" / "dynamics-phase.npz")
     np.testing.assert_array_equal(saved["forgetting_events"], got["forgetting_events"])
     assert saved["aum_mean"].shape == (64,)
+    # the rows join back to the data set's examples, as every per-example export does
+    np.testing.assert_array_equal(saved["index"], split.index)
+    np.testing.assert_array_equal(saved["label"], split.y)
+    np.testing.assert_array_equal(saved["image_sha1"], split.image_sha1())
+    assert str(saved["order"]) == "position in the split"  # (a Runner built without `of`)
     part = RunDir(tmp_path / "part")
     part.start("test", {})
     Runner(MODEL, train, split, 10, members).run(2, phase="phase", run_dir=part)
@@ -152,3 +157,21 @@ def test_member_means_leave_out_the_members_that_never_learned():
     np.testing.assert_array_equal(got["never_learned_mean"], [0.5, 1, 0.5, 0])
     np.testing.assert_array_equal(got["learned_for_good_epoch_mean"], [9, np.nan, np.nan, 13 / 3])
     np.testing.assert_array_equal(got["not_learned_for_good_mean"], [0.5, 1, 1, 0])
+
+
+def test_a_sweeps_dynamics_say_what_each_member_is(tmp_path):
+    """capacity's phase mixes members of several noise kinds and levels: its dynamics file
+    names each member's noise, and its rows are the data set's examples in its order."""
+    from memjax.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "capacity", "--preset", "smoke", "--record", "dynamics", "--set",
+                 "noise_levels=0.5", "--set", "widths=8", "--set", "bucket_limits=8",
+                 "--out", str(out)]) == 0
+    saved = np.load(next(out.glob("dynamics-*.npz")))
+    members = len(saved["member_ids"])
+    assert saved["member_input_noise"].shape == saved["member_label_noise"].shape == (members,)
+    assert set(saved["member_label_noise"]) == {0.0, 0.5}  # real/randX and randY members
+    data = load_dataset(DataConfig(train_size=len(saved["index"])))
+    assert str(saved["order"]) == data.order["train"]
+    np.testing.assert_array_equal(saved["image_sha1"], data.train.image_sha1())
