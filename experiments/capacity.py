@@ -71,7 +71,8 @@ def check(config: Config) -> None:
     """The checks the config alone allows, before anything runs (MemjaxError)."""
     validate(config)
     check_numbers(config, positive=("widths", "seeds"), fractions=("noise_levels",),
-                  nonnegative=("tolerance",), nonempty=("widths", "noise_kinds"))
+                  nonnegative=("tolerance",), nonempty=("widths", "noise_kinds"),
+                  distinct=("widths", "noise_levels", "bucket_limits"))
     check_sweep_members(config)
     check_width_sweep(config.model, "capacity")
     check_choices("noise_kinds", config.noise_kinds, ("randX", "randY"))

@@ -77,7 +77,8 @@ def check(config: Config) -> None:
     """The checks the config alone allows, before anything runs (MemjaxError)."""
     validate(config)
     check_numbers(config, positive=("widths", "sizes", "width_for_sizes", "seeds"),
-                  fractions=("noise_levels", "threshold"), nonempty=("widths", "sizes"))
+                  fractions=("noise_levels", "threshold"), nonempty=("widths", "sizes"),
+                  distinct=("widths", "sizes", "noise_levels", "bucket_limits"))
     check_sweep_members(config)
     check_width_sweep(config.model, "convergence")
 

@@ -95,7 +95,8 @@ def check(config: Config) -> None:
     validate(config)
     check_sweep_members(config)
     check_numbers(config, positive=("seeds", "per_class"), nonnegative=("one_epoch_members",),
-                  fractions=("ratios",), nonempty=("ratios",), seeds=("mask_seed",))
+                  fractions=("ratios",), nonempty=("ratios",), seeds=("mask_seed",),
+                  distinct=("ratios",))
     for ratio in config.ratios:
         k = members_holding(ratio, config.seeds)
         if not 0 < k < config.seeds:

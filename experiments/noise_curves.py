@@ -120,7 +120,7 @@ def check(config: Config) -> None:
     validate(config)
     check_numbers(config, positive=("seeds", "csr_examples", "csr_iterations",
                                     "own_accuracy_every"),
-                  fractions=("noise_levels", "high_train_accuracy"))
+                  fractions=("noise_levels", "high_train_accuracy"), distinct=("noise_levels",))
     check_choices("noise_kinds", config.noise_kinds, ("randX", "randY"))
     check_choices("csr_protocol", (config.csr_protocol,), tuple(PROTOCOLS))
     check_sweep_members(config)

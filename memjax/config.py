@@ -280,14 +280,17 @@ LR_SCHEDULES = ("constant", "onecycle", "cosine")
 
 
 def check_numbers(config: Any, prefix: str = "", *, positive=(), nonnegative=(), fractions=(),
-                  seeds=(), nonempty=()) -> None:
+                  seeds=(), nonempty=(), distinct=()) -> None:
     """One-line errors (MemjaxError naming `prefix` + field) for fields of `config` that
     hold a number or a tuple of numbers: `positive` > 0, `nonnegative` >= 0, `fractions` in
-    [0, 1], `seeds` integers in [0, 2^31 - 1], `nonempty` tuples with at least one value;
+    [0, 1], `seeds` integers in [0, 2^31 - 1], `nonempty` tuples with at least one value,
+    `distinct` tuples without a value twice (each value is a curve or a phase of its own);
     every number finite. None passes (unset)."""
     for name in nonempty:
         if getattr(config, name) == ():
             raise MemjaxError(f"{prefix}{name} needs at least one value")
+    for name in distinct:
+        _check_distinct(prefix + name, getattr(config, name) or ())
     for names, ok, rule in ((positive, lambda v: v > 0, "must be positive"),
                             (nonnegative, lambda v: v >= 0, "must be >= 0"),
                             (fractions, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
@@ -311,11 +314,19 @@ def check_fraction(name: str, value: float) -> None:
 
 
 def check_choices(name: str, values: tuple, known: tuple) -> None:
-    """One-line error for values of `name` outside `known`."""
+    """One-line error for values of `name` outside `known`, or one listed twice."""
     unknown = [v for v in values if v not in known]
     if unknown:
         raise MemjaxError(f"unknown {name} {', '.join(map(repr, unknown))}; known: "
                           f"{', '.join(known)}")
+    _check_distinct(name, values)
+
+
+def _check_distinct(name: str, values: tuple) -> None:
+    twice = sorted({v for v in values if values.count(v) > 1}, key=values.index)
+    if twice:
+        shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in twice)
+        raise MemjaxError(f"{name} lists {shown} more than once; give each value once")
 
 
 def validate(config: Any, prefix: str = "") -> None:

@@ -40,8 +40,14 @@ def default_names(out: Path | None = None) -> list[str]:
 
 def check_config(module, config) -> None:
     """Everything the config alone shows wrong (the study's `check`, which validates its
-    nested configs too), before a run directory is made or anything trained."""
+    nested configs too, and phases with one id), before a run directory is made or
+    anything trained."""
     module.check(config)
+    ids = [phase.id for phase in module.phases(config)]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise MemjaxError(f"these settings give two phases the id {twice[0]!r} (a value "
+                          f"listed twice?); each phase needs its own")
 
 
 def run_experiment(name: str, module, config, run_dir: RunDir) -> dict:

@@ -110,6 +110,28 @@ def test_npz_labels_that_skip_classes_are_noted(capsys, tmp_path):
              y_test=np.zeros(4, int))
     read_npz(tmp_path / "d.npz")
     assert "2 distinct labels but the largest is 255, so models get 256" in capsys.readouterr().err
+    # test labels no training example has: noted; one class to learn: refused
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.array([0, 1, 1, 0]), x_test=x,
+             y_test=np.array([0, 5, 7, 1]))
+    read_npz(tmp_path / "d.npz")
+    assert "y_test has label(s) 5, 7 that y_train never has" in capsys.readouterr().err
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.full(4, 3), x_test=x,
+             y_test=np.full(4, 3))
+    with pytest.raises(MemjaxError, match=r"y_train holds one class \(label 3\); "
+                                          r"classifying needs at least 2"):
+        read_npz(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("ratios=0.25,0.25", "ratios lists 0.25 more than once"),
+    # distinct values that name one phase: refused before anything trains
+    ("ratios=0.25,0.2500000001", "these settings give two phases the id 'ratio-0.25'"),
+])
+def test_a_sweep_value_given_twice_is_one_line(capsys, tmp_path, setting, message):
+    line = _error(capsys, ["run", "cscore", "--preset", "smoke", "--set", setting,
+                           "--out", str(tmp_path / "run")])
+    assert message in line
+    assert not (tmp_path / "run").exists()
 
 
 def test_unwritable_output_directory(capsys, tmp_path):

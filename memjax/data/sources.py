@@ -199,6 +199,13 @@ def read_npz(path: Path, image_shape: tuple[int, ...] | None = None) -> dict[str
             raise MemjaxError(f"{path}: x_{part} and y_{part} hold no examples")
         if y.min() < 0:
             raise MemjaxError(f"{path}: y_{part} has negative labels")
+        if part == "train" and len(np.unique(y)) < 2:
+            raise MemjaxError(f"{path}: y_train holds one class (label {int(y[0])}); "
+                              f"classifying needs at least 2")
+        if part == "test" and len(unseen := np.setdiff1d(y, arrays["y_train"])):
+            print(f"memjax: note: {path}: y_test has label(s) "
+                  f"{', '.join(map(str, unseen[:5].tolist()))}{', ...' * (len(unseen) > 5)} "
+                  f"that y_train never has; no model can learn them", file=sys.stderr)
         if part == "train" and len(np.unique(y)) < int(y.max()) + 1:
             # the class count is the largest label + 1: labels 3, 7, 255 make 256 classes
             print(f"memjax: note: {path}: y_train holds {len(np.unique(y))} distinct labels "
