@@ -57,7 +57,8 @@ from flax import nnx
 import flax.linen as nn
 
 from memjax.errors import MemjaxError
-from memjax.models.base import CONV_FORMS, MLP, Network, PaperCNN
+from memjax.models.base import CONV_FORMS, MLP, PaperCNN
+from memjax.models.network import Network
 from memjax.models.resnet import ResNet9, ResNet18
 
 if TYPE_CHECKING:
