@@ -169,3 +169,18 @@ def member_means(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                     seen & (v >= 0) if k in _EPOCHS_OR_NEVER else seen, v.astype(float),
                     np.nan), 0)
                 for k, v in scores.items() if k != "presentations"}
+
+
+def file_arrays(scores: dict[str, np.ndarray], member_ids: np.ndarray, members,
+                split, order: str) -> dict[str, np.ndarray]:
+    """What dynamics-<phase>.npz holds: each score [M, N], its member average
+    `<score>_mean` [N] (over the members that saw the example), member_ids [M] and what
+    else varies across the members (`member_<field>` [M]: widths, input_noise,
+    label_noise of memjax.members.Members), and the examples' order-safe columns [N]
+    (`index` in `order`, `label`, `image_sha1`) of the training split."""
+    varying = {f"member_{name}": np.asarray(value)
+               for name in ("widths", "input_noise", "label_noise")
+               if (value := getattr(members, name)) is not None}
+    return {**scores, **member_means(scores), "member_ids": np.asarray(member_ids), **varying,
+            "index": split.index, "label": split.y, "image_sha1": split.image_sha1(),
+            "order": np.array(order)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 
 import jax
 import numpy as np
@@ -193,3 +194,17 @@ def member_view(members: Members, num_examples: int, data_seed: int) -> MemberVi
         input_noise_mask=noise(members.input_noise), label_noise_mask=noise(members.label_noise),
         adversarial_weight=None if adversarial is None or not np.any(adversarial)
         else np.asarray(adversarial, np.float32))
+
+
+_NOTED: set[str] = set()  # the models note_unmasked_batchnorm has told of
+
+
+def note_unmasked_batchnorm(network: Network) -> None:
+    """Say once per model that its BatchNorm's training statistics count every row of a
+    batch, when members train on subsets and its __call__ takes no example_mask."""
+    if network.takes_example_mask or network.name in _NOTED:
+        return
+    _NOTED.add(network.name)
+    print(f"memjax: note: model {network.name} has BatchNorm but its __call__ takes no "
+          f"example_mask: its batch statistics count the examples outside each member's "
+          f"subset too (docs/studies.md, Models, says how to take it)", file=sys.stderr)

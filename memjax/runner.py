@@ -23,7 +23,6 @@ checkpoints hold the real members only, so a run may resume on another device co
 from __future__ import annotations
 
 import functools
-import sys
 import time
 from typing import Callable
 
@@ -36,7 +35,8 @@ from memjax.config import ModelConfig, TrainConfig
 from memjax.data import Split
 from memjax.ensemble import EnsembleState, pad_members
 from memjax.evaluation import evaluation_program, member_accuracy
-from memjax.members import Members, build_ensemble, epoch_program, member_view, searching
+from memjax.members import (Members, build_ensemble, epoch_program, member_view,
+                            note_unmasked_batchnorm, searching)
 from memjax.metrics.lass import TRAINING_LASS
 from memjax.models import computing_in
 from memjax.data import Dataset
@@ -46,19 +46,6 @@ from memjax.results import RunDir, check_phase_id
 from memjax.sharding import (default_mesh, put_members, replicate, shard_members,
                              take_members, to_host)
 from memjax.views import MemberView, NoiseSource, noise_source
-
-_NOTED: set[str] = set()  # the models _note_unmasked_batchnorm has told of
-
-
-def _note_unmasked_batchnorm(network) -> None:
-    """Say once per model that its BatchNorm's training statistics count every row of a
-    batch, when members train on subsets and its __call__ takes no example_mask."""
-    if network.takes_example_mask or network.name in _NOTED:
-        return
-    _NOTED.add(network.name)
-    print(f"memjax: note: model {network.name} has BatchNorm but its __call__ takes no "
-          f"example_mask: its batch statistics count the examples outside each member's "
-          f"subset too (docs/studies.md, Models, says how to take it)", file=sys.stderr)
 
 # A study's per-epoch measurement: (runner, epoch) -> {name: [members] array (or
 # [padded members]: cut to the real ones) or a scalar}, computed on the device.
@@ -89,7 +76,7 @@ class Runner:
         example = np.zeros((1,) + split.x.shape[1:], np.float32)
         self.network, tx, state = build_ensemble(model, train, num_classes, example, padded)
         if members.example_mask is not None and "batch_stats" in state.variables:
-            _note_unmasked_batchnorm(self.network)
+            note_unmasked_batchnorm(self.network)
         self.apply = self.network.apply  # float32: what the metrics (LASS, sensitivity) take
         # accuracy is measured in the precision the members train in
         self._evaluate_apply = computing_in(self.apply, train.compute_dtype)
@@ -405,22 +392,13 @@ class Runner:
                                             to_host(self.state.dynamics)))
 
     def _save_dynamics(self, run_dir: RunDir, phase: str) -> None:
-        """dynamics-<phase>.npz: each score [M, N], its member average `<score>_mean` [N]
-        (over the members that saw the example), member_ids [M] and what else varies
-        across the members (`member_<field>` [M]: widths, input_noise, label_noise), and
-        the examples' order-safe columns [N] (`index` in `order`, `label`, `image_sha1`)."""
-        scores = self.dynamics_scores()
-        averages = dynamics.member_means(scores)
-        ids = np.asarray(to_host(self.state.member_ids))[:self.member_count]
-        varying = {f"member_{name}": np.asarray(value)
-                   for name in ("widths", "input_noise", "label_noise")
-                   if (value := getattr(self.members, name)) is not None}
+        """dynamics-<phase>.npz: the real members' scores, their averages, what varies
+        across them and the examples' order-safe columns (memjax.dynamics.file_arrays)."""
         order = ("position in the split" if self.dataset is None
                  else self.dataset.order["train"])
-        examples = {"index": self.split.index, "label": self.split.y,
-                    "image_sha1": self.split.image_sha1(), "order": np.array(order)}
-        run_dir.write_npz(f"dynamics-{phase}.npz", {**scores, **averages, "member_ids": ids,
-                                                    **varying, **examples})
+        ids = np.asarray(to_host(self.state.member_ids))[:self.member_count]
+        run_dir.write_npz(f"dynamics-{phase}.npz", dynamics.file_arrays(
+            self.dynamics_scores(), ids, self.members, self.split, order))
 
     def _real(self, values: dict) -> dict[str, np.ndarray]:
         """Host values with dummy members cut off."""

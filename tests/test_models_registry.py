@@ -395,11 +395,11 @@ def test_subset_members_of_a_batchnorm_model_without_example_mask_are_noted_once
     """Members on subsets (cscore, memorization) of a BatchNorm model whose __call__ takes
     no example_mask: its statistics count the other examples too, which is said once per
     model; one that takes the mask, or members on all examples, are not noted."""
-    from memjax import runner as runner_module
+    from memjax import members as members_module
     from memjax.members import Members
     from memjax.runner import Runner
 
-    monkeypatch.setattr(runner_module, "_NOTED", set())
+    monkeypatch.setattr(members_module, "_NOTED", set())
     data = load_dataset(DataConfig(train_size=64, validation_size=16))
     subsets = np.arange(64)[None, :] < np.array([[32], [48]])
     train = TrainConfig(members=2, batch_size=16)
