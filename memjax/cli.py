@@ -61,7 +61,7 @@ def build_config(module, args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     from memjax.reproduce import check_config, run_experiment
     from memjax.manifest import differences_from_run, listed
-    from memjax.results import RunDir
+    from memjax.results import CHECKPOINT_MINUTES, RunDir
     from memjax.sharding import initialize_distributed, is_writer
 
     several = initialize_distributed()
@@ -87,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = out / "hosts" / str(jax.process_index())
     nothing_to_resume = args.resume and RunDir.status_of(out) is None
     run_dir = RunDir(out, overwrite=args.overwrite, resume=args.resume,
-                     checkpoint_minutes=10.0 if args.checkpoint_minutes is None
+                     checkpoint_minutes=CHECKPOINT_MINUTES if args.checkpoint_minutes is None
                      else args.checkpoint_minutes,
                      checkpoint_every=args.checkpoint_every,
                      keep_checkpoints=args.keep_checkpoints, checkpoints_of=checkpoints_of,

@@ -32,6 +32,7 @@ from memjax.manifest import (device_description, differences_from_run, listed,
                              memjax_environment, read_manifest, versions)
 
 
+CHECKPOINT_MINUTES = 10.0  # the default interval of checkpoints by time
 _PHASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -57,7 +58,8 @@ class RunDir:
     """
 
     def __init__(self, path: str | Path, *, overwrite: bool = False, resume: bool = False,
-                 checkpoint_minutes: float = 10.0, checkpoint_every: int | None = None,
+                 checkpoint_minutes: float = CHECKPOINT_MINUTES,
+                 checkpoint_every: int | None = None,
                  keep_checkpoints: bool = False, checkpoints_of: str | Path | None = None,
                  discard_unstarted: bool = False):
         from memjax.checkpoint import SaveClock
@@ -135,12 +137,14 @@ class RunDir:
 
     def write_json(self, name: str, obj: Any) -> None:
         self._output(name)
+        self._json(name, obj)
+
+    def _json(self, name: str, obj: Any) -> None:
         with atomic_path(self.path / name) as tmp:
             tmp.write_text(to_json(obj) + "\n")
 
-    def _write_manifest(self) -> None:
-        with atomic_path(self.path / "manifest.json") as tmp:
-            tmp.write_text(to_json(self._manifest) + "\n")
+    def _write_manifest(self) -> None:  # (not an output: write_json would list it)
+        self._json("manifest.json", self._manifest)
 
     def _output(self, name: str) -> None:
         """Before the run writes `name`: the run it replaces goes, and the manifest lists
